@@ -1,0 +1,1 @@
+"""The evaluation harness: lm-eval adapter, CLI, run records, leaderboards, training."""

@@ -1,0 +1,1 @@
+"""YAML task definitions and the data generators they reference."""
