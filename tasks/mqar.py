@@ -1,0 +1,186 @@
+"""Token-level multi-query associative recall (MQAR), zoology's construction, seeded.
+
+One example of length ``seq_len`` (tokens are integer ids in ``[0, vocab_size)``)::
+
+    k1 v1 k2 v2 ... kK vK | x x kq x x x kq' x ...        (one pass of K pairs, then query slots)
+
+- keys: K distinct ids from ``[1, V/2)``; values: K distinct ids from ``[V/2, V)``.
+- The query region after the ``2 K num_passes`` context tokens has ``space = (L - 2K num_passes) // 2``
+  slots; slot ``g`` sits at offset ``2 g``. K slots are drawn without replacement with
+  ``p(g) ~ (g + 1) ** (power_a - 1)`` (a power law: recent-looking gaps are most likely);
+  slot number i holds key i.
+- ``labels[t] = value`` where ``inputs[t]`` is a query key (the model must predict the value as
+  the next token); every other label is -100.
+- Every other query-region token is uniform noise from ``[0, V)`` (zoology's
+  ``random_non_queries``). Zoology draws it from the global torch RNG; here every draw comes from
+  one ``torch.Generator`` seeded with ``seed``, so the data are a pure function of the arguments.
+
+Accuracy (zoology's metric) is the fraction of labelled positions whose arg-max prediction equals
+the label, reported per ``(seq_len, num_kv_pairs)`` slice.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+__all__ = ["IGNORE_INDEX", "make_mqar", "query_gap_probabilities", "evaluate_mqar", "mqar_hash"]
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}; "
+                        f"pass a whole number")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}; raise it to at least {minimum}")
+    return value
+
+
+def query_gap_probabilities(space: int, power_a: float = 0.01) -> torch.Tensor:
+    """Probability of each query slot ``g`` in ``[0, space)``: ``p(g) ~ (g + 1) ** (power_a - 1)``.
+
+    Returns a float64 tensor of shape ``(space,)`` summing to 1.
+    """
+    _check_int("space", space, 1)
+    if not isinstance(power_a, (int, float)) or isinstance(power_a, bool) or power_a <= 0:
+        raise ValueError(f"power_a must be a float > 0 (1.0 = uniform slots), got {power_a!r}")
+    p = torch.arange(1, space + 1, dtype=torch.float64) ** (float(power_a) - 1.0)
+    return p / p.sum()
+
+
+def make_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int, seed: int,
+              power_a: float = 0.01, num_passes: int = 1,
+              random_non_queries: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Generate MQAR examples.
+
+    Args:
+        vocab_size: V; keys come from ``[1, V/2)``, values from ``[V/2, V)``.
+        seq_len: L, tokens per example.
+        num_kv_pairs: K, distinct key-value pairs per example.
+        num_examples: N.
+        seed: the only source of randomness.
+        power_a: exponent of the query-slot law (0.01 as in zoology; 1.0 = uniform).
+        num_passes: how many times the K pairs are repeated before the queries (JRT); 1 = zoology's MQAR.
+        random_non_queries: fill non-query slots with uniform noise (True, zoology's default) or 0.
+
+    Returns:
+        ``inputs`` (N, L) int64 and ``labels`` (N, L) int64 (-100 where not scored; K scored
+        positions per example).
+
+    Example:
+        >>> x, y = make_mqar(vocab_size=64, seq_len=32, num_kv_pairs=4, num_examples=2, seed=0)
+        >>> x.shape, int((y != -100).sum())
+        (torch.Size([2, 32]), 8)
+    """
+    _check_int("vocab_size", vocab_size, 4)
+    _check_int("seq_len", seq_len, 2)
+    _check_int("num_kv_pairs", num_kv_pairs, 1)
+    _check_int("num_examples", num_examples, 1)
+    _check_int("num_passes", num_passes, 1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    half = vocab_size // 2
+    if half - 1 < num_kv_pairs:
+        raise ValueError(f"vocab_size={vocab_size} gives only {half - 1} distinct keys in [1, {half}) but "
+                         f"num_kv_pairs={num_kv_pairs}; use vocab_size >= {2 * (num_kv_pairs + 1)}")
+    context = 2 * num_kv_pairs * num_passes
+    space = (seq_len - context) // 2
+    if space < num_kv_pairs:
+        raise ValueError(f"seq_len={seq_len} leaves {max(space, 0)} query slots after {context} context tokens, "
+                         f"fewer than num_kv_pairs={num_kv_pairs}; use seq_len >= {context + 2 * num_kv_pairs} "
+                         f"or fewer pairs")
+    gen = torch.Generator().manual_seed(seed)
+    n = num_examples
+    # distinct keys and values per example: first K of a random permutation of each range
+    keys = torch.rand(n, half - 1, generator=gen).argsort(dim=1)[:, :num_kv_pairs] + 1          # (N, K)
+    values = torch.rand(n, vocab_size - half, generator=gen).argsort(dim=1)[:, :num_kv_pairs] + half
+    p = query_gap_probabilities(space, power_a)
+    gaps = torch.multinomial(p.expand(n, space), num_kv_pairs, replacement=False, generator=gen)  # (N, K)
+
+    kv = torch.stack([keys, values], dim=2).reshape(n, 2 * num_kv_pairs).repeat(1, num_passes)    # (N, 2K*passes)
+    tail = torch.zeros(n, seq_len - context, dtype=torch.long)
+    tail.scatter_(1, 2 * gaps, keys)
+    inputs = torch.cat([kv, tail], dim=1)
+    labels = torch.full((n, seq_len), IGNORE_INDEX, dtype=torch.long)
+    labels.scatter_(1, context + 2 * gaps, values)
+    noise = torch.randint(0, vocab_size, (n, seq_len), generator=gen)
+    if random_non_queries:
+        filler = torch.ones_like(inputs, dtype=torch.bool)
+        filler[:, :context] = False
+        filler.scatter_(1, context + 2 * gaps, False)
+        inputs = torch.where(filler, noise, inputs)
+    return inputs, labels
+
+
+def mqar_hash(inputs: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the int64 bytes of ``inputs`` then ``labels`` (goes into run records)."""
+    h = hashlib.sha256()
+    for t in (inputs, labels):
+        h.update(t.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _logits_of(model: Callable, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    logits = getattr(out, "logits", out)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if not torch.is_tensor(logits) or logits.dim() != 3:
+        raise TypeError("model(input_ids) must return logits (B, T, vocab) or an object with .logits; "
+                        f"got {type(out).__name__}")
+    return logits
+
+
+@torch.no_grad()
+def evaluate_mqar(model: Callable, vocab_size: int,
+                  settings: Iterable[Tuple[int, int]] = ((64, 4), (128, 8), (256, 16), (512, 64)),
+                  num_examples: int = 256, seed: int = 1234, power_a: float = 0.01,
+                  batch_size: int = 64, device: Optional[str] = None) -> Dict[str, float]:
+    """Zoology accuracy of ``model`` on fresh MQAR data, per ``(seq_len, num_kv_pairs)`` slice.
+
+    Args:
+        model: callable ``model(input_ids (B, L)) -> logits (B, L, V')`` or an object with
+            ``.logits`` (a Hugging Face causal LM); ``V' >= vocab_size``. Put it in eval mode first.
+        vocab_size: the synthetic vocabulary V the model was trained on.
+        settings: (seq_len, num_kv_pairs) pairs; each slice uses seed ``seed + index``.
+        num_examples, seed, power_a: passed to :func:`make_mqar`.
+        batch_size: examples per forward call.
+        device: where inputs go (default: the model's first parameter's device, else cpu).
+
+    Returns:
+        ``{"L{L}_K{K}": accuracy, ..., "mean": mean over slices, "all": pooled over positions}``.
+    """
+    settings = [tuple(s) for s in settings]
+    if not settings:
+        raise ValueError("settings is empty; pass e.g. [(64, 4), (128, 8)]")
+    _check_int("batch_size", batch_size, 1)
+    if device is None:
+        params = getattr(model, "parameters", None)
+        first = next(iter(params()), None) if callable(params) else None
+        device = first.device if first is not None else "cpu"
+    scores: Dict[str, float] = {}
+    hits_all, count_all = 0, 0
+    for i, (seq_len, num_kv_pairs) in enumerate(settings):
+        inputs, labels = make_mqar(vocab_size, seq_len, num_kv_pairs, num_examples, seed + i, power_a)
+        hits, count = 0, 0
+        for start in range(0, num_examples, batch_size):
+            x = inputs[start:start + batch_size].to(device)
+            y = labels[start:start + batch_size].to(device)
+            preds = _logits_of(model, x).argmax(dim=-1)
+            mask = y != IGNORE_INDEX
+            hits += int((preds[mask] == y[mask]).sum())
+            count += int(mask.sum())
+        scores[f"L{seq_len}_K{num_kv_pairs}"] = hits / count
+        log.info("MQAR L=%d K=%d accuracy %.4f (%d positions)", seq_len, num_kv_pairs, hits / count, count)
+        hits_all += hits
+        count_all += count
+    slice_scores: List[float] = list(scores.values())
+    scores["mean"] = sum(slice_scores) / len(slice_scores)
+    scores["all"] = hits_all / count_all
+    return scores
