@@ -15,6 +15,7 @@ sequence start. Exact for any chunk size in the paper variant.
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Optional, Tuple, Union
 
@@ -97,6 +98,11 @@ def chunk_qdelta(
             every chunk size; ``variant="official"`` is defined by 64-token chunks and accepts
             only ``chunk_size=64``.
 
+    CUDA tensors run the Triton kernels of :mod:`qdelta.kernels.triton` (forward in Triton,
+    recompute-based PyTorch backward); so do CPU tensors when ``TRITON_INTERPRET=1``. float64
+    inputs, K > 256, V > 512, chunk_size > 64 and an official state in the middle of a chunk
+    run the PyTorch reference on any device.
+
     Example::
 
         >>> q, k = (torch.randn(1, 100, 2, 16) for _ in range(2))
@@ -116,4 +122,8 @@ def chunk_qdelta(
                          f"chunk_size must be {OFFICIAL_CHUNK}, got {chunk_size}")
     inp = prepare(q, k, v, g, beta, lam, scale=scale, initial_state=initial_state,
                   use_qk_l2norm=use_qk_l2norm, cu_seqlens=cu_seqlens, variant=variant)
+    if inp.q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":  # Triton (qdelta.kernels.triton)
+        from .triton import chunk_qdelta_triton, chunk_supports
+        if chunk_supports(inp, chunk_size):
+            return chunk_qdelta_triton(inp, chunk_size, output_final_state)
     return run_per_sequence(inp, partial(chunk_sequence, chunk_size=chunk_size), output_final_state)

@@ -6,6 +6,7 @@ what the authors' chunk kernel gives for the whole sequence.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple, Union
 
 import torch
@@ -30,11 +31,18 @@ def fused_recurrent_qdelta(
     use_qk_l2norm: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     variant: str = "paper",
+    inplace: bool = False,
 ) -> Tuple[torch.Tensor, Optional[Union[torch.Tensor, OfficialState]]]:
     """Q-Delta, token by token (for decoding).
 
-    Arguments and returns as :func:`qdelta.kernels.naive_recurrent_qdelta`. Until the Triton
-    recurrent kernel lands, every device runs the PyTorch token loop in fp32 state.
+    Arguments and returns as :func:`qdelta.kernels.naive_recurrent_qdelta`, plus
+
+        inplace: write the final state over ``initial_state`` (a contiguous fp32 tensor, or for
+            ``variant="official"`` an :class:`OfficialState`, offsets included) and return it.
+
+    CUDA tensors (and CPU tensors with ``TRITON_INTERPRET=1``) run the Triton kernel of
+    :mod:`qdelta.kernels.triton` (forward only); calls that need gradients, float64 inputs,
+    K > 256 or V > 512 run the PyTorch token loop in fp32 state.
 
     Example::
 
@@ -48,4 +56,21 @@ def fused_recurrent_qdelta(
     """
     inp = prepare(q, k, v, g, beta, lam, scale=scale, initial_state=initial_state,
                   use_qk_l2norm=use_qk_l2norm, cu_seqlens=cu_seqlens, variant=variant)
-    return run_per_sequence(inp, recurrent_sequence, output_final_state)
+    if inplace and initial_state is None:
+        raise ValueError("inplace=True writes the final state over initial_state, but initial_state is None; "
+                         "pass a state or drop inplace")
+    if inp.q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":  # Triton (qdelta.kernels.triton)
+        from .triton import fused_recurrent_qdelta_triton, recurrent_supports
+        if recurrent_supports(inp):
+            return fused_recurrent_qdelta_triton(inp, output_final_state, inplace)
+    o, final = run_per_sequence(inp, recurrent_sequence, output_final_state or inplace)
+    if inplace:
+        targets = initial_state if isinstance(initial_state, OfficialState) else (initial_state,)
+        sources = final if isinstance(final, OfficialState) else (final,)
+        if isinstance(initial_state, torch.Tensor) and isinstance(final, OfficialState):
+            raise ValueError("inplace=True with variant='official' needs initial_state to be an OfficialState, "
+                             "got a tensor; pass OfficialState.at_boundary(state)")
+        for dst, src in zip(targets, sources):
+            dst.copy_(src)
+        final = initial_state
+    return o, final

@@ -1,0 +1,193 @@
+"""``chunk_qdelta`` on Triton: chunk table, launches, and the autograd Function.
+
+Forward: the three Triton kernels of :mod:`.chunk_fwd`. Backward: recompute-based PyTorch from
+the saved chunk-start states (:mod:`.chunk_bwd`), gradients for q, k, v, g, beta, lam and the
+initial state, with the final-state gradient flowing in.
+
+The official variant runs here from chunk boundaries (an ``initial_state`` that is a tensor, or
+an :class:`OfficialState` at a boundary); its final in-chunk state (chunk-start state, x-memory,
+offset) is rebuilt from the last chunk's start state with the PyTorch chunk step, which keeps it
+differentiable. Continuing from the middle of a chunk goes to the reference path (see
+:func:`supports`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+
+from .._inputs import OFFICIAL_CHUNK, Inputs
+from ..chunk import _chunk
+from ..state import OfficialState
+from . import chunk_fwd
+from .chunk_bwd import chunk_backward
+
+log = logging.getLogger(__name__)
+
+MAX_K, MAX_V, MAX_CHUNK = 256, 512, 64
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def interpret_mode() -> bool:
+    """True when ``TRITON_INTERPRET=1``: the Triton kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def device_ok(x: torch.Tensor) -> bool:
+    return x.is_cuda or (x.device.type == "cpu" and interpret_mode())
+
+
+def _official_state_at_boundary(s: OfficialState) -> bool:
+    if any(t.requires_grad for _, t in s.tensors()):
+        return False
+    return bool((s.offset == 0).all()) and torch.equal(s.chunk_start, s.state) and not bool(s.x_memory.any())
+
+
+def supports(inp: Inputs, chunk_size: int) -> bool:
+    """Whether the Triton chunk path computes this call (else the PyTorch reference does)."""
+    K, V = inp.q.shape[-1], inp.v.shape[-1]
+    if not device_ok(inp.q) or inp.q.dtype not in TRITON_DTYPES or K > MAX_K or V > MAX_V:
+        return False
+    if chunk_size > MAX_CHUNK:
+        return False
+    s = inp.initial_state
+    return not (isinstance(s, OfficialState) and not _official_state_at_boundary(s))
+
+
+def _p2(n: int, least: int = 16) -> int:
+    return max(least, triton.next_power_of_2(n))
+
+
+class ChunkTable:
+    """Every chunk's first token and length over the flattened tokens; built on the host."""
+
+    def __init__(self, bounds: List[Tuple[int, int]], chunk_size: int, num_tokens: int, device):
+        bos, lens, seq_chunks, per_seq = [], [], [0], []
+        for start, end in bounds:
+            ids = []
+            for s in range(start, end, chunk_size):
+                ids.append(len(bos))
+                bos.append(s)
+                lens.append(min(chunk_size, end - s))
+            seq_chunks.append(len(bos))
+            per_seq.append(ids)
+        as_int = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+        self.bos, self.len, self.seq_chunks = as_int(bos), as_int(lens), as_int(seq_chunks)
+        self.num_chunks, self.num_sequences = len(bos), len(bounds)
+        self.last = torch.tensor([ids[-1] for ids in per_seq], dtype=torch.int64, device=device)
+        width = max(len(ids) for ids in per_seq)
+        self.table = torch.tensor([[-1] * (width - len(ids)) + ids for ids in per_seq], dtype=torch.int64,
+                                  device=device)  # (N, width) aligned at the end, for the backward
+        pos = torch.arange(chunk_size, dtype=torch.int64)
+        index = torch.tensor(bos, dtype=torch.int64)[:, None] + pos
+        index[pos[None, :] >= torch.tensor(lens)[:, None]] = num_tokens
+        self.index = index.to(device)  # (NC, chunk_size), num_tokens for padding
+        self.bounds = bounds
+
+
+def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool):
+    """Launch the three forward kernels. Tokens laid out (T, H, ·), contiguous. Returns o, h, ht."""
+    T, H, K = q.shape
+    V = v.shape[-1]
+    NC, N = table.num_chunks, table.num_sequences
+    dev, f32 = q.device, torch.float32
+    G = torch.empty(T, H, dtype=f32, device=dev)
+    W = torch.empty(T, H, K, dtype=f32, device=dev)
+    U = torch.empty(T, H, V, dtype=f32, device=dev)
+    BC, BK, BV = _p2(chunk_size), min(64, _p2(K)), min(64, _p2(V))
+    chunk_fwd._intra_kernel[(NC, H)](
+        q, k, v, q if g is None else g, beta, q if lam is None else lam,
+        table.bos, table.len, G, W, U,
+        H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
+        HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
+    )
+    h = torch.empty(NC, H, K, V, dtype=f32, device=dev)
+    Up = torch.empty(T, H, V, dtype=f32, device=dev)
+    ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
+    BKF = _p2(K)
+    BVS = min(32 if BKF >= 256 else 64, _p2(V))
+    chunk_fwd._state_kernel[(N, H, triton.cdiv(V, BVS))](
+        k, W, U, G, h if h0 is None else h0,
+        table.bos, table.len, table.seq_chunks, h, Up, ht,
+        H=H, K=K, V=V, BC=BC, BK=BKF, BV=BVS, HAS_H0=h0 is not None,
+        num_warps=8 if BKF >= 256 else 4,
+    )
+    o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
+    chunk_fwd._output_kernel[(NC, H, triton.cdiv(V, BV))](
+        q, k, G, h, Up, o, table.bos, table.len, scale,
+        H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
+    )
+    return o, h, ht
+
+
+class _ChunkQDelta(torch.autograd.Function):
+    """(q, k, v, g, beta, lam, h0) -> (o, final state, start state of every sequence's last chunk)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official):
+        o, h, ht = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official)
+        h_last = h[table.last]
+        ctx.save_for_backward(q, k, v, g, beta, lam, h)
+        ctx.meta = (table, scale, official, g is None, lam is None, h0 is None)
+        return o, ht, h_last
+
+    @staticmethod
+    def backward(ctx, do, dht, dh_last):
+        q, k, v, g, beta, lam, h = ctx.saved_tensors
+        table, scale, official, no_g, no_lam, no_h0 = ctx.meta
+        zeros = torch.zeros(q.shape[:2], dtype=q.dtype, device=q.device)
+        N, (H, K, V) = table.num_sequences, h.shape[1:]
+        zero_state = lambda d: torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d  # noqa: E731
+        saved = {
+            "tensors": (q, k, v, zeros if no_g else g, beta, zeros if no_lam else lam, h),
+            "index": table.index, "table": table.table, "scale": scale, "official": official,
+        }
+        dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht).float(),
+                                                          zero_state(dh_last).float())
+        cast = lambda d, ref: d.to(ref.dtype)  # noqa: E731
+        return (cast(dq, q), cast(dk, k), cast(dv, v), None if no_g else cast(dg, g), cast(dbeta, beta),
+                None if no_lam else cast(dlam, lam), None if no_h0 else dh0, None, None, None, None)
+
+
+def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float) -> OfficialState:
+    """Rebuild the official in-chunk state after each sequence's last chunk (PyTorch, differentiable)."""
+    parts = []
+    for n, (start, end) in enumerate(table.bounds):
+        first = table.bos[table.last[n]].item()
+        piece = lambda t: t[first:end].transpose(0, 1).float()  # noqa: E731  (H, C, ·)
+        zeros = torch.zeros(end - first, q.shape[1], dtype=torch.float32, device=q.device).transpose(0, 1)
+        gg = zeros if g is None else piece(g)
+        ll = zeros if lam is None else piece(lam)
+        S0 = h_last[n]
+        _, st = _chunk(piece(q), piece(k), piece(v), gg, piece(beta), ll, scale,
+                       OfficialState(S0, S0, torch.zeros_like(S0), 0))
+        parts.append(st)
+    offsets = torch.tensor([p.offset for p in parts], dtype=torch.int64, device=q.device)
+    return OfficialState(*(torch.stack([p[i] for p in parts]) for i in range(3)), offsets)
+
+
+def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool):
+    """Run a prepared call (see :func:`supports`) on Triton; returns (o, final state or None)."""
+    B, T, H, K = inp.q.shape
+    V = inp.v.shape[-1]
+    flat = lambda t: None if t is None else t.reshape((B * T,) + t.shape[2:]).contiguous()  # noqa: E731
+    q, k, v, g, beta, lam = map(flat, (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.lam))
+    bounds = [(b * T + s, b * T + e) for b, s, e in inp.sequence_bounds()]
+    official = inp.variant == "official"
+    size = OFFICIAL_CHUNK if official else chunk_size
+    table = ChunkTable(bounds, size, B * T, q.device)
+    h0 = inp.initial_state
+    if isinstance(h0, OfficialState):
+        h0 = h0.state
+    if h0 is not None:
+        h0 = h0.float().contiguous()
+    o, ht, h_last = _ChunkQDelta.apply(q, k, v, g, beta, lam, h0, table, inp.scale, size, official)
+    o = o.reshape(B, T, H, V)
+    if not output_final_state:
+        return o, None
+    if official:
+        return o, _official_final(q, k, v, g, beta, lam, h_last, table, inp.scale)
+    return o, ht

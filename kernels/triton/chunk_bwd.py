@@ -1,0 +1,96 @@
+"""Backward of the chunkwise Q-Delta op: recompute-based, in PyTorch (fp32), from saved chunk states.
+
+This is NOT a Triton backward. The Triton forward saves the state at the start of every chunk
+(``h``, fp32); the backward then
+
+1. gathers every chunk into a padded batch ``(NC, H, C, ·)`` (tokens past a chunk's length are
+   zero, which makes them contribute nothing: beta = 0, k = q = 0, g = 0),
+2. runs the reverse state recurrence for ``dS`` (the gradient at every chunk boundary), which is
+   linear in ``dS``:  ``dS0_c = r_c + gam_C dS_end_c - W_c^T diag(gam_C / gam) K_c dS_end_c`` with
+   ``r_c = scale (diag(gam) Q)^T dO_c - W_c^T scale ((Q K^T) * Gam)^T dO_c``,
+3. differentiates the per-chunk function (all chunks at once, torch autograd) given
+   ``(dO_c, dS_end_c)`` with the chunk-start states held fixed.
+
+Step 3 is exact by the chain rule: ``dS_end_c`` is the total derivative of the loss with respect
+to chunk c's end state. Everything runs in fp32 with torch's own (non-tf32) matmuls.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def gather_chunks(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Tokens ``(T, H, ...)`` -> padded chunks ``(NC, H, C, ...)``; ``index`` (NC, C) with T for padding."""
+    pad = torch.cat([x, x.new_zeros((1,) + x.shape[1:])], 0)
+    out = pad[index]  # (NC, C, H, ...)
+    return out.transpose(1, 2)
+
+
+def scatter_chunks(xc: torch.Tensor, index: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Inverse of :func:`gather_chunks` for a gradient: ``(NC, H, C, ...)`` -> ``(T, H, ...)``."""
+    flat = xc.transpose(1, 2).reshape((-1,) + xc.shape[1:2] + xc.shape[3:])
+    out = flat.new_zeros((num_tokens + 1,) + flat.shape[1:])
+    out.index_copy_(0, index.reshape(-1), flat)  # every real token appears once; padding -> row T
+    return out[:num_tokens]
+
+
+def chunk_function(q, k, v, g, beta, lam, S0, scale, official):
+    """All chunks at once. q, k (NC, H, C, K); v (NC, H, C, V); g, beta, lam (NC, H, C); S0 (NC, H, K, V).
+
+    Returns o (NC, H, C, V), S_end (NC, H, K, V), and W (NC, H, C, K) for the state recurrence.
+    """
+    C = q.shape[2]
+    x = k + lam[..., None] * q
+    G = g.cumsum(-1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    Gam = torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
+    gam = G.exp()[..., None]
+    pairing = k @ x.transpose(-1, -2) if official else x @ k.transpose(-1, -2)
+    L = (beta[..., None] * pairing * Gam).tril(-1)
+    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    rhs = torch.cat([beta[..., None] * v, (beta[..., None] * gam) * x], -1)
+    sol = torch.linalg.solve_triangular(eye + L, rhs, upper=False, unitriangular=True)
+    U, W = sol[..., : v.shape[-1]], sol[..., v.shape[-1]:]
+    Up = U - W @ S0
+    A = (q @ k.transpose(-1, -2)) * Gam
+    o = scale * (gam * (q @ S0) + A @ Up)
+    to_end = (G[..., -1:] - G).exp()[..., None]
+    S_end = gam[..., -1:, :] * S0 + k.transpose(-1, -2) @ (to_end * Up)
+    return o, S_end, W, A, gam, to_end
+
+
+def reverse_state_pass(chunks, S0, dO, dfinal, dh_last, table, scale, official):
+    """dS_end for every chunk and d(initial state); table (N, maxC) chunk ids aligned at the end (-1 = none)."""
+    with torch.no_grad():
+        _, _, W, A, gam, to_end = chunk_function(*chunks, S0, scale, official)
+        q, k = chunks[0], chunks[1]
+        r = scale * (gam * q).transpose(-1, -2) @ dO - W.transpose(-1, -2) @ (scale * A.transpose(-1, -2) @ dO)
+        gam_C = gam[..., -1, :].unsqueeze(-1)  # (NC, H, 1, 1)
+        dS_end = torch.zeros_like(S0)
+        carry = dfinal.clone()
+        for step in range(table.shape[1] - 1, -1, -1):
+            ids = table[:, step]
+            live = ids >= 0
+            c = ids.clamp(min=0)
+            dS_end[c[live]] = carry[live]
+            new = r[c] + gam_C[c] * carry - W[c].transpose(-1, -2) @ (to_end[c] * (k[c] @ carry))
+            if step == table.shape[1] - 1:
+                new = new + dh_last
+            carry = torch.where(live[:, None, None, None], new, carry)
+    return dS_end, carry
+
+
+def chunk_backward(saved, do, dfinal, dh_last):
+    """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0) for tokens laid out (T, H, ·); see the module doc."""
+    q, k, v, g, beta, lam, h = saved["tensors"]
+    index, table, scale, official = saved["index"], saved["table"], saved["scale"], saved["official"]
+    T = q.shape[0]
+    f32 = lambda t: t.to(torch.float32)  # noqa: E731
+    chunks = [gather_chunks(f32(t), index) for t in (q, k, v, g, beta, lam)]
+    dO = gather_chunks(f32(do), index)
+    dS_end, dh0 = reverse_state_pass(chunks, h, dO, dfinal, dh_last, table, scale, official)
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in chunks]
+        o, S_end, *_ = chunk_function(*leaves, h, scale, official)
+        grads = torch.autograd.grad((o, S_end), leaves, (dO, dS_end))
+    return [scatter_chunks(gr, index, T) for gr in grads] + [dh0]

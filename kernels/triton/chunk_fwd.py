@@ -1,0 +1,171 @@
+"""Triton chunkwise Q-Delta forward (DESIGN §2, "Chunkwise form"), three kernels.
+
+Per chunk of C tokens from state S0 (``G`` the in-chunk cumulative gate, ``gam = exp(G)``,
+``Gam_ij = exp(G_i - G_j)``)::
+
+    X  = K + diag(lam) Q
+    L  = strictly_lower( diag(beta) (X K^T) * Gam )      paper    (official: K X^T)
+    T  = (I + L)^-1 ;  W = T diag(beta gam) X ;  U = T diag(beta) V          (1) _intra_kernel
+    U' = U - W S0 ;    S_C = gam_C S0 + K^T diag(gam_C / gam) U'             (2) _state_kernel
+    O  = scale ( diag(gam) Q S0 + ((Q K^T) * Gam * lower_incl) U' )          (3) _output_kernel
+
+Chunks come from a host-built table (first token, length), so packed sequences
+(``cu_seqlens``) and the official variant's chunking from every sequence start need no special
+case; tokens past a chunk's length are masked to zero. The official variant is computed here
+only from chunk boundaries (its in-chunk continuation is handled by the caller).
+
+Precision: gate cumsum, T, W, U, U' and the state are fp32; ``tl.dot`` on fp32 operands uses
+Triton's default (tf32 on Hopper). Plain pointer arithmetic with masks throughout: Triton 3.9
+removed ``tl.make_block_ptr``. Checked with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6
+on an H100 (see NOTES.md). Limits: K <= 256, V <= 512 (any size, padded to powers of two
+inside), chunk size <= 64.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _intra_kernel(
+    q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
+    chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
+    G_out, W_out, U_out,  # (T, H) fp32, (T, H, K) fp32, (T, H, V) fp32
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < n
+    o_t = (bos + o_c) * H + i_h  # token-head row index
+    if HAS_G:
+        b_G = tl.cumsum(tl.load(g + o_t, mask=m_c, other=0.0).to(tl.float32), 0)
+    else:
+        b_G = tl.zeros([BC], dtype=tl.float32)
+    tl.store(G_out + o_t, b_G, mask=m_c)
+    b_beta = tl.load(beta + o_t, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_LAM:
+        b_lam = tl.load(lam + o_t, mask=m_c, other=0.0).to(tl.float32)
+    else:
+        b_lam = tl.zeros([BC], dtype=tl.float32)
+
+    # pairing matrix over K blocks
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_c[:, None] & (o_k < K)[None, :]
+        p = o_t[:, None] * K + o_k[None, :]
+        b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
+        b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+        b_x = b_k + b_lam[:, None] * b_q
+        if OFFICIAL:
+            b_A += tl.dot(b_k, tl.trans(b_x))  # <k_i, x_j>
+        else:
+            b_A += tl.dot(b_x, tl.trans(b_k))  # <x_i, k_j>
+    m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
+    b_Gam = tl.exp(tl.where(m_strict, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_L = b_beta[:, None] * b_A * b_Gam
+
+    # T = (I + L)^-1 by forward substitution: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
+    b_T = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+    for i in range(1, BC):
+        l_i = tl.sum(tl.where(o_c[:, None] == i, b_L, 0.0), 0)  # L[i, :]
+        r_i = tl.sum(l_i[:, None] * b_T, 0)  # sum_j L_ij T[j, :]
+        b_T = tl.where(o_c[:, None] == i, b_T - r_i[None, :], b_T)
+
+    b_wx = b_beta * tl.exp(b_G)  # beta * gam
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_c[:, None] & (o_k < K)[None, :]
+        p = o_t[:, None] * K + o_k[None, :]
+        b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
+        b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+        b_x = (b_k + b_lam[:, None] * b_q) * b_wx[:, None]
+        tl.store(W_out + p, tl.dot(b_T, b_x), mask=m)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m = m_c[:, None] & (o_v < V)[None, :]
+        p = o_t[:, None] * V + o_v[None, :]
+        b_v = tl.load(v + p, mask=m, other=0.0).to(tl.float32) * b_beta[:, None]
+        tl.store(U_out + p, tl.dot(b_T, b_v), mask=m)
+
+
+@triton.jit
+def _state_kernel(
+    k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
+    chunk_bos, chunk_len, seq_chunks,  # (NC,), (NC,), (N + 1,) int32
+    h_out, Up_out, ht_out,  # (NC, H, K, V) fp32 chunk-start states, (T, H, V) fp32 U', (N, H, K, V) fp32
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_c = tl.arange(0, BC)
+    o_k = tl.arange(0, BK)  # BK covers all of K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_h * K * V + o_k[:, None] * V + o_v[None, :]  # within one (N or NC, H) slice
+    if HAS_H0:
+        b_S = tl.load(h0 + i_n.to(tl.int64) * H * K * V + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+    else:
+        b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    c_begin = tl.load(seq_chunks + i_n)
+    c_end = tl.load(seq_chunks + i_n + 1)
+    for i_c in range(c_begin, c_end):
+        tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
+        bos = tl.load(chunk_bos + i_c).to(tl.int64)
+        n = tl.load(chunk_len + i_c)
+        m_c = o_c < n
+        o_t = (bos + o_c) * H + i_h
+        b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
+        p_u = o_t[:, None] * V + o_v[None, :]
+        m_u = m_c[:, None] & m_v[None, :]
+        b_U = tl.load(U + p_u, mask=m_u, other=0.0) - tl.dot(b_W, b_S)
+        tl.store(Up_out + p_u, b_U, mask=m_u)
+        b_G = tl.load(G + o_t, mask=m_c, other=0.0)
+        G_last = tl.load(G + (bos + n - 1) * H + i_h)
+        # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md)
+        b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
+        b_kt = b_kt.to(tl.float32) * tl.where(m_c, tl.exp(G_last - b_G), 0.0)[None, :]
+        b_S = b_S * tl.exp(G_last) + tl.dot(b_kt, b_U)
+    tl.store(ht_out + i_n.to(tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
+
+
+@triton.jit
+def _output_kernel(
+    q, k, G, h, Up, o,  # (T, H, K), (T, H, K), (T, H) fp32, (NC, H, K, V) fp32, (T, H, V) fp32, (T, H, V)
+    chunk_bos, chunk_len, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    i_c, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < n
+    o_t = (bos + o_c) * H + i_h
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    b_o = tl.zeros([BC, BV], dtype=tl.float32)
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    p_h = h + tl.cast(i_c, tl.int64) * H * K * V + i_h * K * V
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
+        b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_q = b_q.to(tl.float32)
+        b_o += tl.dot(b_q, b_h)
+        b_A += tl.dot(b_q, b_kt.to(tl.float32))
+    b_G = tl.load(G + o_t, mask=m_c, other=0.0)
+    m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
+    b_A = b_A * tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
+    p_u = o_t[:, None] * V + o_v[None, :]
+    m_u = m_c[:, None] & m_v[None, :]
+    b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
+    b_o = scale * (b_o * tl.exp(b_G)[:, None] + tl.dot(b_A, b_U))
+    tl.store(o + p_u, b_o.to(o.dtype.element_ty), mask=m_u)

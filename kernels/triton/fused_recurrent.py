@@ -1,0 +1,158 @@
+"""Triton recurrent Q-Delta for decoding: one program per (sequence, head, V block), state in registers.
+
+Per token (DESIGN §2)::
+
+    x = k + lam q ;  S <- exp(g) S ;  u = beta (v - S^T x) ;  S <- S + k u^T ;  o = scale S^T q
+
+``variant="official"`` predicts with ``D^T x + P^T k`` instead of ``S^T x`` (D = decayed chunk-start
+state, P = in-chunk x-memory, both decayed with S), adds ``x u^T`` to P, and at every 64th
+token of a sequence resets ``D = S, P = 0`` (see :mod:`qdelta.kernels.state`).
+
+Every V column of the state evolves on its own, so V is split across programs and the whole K
+dimension lives in one block (K <= 256, V <= 512, padded to powers of two with masks). The state
+is read once and written once per call; ``inplace=True`` writes it over the initial state.
+Forward only (decoding): calls that need gradients go to the PyTorch reference. Checked with
+Triton 3.9 (TRITON_INTERPRET=1) and Triton 3.6 on an H100 (NOTES.md).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._inputs import OFFICIAL_CHUNK, Inputs
+from ..state import OfficialState
+from .chunk import MAX_K, MAX_V, TRITON_DTYPES, _p2, device_ok
+
+
+@triton.jit
+def _recurrent_kernel(
+    q, k, v, g, beta, lam, o,  # (T, H, K), (T, H, K), (T, H, V), (T, H) x3, (T, H, V)
+    s0, d0, p0, st, dt, pt,  # (N, H, K, V) fp32: initial S, D, P and final S, D, P (may alias)
+    seq_bos, offsets, scale,  # (N + 1,) int32, (N,) int32 tokens already in the official chunk
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    CHUNK: tl.constexpr, HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, HAS_S0: tl.constexpr,
+    OFFICIAL: tl.constexpr,
+):
+    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = (i_n.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    if HAS_S0:
+        b_S = tl.load(s0 + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+    else:
+        b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if OFFICIAL:
+        if HAS_S0:
+            b_D = tl.load(d0 + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+            b_P = tl.load(p0 + p_kv, mask=m_kv, other=0.0).to(tl.float32)
+        else:
+            b_D = tl.zeros([BK, BV], dtype=tl.float32)
+            b_P = tl.zeros([BK, BV], dtype=tl.float32)
+        offset = tl.load(offsets + i_n)
+    bos = tl.load(seq_bos + i_n).to(tl.int64)
+    eos = tl.load(seq_bos + i_n + 1).to(tl.int64)
+    for t in range(bos, eos):
+        o_t = t * H + i_h
+        b_q = tl.load(q + o_t * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_k = tl.load(k + o_t * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + o_t * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_beta = tl.load(beta + o_t).to(tl.float32)
+        b_x = b_k
+        if HAS_LAM:
+            b_x = b_k + tl.load(lam + o_t).to(tl.float32) * b_q
+        if HAS_G:
+            decay = tl.exp(tl.load(g + o_t).to(tl.float32))
+            b_S = b_S * decay
+            if OFFICIAL:
+                b_D = b_D * decay
+                b_P = b_P * decay
+        if OFFICIAL:
+            pred = tl.sum(b_x[:, None] * b_D, 0) + tl.sum(b_k[:, None] * b_P, 0)
+        else:
+            pred = tl.sum(b_x[:, None] * b_S, 0)
+        b_u = b_beta * (b_v - pred)
+        b_S = b_S + b_k[:, None] * b_u[None, :]
+        b_o = scale * tl.sum(b_q[:, None] * b_S, 0)
+        tl.store(o + o_t * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        if OFFICIAL:
+            b_P = b_P + b_x[:, None] * b_u[None, :]
+            offset += 1
+            reset = offset == CHUNK
+            b_D = tl.where(reset, b_S, b_D)
+            b_P = tl.where(reset, 0.0, b_P)
+            offset = tl.where(reset, 0, offset)
+    tl.store(st + p_kv, b_S, mask=m_kv)
+    if OFFICIAL:
+        tl.store(dt + p_kv, b_D, mask=m_kv)
+        tl.store(pt + p_kv, b_P, mask=m_kv)
+
+
+def supports(inp: Inputs) -> bool:
+    """Whether the Triton recurrent path computes this call (else the PyTorch reference does)."""
+    K, V = inp.q.shape[-1], inp.v.shape[-1]
+    tensors = [inp.q, inp.k, inp.v, inp.beta] + [t for t in (inp.g, inp.lam) if t is not None]
+    s = inp.initial_state
+    tensors += [t for _, t in s.tensors()] if isinstance(s, OfficialState) else ([s] if s is not None else [])
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return (device_ok(inp.q) and inp.q.dtype in TRITON_DTYPES and K <= MAX_K and V <= MAX_V
+            and not needs_grad)
+
+
+def fused_recurrent_qdelta_triton(inp: Inputs, output_final_state: bool, inplace: bool = False):
+    """Run a prepared call on Triton; returns (o, final state or None). ``inplace`` overwrites the state."""
+    B, T, H, K = inp.q.shape
+    V = inp.v.shape[-1]
+    dev = inp.q.device
+    flat = lambda t: None if t is None else t.reshape((B * T,) + t.shape[2:]).contiguous()  # noqa: E731
+    q, k, v, g, beta, lam = map(flat, (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.lam))
+    bounds = [b * T + s for b, s, _ in inp.sequence_bounds()] + [B * T]
+    N = len(bounds) - 1
+    seq_bos = torch.tensor(bounds, dtype=torch.int32, device=dev)
+    official = inp.variant == "official"
+    s = inp.initial_state
+    if official and s is not None and not isinstance(s, OfficialState):
+        s = OfficialState.at_boundary(s)
+    init = list(s[:3]) if official and s is not None else ([s] if s is not None else [])
+    fp32_contig = all(t.dtype == torch.float32 and t.is_contiguous() for t in init)
+    if inplace and official and not isinstance(inp.initial_state, OfficialState):
+        raise ValueError("inplace=True with variant='official' needs initial_state to be an OfficialState "
+                         f"(its three tensors are written), got {type(inp.initial_state).__name__}; "
+                         "pass OfficialState.at_boundary(state) with separate tensors")
+    if inplace and init and not fp32_contig:
+        raise ValueError("inplace=True needs a contiguous float32 initial_state; got "
+                         f"{[(t.dtype, t.is_contiguous()) for t in init]}; pass .float().contiguous() first")
+    if not init:
+        finals = [torch.empty(N, H, K, V, dtype=torch.float32, device=dev) for _ in range(3 if official else 1)]
+    elif inplace:
+        finals = init
+    else:
+        init = [t.float().contiguous() for t in init]
+        finals = [torch.empty_like(t) for t in init]
+    while len(init) < 3:
+        init.append(finals[0])  # placeholders: never read without HAS_S0 / OFFICIAL
+    while len(finals) < 3:
+        finals.append(finals[0])
+    offsets = (s.offset if official and s is not None else torch.zeros(N, dtype=torch.int64, device=dev))
+    o = torch.empty(B * T, H, V, dtype=q.dtype, device=dev)
+    BK = _p2(K)
+    BV = min(_p2(V), 32 if BK >= 256 or official else 64)
+    _recurrent_kernel[(N, H, triton.cdiv(V, BV))](
+        q, k, v, q if g is None else g, beta, q if lam is None else lam, o,
+        init[0], init[1], init[2], finals[0], finals[1], finals[2],
+        seq_bos, offsets.to(torch.int32), inp.scale,
+        H=H, K=K, V=V, BK=BK, BV=BV, CHUNK=OFFICIAL_CHUNK,
+        HAS_G=g is not None, HAS_LAM=lam is not None, HAS_S0=s is not None, OFFICIAL=official,
+    )
+    o = o.reshape(B, T, H, V)
+    if not output_final_state and not inplace:
+        return o, None
+    if not official:
+        return o, finals[0]
+    lengths = seq_bos[1:].to(torch.int64) - seq_bos[:-1].to(torch.int64)
+    new_offsets = (offsets + lengths) % OFFICIAL_CHUNK
+    if inplace and isinstance(inp.initial_state, OfficialState):
+        inp.initial_state.offset.copy_(new_offsets)
+    return o, OfficialState(finals[0], finals[1], finals[2], new_offsets)
