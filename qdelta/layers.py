@@ -1,0 +1,148 @@
+"""The recurrent token mixers: Q-Delta, Gated DeltaNet, DeltaNet and gated linear attention.
+
+One class, :class:`RecurrentMixer`, builds all four from the same parts (DESIGN §3)::
+
+    q, k = silu(conv(Linear(h)))          (H heads of K)      l2-normalised in the op
+    v    = silu(conv(Linear(h)))          (HV heads of V = expand_v * K)
+    beta = sigmoid(b_proj(h))             qdelta, gated_deltanet, delta_net (use_beta)
+    lam  = sigmoid(lamb_proj(h) - lamb_bias)                  qdelta only
+    g    = -exp(A_log) * softplus(a_proj(h) + dt_bias)        all but delta_net (and linear_attn use_decay)
+    o    = o_proj( RMSNorm_head(o) * silu(g_proj(h)) )        (plain RMSNorm without use_gate)
+
+``allow_neg_eigval`` doubles beta (and lam for Q-Delta). Grouped values (``num_v_heads > num_heads``,
+Gated DeltaNet) repeat each q/k head for its ``num_v_heads / num_heads`` value heads.
+Prefill and training run ``chunk_qdelta``; a decoding step (one token per sequence) runs
+``fused_recurrent_qdelta``. Inputs arrive packed, ``(1, total, d)`` with :class:`~qdelta.packing.Packing`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import chunk_qdelta, fused_recurrent_qdelta
+from .linear_attention import chunk_linear_attention
+from .norms import GatedRMSNorm
+from .packing import Packing
+from .short_conv import ShortConvolution
+
+DELTA_KINDS = ("qdelta", "gated_deltanet", "delta_net")
+KINDS = DELTA_KINDS + ("linear_attn",)
+
+
+def init_decay_parameters(A_log: torch.Tensor, dt_bias: torch.Tensor, generator=None) -> None:
+    """Mamba-2 style: ``A ~ U(1, 16)``, ``dt ~ logU(1e-3, 1e-1)`` stored as softplus^-1(dt)."""
+    with torch.no_grad():
+        A = torch.empty(A_log.shape, dtype=torch.float32).uniform_(1, 16, generator=generator)
+        dt = torch.exp(torch.rand(dt_bias.shape, generator=generator) * (math.log(0.1) - math.log(1e-3))
+                       + math.log(1e-3)).clamp(min=1e-4)
+        A_log.copy_(A.log())
+        dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+class RecurrentMixer(nn.Module):
+    def __init__(self, config, layer_idx: int, kind: str):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.layer_idx = kind, layer_idx
+        d, H, HV = config.hidden_size, config.num_heads, config.value_heads
+        K, V = config.head_k_dim, config.head_v_dim
+        self.num_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim = H, HV, K, V
+        self.allow_neg_eigval = bool(config.allow_neg_eigval)
+        self.variant = getattr(config, "variant", "paper") if kind == "qdelta" else "paper"
+        self.lamb_bias = float(getattr(config, "lamb_bias", 0.0))
+        self.use_decay = kind in ("qdelta", "gated_deltanet") or (kind == "linear_attn" and config.use_decay)
+        self.use_beta = kind in ("qdelta", "gated_deltanet") or (kind == "delta_net" and config.use_beta)
+        self.use_gate, self.use_short_conv = bool(config.use_gate), bool(config.use_short_conv)
+        self.q_proj = nn.Linear(d, H * K, bias=False)
+        self.k_proj = nn.Linear(d, H * K, bias=False)
+        self.v_proj = nn.Linear(d, HV * V, bias=False)
+        if self.use_decay:
+            self.a_proj = nn.Linear(d, HV, bias=False)
+            self.A_log = nn.Parameter(torch.empty(HV))
+            self.dt_bias = nn.Parameter(torch.empty(HV))
+            init_decay_parameters(self.A_log, self.dt_bias)
+        if self.use_beta:
+            self.b_proj = nn.Linear(d, HV, bias=False)
+        if kind == "qdelta":
+            self.lamb_proj = nn.Linear(d, HV, bias=False)
+        if self.use_short_conv:
+            self.q_conv1d = ShortConvolution(H * K, config.conv_size)
+            self.k_conv1d = ShortConvolution(H * K, config.conv_size)
+            self.v_conv1d = ShortConvolution(HV * V, config.conv_size)
+        if self.use_gate:
+            self.g_proj = nn.Linear(d, HV * V, bias=False)
+        self.o_norm = GatedRMSNorm(V, eps=config.norm_eps)
+        self.o_proj = nn.Linear(HV * V, d, bias=False)
+        self.capture: Optional[list] = None  # set to a list to record per-call internals (qdelta.stability)
+
+    def _qkv(self, h, packing, state, use_cache):
+        names = ("q", "k", "v")
+        projected = (self.q_proj(h), self.k_proj(h), self.v_proj(h))
+        if not self.use_short_conv:
+            return [F.silu(x) for x in projected], {}
+        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        out, conv_states = [], {}
+        for name, conv, x in zip(names, convs, projected):
+            y, s = conv(x, packing, None if state is None else state[f"conv_{name}"], output_state=use_cache)
+            out.append(y)
+            conv_states[f"conv_{name}"] = s
+        return out, conv_states
+
+    def gates(self, h: torch.Tensor):
+        """(g, beta, lam) for hidden states h (1, total, d): each (1, total, HV) fp32, or None where unused."""
+        g = beta = lam = None
+        if self.use_decay:
+            g = -self.A_log.float().exp() * F.softplus(self.a_proj(h).float() + self.dt_bias.float())
+        scale = 2.0 if self.allow_neg_eigval else 1.0
+        if self.use_beta:
+            beta = scale * torch.sigmoid(self.b_proj(h).float())
+        if self.kind == "qdelta":
+            lam = scale * torch.sigmoid(self.lamb_proj(h).float() - self.lamb_bias)
+        return g, beta, lam
+
+    def forward(self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None,
+                use_cache: bool = False) -> Tuple[torch.Tensor, Optional[dict]]:
+        """h: (1, total, d) packed -> (out (1, total, d), the layer's new cache state or None)."""
+        (q, k, v), conv_states = self._qkv(h, packing, state, use_cache)
+        total = h.shape[1]
+        q = q.view(1, total, self.num_heads, self.head_k_dim)
+        k = k.view(1, total, self.num_heads, self.head_k_dim)
+        v = v.view(1, total, self.num_v_heads, self.head_v_dim)
+        if self.num_v_heads != self.num_heads:
+            group = self.num_v_heads // self.num_heads
+            q, k = q.repeat_interleave(group, 2), k.repeat_interleave(group, 2)
+        g, beta, lam = self.gates(h)
+        initial = None if state is None else state["recurrent"]
+        if initial is None:  # explicit zeros: one state per packed sequence
+            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            initial = q.new_zeros(packing.batch, self.num_v_heads, self.head_k_dim, self.head_v_dim, dtype=acc)
+        if self.kind == "linear_attn":
+            q, k = _l2norm(q), _l2norm(k)
+            o, final = chunk_linear_attention(q, k, v, g, initial_state=initial, output_final_state=use_cache,
+                                              cu_seqlens=packing.cu_seqlens)
+        else:
+            op = fused_recurrent_qdelta if packing.single_token else chunk_qdelta
+            o, final = op(q, k, v, g, beta, lam, initial_state=initial, output_final_state=use_cache,
+                          use_qk_l2norm=True, cu_seqlens=packing.cu_seqlens, variant=self.variant)
+        if self.capture is not None:
+            self.capture.append({"q": q.detach(), "k": k.detach(), "beta": _detach(beta), "lam": _detach(lam),
+                                 "g": _detach(g)})
+        gate = self.g_proj(h).view(1, total, self.num_v_heads, self.head_v_dim) if self.use_gate else None
+        o = self.o_norm(o, gate).reshape(1, total, self.num_v_heads * self.head_v_dim)
+        new_state = {**conv_states, "recurrent": final} if use_cache else None
+        return self.o_proj(o), new_state
+
+
+def _detach(t):
+    return None if t is None else t.detach()
+
+
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
+    """Same normalisation as the delta-rule ops: ``x / sqrt(sum(x^2) + 1e-6)`` in fp32."""
+    y = x.float()
+    return (y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)

@@ -1,0 +1,45 @@
+"""RMSNorm and the gated RMSNorm of the recurrent layers' output (DESIGN §3).
+
+Both compute in fp32 and return the input dtype. Parameter names (``weight``) match
+flash-linear-attention's ``RMSNorm`` and ``FusedRMSNormGated`` so checkpoints load.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x^2) + eps)`` over the last dimension, in fp32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class RMSNorm(nn.Module):
+    """``y = x / rms(x) * weight`` over the last dimension (size ``dim``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (rms_normalize(x, self.eps) * self.weight.float()).to(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """``y = x / rms(x) * weight * silu(gate)`` per head: x, gate (..., dim); ``gate=None`` is plain RMSNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = rms_normalize(x, self.eps) * self.weight.float()
+        if gate is not None:
+            y = y * F.silu(gate.float())
+        return y.to(x.dtype)

@@ -1,0 +1,85 @@
+"""Padded batches -> packed token streams (``cu_seqlens``), so pads never reach a mixer.
+
+Every model forward turns ``input_ids (B, T)`` plus an optional ``attention_mask (B, T)``
+(1 = token, 0 = pad; left or right padding, or any pattern) into one packed stream of the
+valid tokens, row by row, with ``cu_seqlens`` marking the rows. Mixers see only that stream;
+per-token modules (norms, MLP, head) do not care. Row ``n`` of the batch is sequence ``n``
+of the cache, so a cache keeps one state per batch row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Packing:
+    """Where the valid tokens of a (B, T) batch sit, and how many each row has seen before."""
+
+    batch: int  # B
+    width: int  # T
+    indices: torch.Tensor  # (total,) int64 positions of valid tokens in the flattened (B*T) batch
+    cu_seqlens: torch.Tensor  # (B + 1,) int64, on the model device
+    lengths: torch.Tensor  # (B,) int64 valid tokens per row in this call
+    past: torch.Tensor  # (B,) int64 tokens each row had seen before this call (cache)
+    dense: bool  # no padding: indices == arange(B*T)
+
+    @classmethod
+    def from_mask(cls, attention_mask: Optional[torch.Tensor], batch: int, width: int, device,
+                  past: Optional[torch.Tensor] = None) -> "Packing":
+        """``attention_mask``: (B, T) of 0/1 (or bool) for the current tokens, or None (all valid)."""
+        if past is None:
+            past = torch.zeros(batch, dtype=torch.int64, device=device)
+        if attention_mask is None or bool(attention_mask.all()):
+            lengths = torch.full((batch,), width, dtype=torch.int64, device=device)
+            indices = torch.arange(batch * width, device=device)
+            dense = True
+        else:
+            if tuple(attention_mask.shape) != (batch, width):
+                raise ValueError(f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
+                                 f"tokens, got {tuple(attention_mask.shape)}")
+            mask = attention_mask.to(device=device).bool()
+            lengths = mask.sum(1).to(torch.int64)
+            if bool((lengths == 0).any()):
+                empty = torch.nonzero(lengths == 0).flatten().tolist()
+                raise ValueError(f"attention_mask rows {empty} have no tokens (all padding); "
+                                 "drop those rows or give each at least one token")
+            indices = torch.nonzero(mask.flatten()).flatten()
+            dense = False
+        cu = torch.zeros(batch + 1, dtype=torch.int64, device=device)
+        cu[1:] = lengths.cumsum(0)
+        return cls(batch, width, indices, cu, lengths, past.to(device=device, dtype=torch.int64), dense)
+
+    @property
+    def total(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def single_token(self) -> bool:
+        """Every row brings exactly one token (a decoding step)."""
+        return self.width == 1 and self.dense
+
+    def rows(self) -> torch.Tensor:
+        """(total,) row (sequence) index of every packed token."""
+        return torch.repeat_interleave(torch.arange(self.batch, device=self.lengths.device), self.lengths)
+
+    def positions(self) -> torch.Tensor:
+        """(total,) position of every packed token within its row's new tokens (0-based)."""
+        rows = self.rows()
+        return torch.arange(self.total, device=rows.device) - self.cu_seqlens[rows]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (1, total, ...)."""
+        flat = x.reshape(self.batch * self.width, *x.shape[2:])
+        return (flat if self.dense else flat.index_select(0, self.indices))[None]
+
+    def unpack(self, x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(1, total, ...) -> (B, T, ...), ``fill`` at pads."""
+        x = x[0]
+        if self.dense:
+            return x.reshape(self.batch, self.width, *x.shape[1:])
+        out = x.new_full((self.batch * self.width, *x.shape[1:]), fill)
+        out = out.index_copy(0, self.indices, x)
+        return out.reshape(self.batch, self.width, *x.shape[1:])
