@@ -1,0 +1,124 @@
+"""Haystacks for needle tasks and the length unit they are measured in.
+
+Lengths are counted in the evaluated model's tokens when ``metadata["tokenizer"]`` names a
+tokenizer (a local folder or a cached hub name, loaded by ``transformers.AutoTokenizer``
+offline), otherwise in whitespace-separated words; each doc records which in ``length_unit``.
+
+Two haystacks, both lists of sentences that are consumed in order (wrapping around):
+
+- ``noise``: a fixed cycle of short plain sentences (RULER S-NIAH-1's kind of filler).
+- ``text``: real English prose: Genesis and Exodus of the King James Version (public domain; see
+  ``tasks/data/SOURCES.md``), split into sentences, starting at a seeded position.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+HAYSTACK_FILE = DATA_DIR / "kjv_genesis_exodus.txt"
+
+NOISE_SENTENCES = (
+    "The river runs past the old mill.",
+    "Clouds drift slowly over the hills.",
+    "A bell rings in the distant town.",
+    "The path turns left at the stone wall.",
+    "Evening light falls across the fields.",
+)
+
+
+class LengthCounter:
+    """Counts a text's length in tokens (``tokenizer`` given) or whitespace words."""
+
+    def __init__(self, tokenizer: Optional[str] = None):
+        self.tokenizer_name = tokenizer
+        self._tok = _load_tokenizer(tokenizer) if tokenizer else None
+        self.unit = f"tokens:{tokenizer}" if tokenizer else "words"
+        if tokenizer is None:
+            log.info("no metadata.tokenizer: context lengths are counted in whitespace words")
+
+    def __call__(self, text: str) -> int:
+        if self._tok is None:
+            return len(text.split())
+        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def many(self, texts: Sequence[str]) -> List[int]:
+        if self._tok is None:
+            return [len(t.split()) for t in texts]
+        return [len(ids) for ids in self._tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(name: str):
+    try:
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # transformers raises OSError, ValueError, ... for a bad name or folder
+        raise ValueError(f"metadata.tokenizer: cannot load tokenizer {name!r} offline ({err}); pass a "
+                         f"folder that holds tokenizer files (the checkpoint folder), or drop the key "
+                         f"to count whitespace words") from err
+
+
+@functools.lru_cache(maxsize=1)
+def text_sentences() -> List[str]:
+    """The shipped English text split into sentences (ends of ``.``, ``;``, ``:``, ``?``, ``!``)."""
+    text = HAYSTACK_FILE.read_text(encoding="utf-8")
+    parts = re.split(r"(?<=[.;:?!])\s+", " ".join(text.split()))
+    return [p for p in parts if p]
+
+
+def sentences(kind: str, start: int = 0) -> Callable[[int], str]:
+    """``f(i)`` = the i-th sentence of haystack ``kind`` ('noise' or 'text') from offset ``start``."""
+    if kind == "noise":
+        pool: Sequence[str] = NOISE_SENTENCES
+    elif kind == "text":
+        pool = text_sentences()
+    else:
+        raise ValueError(f"haystack must be 'noise' or 'text', got {kind!r}")
+    return lambda i: pool[(start + i) % len(pool)]
+
+
+def pool_size(kind: str) -> int:
+    return len(NOISE_SENTENCES) if kind == "noise" else len(text_sentences())
+
+
+def fill_to_length(count: LengthCounter, render: Callable[[List[str]], str], next_sentence: Callable[[int], str],
+                   budget: int) -> List[str]:
+    """The longest list of haystack sentences ``s`` with ``count(render(s)) <= budget``.
+
+    ``render`` builds the whole prompt from the sentences (template, needle and question included),
+    so the budget holds for the exact text the model reads. Grows by estimated sentence lengths,
+    then trims one sentence at a time on the exact count.
+    """
+    chosen: List[str] = []
+    base = count(render(chosen))
+    if base > budget:
+        raise ValueError(f"the prompt without any haystack is already {base} {count.unit} long, more than the "
+                         f"context length {budget}; raise metadata.context_lengths")
+    used = base
+    i = 0
+    while True:
+        batch = [next_sentence(i + j) for j in range(64)]
+        for sentence, n in zip(batch, count.many(batch)):
+            if used + n > budget:
+                break
+            chosen.append(sentence)
+            used += n
+        else:
+            i += len(batch)
+            continue
+        break
+    while chosen and count(render(chosen)) > budget:
+        chosen.pop()
+    # after a conservative estimate there may be room for more
+    while True:
+        extra = next_sentence(len(chosen))
+        if count(render(chosen + [extra])) > budget:
+            break
+        chosen.append(extra)
+    return chosen
