@@ -1,0 +1,243 @@
+"""Kernel benchmark behind ``qdelta bench kernels`` (issue 3): timings, bandwidth, result files.
+
+Times (median of ``triton.testing.do_bench``, bf16, 32,768 tokens a batch) our Triton
+``chunk_qdelta`` forward and forward+backward, PyTorch SDPA flash attention at the same width
+(16 heads of 64 / 128), flash-linear-attention's ``chunk_gated_delta_rule`` when importable,
+and the recurrent decode step at 64 sequences with its effective state bandwidth next to a
+measured device-to-device copy bandwidth. Results go to ``results/bench/`` as JSON + markdown.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+HEAD_CONFIGS = {"340M": (6, 128, 256), "1.3B": (6, 256, 512)}  # (H, K, V), DESIGN §3
+SDPA_HEADS = {"340M": (16, 64), "1.3B": (16, 128)}  # same width as the model (d = 1024 / 2048)
+LENGTHS = (2048, 4096, 8192, 16384)
+TOKENS = 32768
+DECODE_SEQUENCES = 64
+
+# DESIGN §5 anchors: the authors' chunk kernel (fwd, fwd+bwd ms), H200 and H100, torch 2.11, Triton 3.6.
+AUTHORS = {
+    "H200": {("340M", 2048): (0.76, 3.23), ("340M", 4096): (0.85, 3.41), ("340M", 8192): (1.06, 4.03),
+             ("340M", 16384): (1.56, 5.53), ("1.3B", 2048): (1.89, 10.98), ("1.3B", 4096): (1.90, 10.99),
+             ("1.3B", 8192): (2.13, 11.47), ("1.3B", 16384): (2.17, 12.76)},
+    "H100": {("340M", 2048): (1.11, 3.86), ("340M", 16384): (1.64, 6.05),
+             ("1.3B", 2048): (2.07, 11.92), ("1.3B", 16384): (2.36, 13.70)},
+}
+
+
+@dataclass
+class Row:
+    config: str
+    T: int
+    batch: int
+    ours_fwd_ms: float
+    ours_fwdbwd_ms: float
+    sdpa_fwd_ms: Optional[float]
+    sdpa_fwdbwd_ms: Optional[float]
+    fla_fwd_ms: Optional[float] = None
+    fla_fwdbwd_ms: Optional[float] = None
+    authors_fwd_ms: Optional[float] = None
+    authors_fwdbwd_ms: Optional[float] = None
+
+
+@dataclass
+class DecodeRow:
+    config: str
+    variant: str
+    sequences: int
+    step_us: float
+    state_bytes: int
+    gbps: float
+    fraction_of_copy: float
+
+
+@dataclass
+class Report:
+    card: str
+    torch: str
+    triton: str
+    date: str
+    fla: str
+    copy_gbps: float
+    rows: List[Row] = field(default_factory=list)
+    decode: List[DecodeRow] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def _bench(fn) -> float:
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy: bytes read + bytes written over the median time."""
+    src = torch.randn(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _bench(lambda: dst.copy_(src))
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def _inputs(B, T, H, K, V, requires_grad=False, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen, device="cuda")  # noqa: E731
+    q = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1).bfloat16()
+    k = torch.nn.functional.normalize(rnd(B, T, H, K), dim=-1).bfloat16()
+    v = rnd(B, T, H, V).bfloat16()
+    g = torch.nn.functional.logsigmoid(rnd(B, T, H) + 3).bfloat16()  # alpha in (0.9, 1) mostly
+    beta = torch.rand(B, T, H, generator=gen, device="cuda").bfloat16()
+    lam = torch.rand(B, T, H, generator=gen, device="cuda").bfloat16()
+    ts = [q, k, v, g, beta, lam]
+    return [t.requires_grad_(requires_grad) for t in ts]
+
+
+def time_ours(B, T, H, K, V, variant="paper"):
+    from qdelta.kernels import chunk_qdelta
+    q, k, v, g, beta, lam = _inputs(B, T, H, K, V, requires_grad=True)
+    do = torch.randn(B, T, H, V, device="cuda").bfloat16()
+    with torch.no_grad():
+        fwd = _bench(lambda: chunk_qdelta(q, k, v, g, beta, lam, variant=variant))
+
+    def fwdbwd():
+        o, _ = chunk_qdelta(q, k, v, g, beta, lam, variant=variant)
+        o.backward(do)
+    return fwd, _bench(fwdbwd)
+
+
+def time_sdpa(config, T):
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    heads, dim = SDPA_HEADS[config]
+    B = TOKENS // T
+    q, k, v = (torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    do = torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        with torch.no_grad():
+            fwd = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        fwdbwd = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(do))
+    return fwd, fwdbwd
+
+
+def fla_version() -> Optional[str]:
+    try:
+        import fla  # noqa: F401
+    except ImportError:
+        return None
+    return getattr(fla, "__version__", "unknown")
+
+
+def time_fla(B, T, H, K, V):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    q, k, v, g, beta, _ = _inputs(B, T, H, K, V, requires_grad=True)
+    do = torch.randn(B, T, H, V, device="cuda").bfloat16()
+    with torch.no_grad():
+        fwd = _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta))
+    return fwd, _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0].backward(do))
+
+
+def time_decode(config, variant, copy_gbps):
+    from qdelta.kernels import OfficialState, fused_recurrent_qdelta
+    H, K, V = HEAD_CONFIGS[config]
+    N = DECODE_SEQUENCES
+    q, k, v, g, beta, lam = _inputs(N, 1, H, K, V)
+    state = torch.randn(N, H, K, V, device="cuda") * 0.1
+    mats = 1
+    if variant == "official":
+        state = OfficialState(state, state.clone(), torch.zeros_like(state),
+                              torch.zeros(N, dtype=torch.int64, device="cuda"))
+        mats = 3
+    with torch.no_grad():
+        us = 1e3 * _bench(lambda: fused_recurrent_qdelta(q, k, v, g, beta, lam, initial_state=state,
+                                                         inplace=True, variant=variant))
+    nbytes = 2 * mats * N * H * K * V * 4  # each fp32 state matrix read once and written once
+    gbps = nbytes / (us * 1e-6) / 1e9
+    return DecodeRow(config, variant, N, us, nbytes, gbps, gbps / copy_gbps)
+
+
+def card_family(name: str) -> Optional[str]:
+    return "H200" if "H200" in name else ("H100" if "H100" in name else None)
+
+
+def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS)) -> Report:
+    """All timings of issue 3 on the current CUDA device."""
+    if not torch.cuda.is_available():
+        raise ValueError("qdelta bench kernels needs a CUDA GPU (none is visible); run it on the GPU machine")
+    import triton
+    name = torch.cuda.get_device_name()
+    report = Report(card=name, torch=torch.__version__, triton=triton.__version__,
+                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    fla=fla_version() or "not installed", copy_gbps=copy_bandwidth_gbps())
+    anchors = AUTHORS.get(card_family(name), {})
+    for config in configs:
+        H, K, V = HEAD_CONFIGS[config]
+        for T in lengths:
+            B = TOKENS // T
+            log.info("chunk %s T=%d B=%d", config, T, B)
+            fwd, fwdbwd = time_ours(B, T, H, K, V)
+            sdpa = time_sdpa(config, T)
+            row = Row(config, T, B, fwd, fwdbwd, *sdpa)
+            if report.fla != "not installed":
+                row.fla_fwd_ms, row.fla_fwdbwd_ms = time_fla(B, T, H, K, V)
+            row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((config, T), (None, None))
+            report.rows.append(row)
+            torch.cuda.empty_cache()
+        for variant in ("paper", "official"):
+            report.decode.append(time_decode(config, variant, report.copy_gbps))
+    return report
+
+
+def _fmt(x, digits=2):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def to_markdown(r: Report) -> str:
+    lines = [f"# Kernel benchmark ({r.card})", "",
+             f"torch {r.torch}, Triton {r.triton}, flash-linear-attention: {r.fla}, {r.date}. "
+             f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
+             "Ours = Triton forward + recompute-based PyTorch backward (kernels/triton/NOTES.md). "
+             "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none).", "",
+             "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
+             "| authors fwd | authors fwd+bwd |", "|" + "---|" * 11]
+    for w in r.rows:
+        lines.append(f"| {w.config} | {w.T} | {w.batch} | {_fmt(w.ours_fwd_ms)} | {_fmt(w.ours_fwdbwd_ms)} | "
+                     f"{_fmt(w.sdpa_fwd_ms)} | {_fmt(w.sdpa_fwdbwd_ms)} | "
+                     f"{_fmt(w.fla_fwd_ms) if r.fla != 'not installed' else 'not installed'} | "
+                     f"{_fmt(w.fla_fwdbwd_ms) if r.fla != 'not installed' else 'not installed'} | "
+                     f"{_fmt(w.authors_fwd_ms)} | {_fmt(w.authors_fwdbwd_ms)} |")
+    lines += ["", f"Decode step (one token, {DECODE_SEQUENCES} sequences, state updated in place); "
+              f"measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write).", "",
+              "| heads | variant | step us | state bytes | GB/s | of copy |", "|---|---|---|---|---|---|"]
+    for d in r.decode:
+        lines.append(f"| {d.config} | {d.variant} | {d.step_us:.1f} | {d.state_bytes} | {d.gbps:.0f} | "
+                     f"{100 * d.fraction_of_copy:.0f}% |")
+    lines += [""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(r: Report, out_dir: Path) -> Dict[str, Path]:
+    """results/bench/kernels-<card>.json and .md (one pair per card family; a rerun replaces it)."""
+    tag = (card_family(r.card) or r.card.replace(" ", "_")).lower()
+    paths = {"json": out_dir / f"kernels-{tag}.json", "md": out_dir / f"kernels-{tag}.md"}
+    _atomic_write(paths["json"], json.dumps(asdict(r), indent=2) + "\n")
+    _atomic_write(paths["md"], to_markdown(r))
+    return paths

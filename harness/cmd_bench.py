@@ -1,0 +1,32 @@
+"""``qdelta bench kernels``: time the Q-Delta Triton kernels against SDPA, fla and DESIGN §5 anchors."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "benchmark the Triton kernels (needs a CUDA GPU); writes results/bench/"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["kernels"], help="what to benchmark")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="sequence lengths T (default 2048 4096 8192 16384; 32768 tokens a batch)")
+    parser.add_argument("--configs", nargs="+", choices=["340M", "1.3B"], default=None,
+                        help="head configs (default both: H6 K128 V256 and H6 K256 V512)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"),
+                        help="folder for kernels-<card>.json / .md (default results/bench)")
+    parser.epilog = ("examples:\n  qdelta bench kernels\n"
+                     "  qdelta bench kernels --lengths 2048 --configs 1.3B --out /tmp/bench")
+
+
+def run(args) -> int:
+    from qdelta.harness import bench_kernels
+    for T in args.lengths or []:
+        if T <= 0 or bench_kernels.TOKENS % T:
+            raise ValueError(f"--lengths: each T must divide {bench_kernels.TOKENS} tokens, got {T}")
+    report = bench_kernels.run_benchmark(lengths=tuple(args.lengths or bench_kernels.LENGTHS),
+                                         configs=tuple(args.configs or bench_kernels.HEAD_CONFIGS))
+    paths = bench_kernels.write_report(report, args.out)
+    print(bench_kernels.to_markdown(report))
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return 0

@@ -1,0 +1,148 @@
+"""Triton kernels on a GPU at the real head sizes (marked ``gpu``; skipped without CUDA).
+
+The reference is the PyTorch chunk path in float64 on the same GPU (the token loop is too slow
+at 16K tokens); it is itself tested against the token loop to 1e-10 (test_reference_ops.py).
+Every check prints one ``ERR`` line so the device log records the measured errors (NOTES.md).
+"""
+import os
+
+import pytest
+import torch
+
+from qdelta.kernels import OfficialState, chunk_qdelta, fused_recurrent_qdelta
+from qdelta.kernels._inputs import prepare
+from qdelta.kernels.chunk import chunk_sequence
+from qdelta.kernels._sequences import run_per_sequence
+from qdelta.kernels.testing import random_inputs
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+tol_path = os.path.join(os.path.dirname(__file__), "tolerances.py")
+TOL = {}
+exec(compile(open(tol_path).read(), tol_path, "exec"), TOL)  # the one tolerances file
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+HEADS = {"340M": (128, 256), "1.3B": (256, 512)}
+H = 2
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def reference(x, variant, cu_seqlens):
+    """The PyTorch chunk path in float64 (never the Triton path: it dispatches by dtype)."""
+    inp = prepare(x["q"], x["k"], x["v"], x["g"], x["beta"], x["lam"], scale=None,
+                  initial_state=x["initial_state"], use_qk_l2norm=True, cu_seqlens=cu_seqlens, variant=variant)
+    fn = lambda *a: chunk_sequence(*a, chunk_size=64)  # noqa: E731
+    return run_per_sequence(inp, fn, True)
+
+
+def state_parts(s):
+    return list(s[:3]) if isinstance(s, OfficialState) else [s]
+
+
+def forward_backward(op, x, variant, cu_seqlens, weights):
+    leaves = {n: t.detach().requires_grad_(True) for n, t in x.items()}
+    o, s = op(leaves, variant, cu_seqlens)
+    loss = (o.double() * weights[0]).sum()
+    for p, w in zip(state_parts(s), weights[1:]):
+        loss = loss + (p.double() * w).sum()
+    loss.backward()
+    return [o] + state_parts(s), {n: t.grad for n, t in leaves.items()}
+
+
+def triton_op(x, variant, cu_seqlens):
+    return chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu_seqlens,
+                        variant=variant)
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+@pytest.mark.parametrize("heads", ["340M", "1.3B"])
+def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
+    K, V = HEADS[heads]
+    T = 16384 if dtype_name == "bfloat16" else 4096
+    cu = torch.tensor([0, T // 3 + 5, T // 3 + 70, T])  # three sequences, chunk boundaries mid-sequence
+    x = random_inputs(1, T, H, K, V, dtype=DTYPES[dtype_name], device="cuda", seed=7, num_sequences=3)
+    x["initial_state"] = x["initial_state"] * 0.2
+    x64 = {n: t.double() for n, t in x.items()}
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    n_parts = 3 if variant == "official" else 1
+    weights = [torch.randn(1, T, H, V, generator=gen, device="cuda", dtype=torch.float64)]
+    weights += [torch.randn(3, H, K, V, generator=gen, device="cuda", dtype=torch.float64) for _ in range(n_parts)]
+    outs, grads = forward_backward(triton_op, x, variant, cu, weights)
+    ref_outs, ref_grads = forward_backward(reference, x64, variant, cu, weights)
+    tol_f = TOL["tolerance"](dtype_name, "forward", "cuda")
+    tol_g = TOL["tolerance"](dtype_name, "grad", "cuda")
+    failures = []
+    for name, a, b in zip(["o", "S", "chunk_start", "x_memory"], outs, ref_outs):
+        e = rel(a, b)
+        print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd {name}: {e:.3e} (tol {tol_f})")
+        if not e <= tol_f:
+            failures.append((name, e))
+    for name in x:
+        e = rel(grads[name], ref_grads[name])
+        print(f"ERR chunk {heads} {dtype_name} {variant} T={T} grad d{name}: {e:.3e} (tol {tol_g})")
+        if not e <= tol_g:
+            failures.append(("d" + name, e))
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("heads", ["340M", "1.3B"])
+def test_decode_after_prefill_equals_one_chunk_call(heads, variant):
+    """Prefill with the Triton chunk kernel, then decode token by token with the Triton recurrent kernel."""
+    K, V = HEADS[heads]
+    B, T, prefill = 4, 300, 192
+    x = random_inputs(B, T, H, K, V, device="cuda", seed=3)
+    o_ref, s_ref = chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    first = {n: t[:, :prefill] for n, t in x.items() if n != "initial_state"}
+    o1, state = chunk_qdelta(**first, initial_state=x["initial_state"], use_qk_l2norm=True,
+                             output_final_state=True, variant=variant)
+    if variant == "official":
+        state = OfficialState(*(t.clone() for t in state))
+    else:
+        state = state.clone()
+    outs = [o1]
+    for t in range(prefill, T):
+        step = {n: v[:, t:t + 1] for n, v in x.items() if n != "initial_state"}
+        o_t, state = fused_recurrent_qdelta(**step, initial_state=state, use_qk_l2norm=True,
+                                            output_final_state=True, variant=variant, inplace=True)
+        outs.append(o_t)
+    e_o = rel(torch.cat(outs, 1), o_ref)
+    e_s = max(rel(a, b) for a, b in zip(state_parts(state), state_parts(s_ref)))
+    print(f"ERR decode-vs-chunk {heads} {variant}: o {e_o:.3e} state {e_s:.3e} (tol {TOL['GPU_CONSISTENCY']})")
+    assert e_o <= TOL["GPU_CONSISTENCY"] and e_s <= TOL["GPU_CONSISTENCY"]
+
+
+@pytest.mark.parametrize("at", [128, 1000])
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_prefill_split_invariance(variant, at):
+    """chunk(first part) then chunk(rest, state) equals chunk(all); official mid-chunk splits use the reference."""
+    K, V = HEADS["1.3B"]
+    x = random_inputs(2, 2048, H, K, V, device="cuda", seed=at)
+    o_ref, s_ref = chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    first = {n: t[:, :at] for n, t in x.items() if n != "initial_state"}
+    rest = {n: t[:, at:] for n, t in x.items() if n != "initial_state"}
+    o1, s1 = chunk_qdelta(**first, initial_state=x["initial_state"], use_qk_l2norm=True,
+                          output_final_state=True, variant=variant)
+    o2, s2 = chunk_qdelta(**rest, initial_state=s1, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    e_o = rel(torch.cat([o1, o2], 1), o_ref)
+    e_s = max(rel(a, b) for a, b in zip(state_parts(s2), state_parts(s_ref)))
+    print(f"ERR split {variant} at={at}: o {e_o:.3e} state {e_s:.3e} (tol {TOL['GPU_CONSISTENCY']})")
+    assert e_o <= TOL["GPU_CONSISTENCY"] and e_s <= TOL["GPU_CONSISTENCY"]
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_recurrent_kernel_vs_fp64(variant):
+    K, V = HEADS["1.3B"]
+    x = random_inputs(64, 3, H, K, V, dtype=torch.bfloat16, device="cuda", seed=11)
+    o, s = fused_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    x64 = {n: t.double() for n, t in x.items()}
+    o_ref, s_ref = chunk_qdelta(**x64, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    e_o = rel(o, o_ref)
+    e_s = max(rel(a, b) for a, b in zip(state_parts(s), state_parts(s_ref)))
+    print(f"ERR recurrent bf16 {variant}: o {e_o:.3e} state {e_s:.3e}")
+    assert e_o <= TOL["GPU_BF16"]["forward"] and e_s <= TOL["GPU_BF16"]["forward"]
