@@ -15,7 +15,7 @@ from .state import OfficialState
 def _initial(inp: Inputs, n: int, H: int, K: int, V: int, acc, device):
     s = inp.initial_state
     if s is None:
-        s = torch.zeros(1, H, K, V, dtype=acc, device=device)
+        s = torch.zeros(inp.num_sequences, H, K, V, dtype=acc, device=device)
     if inp.variant == "paper":
         return s[n].to(acc)
     official = s.select(n) if isinstance(s, OfficialState) else OfficialState.at_boundary(s[n : n + 1])

@@ -114,6 +114,7 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         table.bos, table.len, table.seq_chunks, h, Up, ht,
         H=H, K=K, V=V, BC=BC, BK=BKF, BV=BVS, HAS_H0=h0 is not None,
         num_warps=8 if BKF >= 256 else 4,
+        num_stages=1 if BKF >= 256 else 3,  # K = 256 with deeper pipelining needs > 227 KB of shared memory
     )
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
     chunk_fwd._output_kernel[(NC, H, triton.cdiv(V, BV))](

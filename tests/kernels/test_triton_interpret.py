@@ -1,0 +1,131 @@
+"""Triton kernels under TRITON_INTERPRET=1 on the CPU against the float64 token loop.
+
+Triton reads TRITON_INTERPRET when the kernels are decorated, and setting it here would switch
+every other CPU test in this pytest process onto the interpreter. So the checks run once, in a
+subprocess started with TRITON_INTERPRET=1 (this file run as a script); the tests assert on the
+errors it reports. fp32 inputs; sizes small (T up to 130, several chunk boundaries, varlen,
+initial states); tolerances from tolerances.py.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOL = {}
+exec(compile(open(os.path.join(HERE, "tolerances.py")).read(), "tolerances.py", "exec"), TOL)
+
+VARLEN = [0, 50, 61, 130]  # three sequences: chunk boundaries at 64 inside the first and last
+CASES = {
+    # name: (variant, K, V, chunk_size, batch/varlen, with g/lam/initial state)
+    "paper-varlen": ("paper", 20, 24, 64, "varlen", True),
+    "official-varlen": ("official", 20, 24, 64, "varlen", True),
+    "paper-batch-chunk16-no-gates": ("paper", 32, 16, 16, "batch", False),
+    "official-batch-no-gates": ("official", 17, 33, 64, "batch", False),
+}
+
+
+def _check_chunk(name, torch, ops, rel):
+    variant, K, V, chunk, layout, gated = CASES[name]
+    from qdelta.kernels.testing import random_inputs
+    B, T, cu = (1, VARLEN[-1], torch.tensor(VARLEN)) if layout == "varlen" else (2, 100, None)
+    x = random_inputs(B, T, 2, K, V, dtype=torch.float64, seed=len(name), with_decay=gated, with_lam=gated,
+                      with_initial_state=gated, num_sequences=3 if cu is not None else B)
+    gen = torch.Generator().manual_seed(1)
+    w_o = torch.randn(B, T, 2, V, generator=gen, dtype=torch.float64)
+    w_s = [torch.randn(3 if cu is not None else B, 2, K, V, generator=gen, dtype=torch.float64) for _ in range(3)]
+
+    def run(op, dtype, **kw):
+        leaves = {n: t.to(dtype).requires_grad_(True) for n, t in x.items()}
+        o, s = op(**leaves, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu, variant=variant, **kw)
+        parts = list(s[:3]) if variant == "official" else [s]
+        loss = (o.double() * w_o).sum() + sum((p.double() * w).sum() for p, w in zip(parts, w_s))
+        loss.backward()
+        return [o] + parts, {n: t.grad for n, t in leaves.items()}
+
+    outs, grads = run(ops.chunk_qdelta, torch.float32, chunk_size=chunk)
+    ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
+    errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
+    errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
+    return errors
+
+
+def _check_decode(variant, torch, ops, rel):
+    """Triton chunk prefill (70 tokens), then Triton decode over a chunk boundary, in place."""
+    from qdelta.kernels.testing import random_inputs
+    x = random_inputs(2, 90, 2, 20, 24, dtype=torch.float64, seed=5)
+    o_ref, s_ref = ops.naive_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    x32 = {n: t.float() for n, t in x.items()}
+    first = {n: t[:, :70] for n, t in x32.items() if n != "initial_state"}
+    o1, state = ops.chunk_qdelta(**first, initial_state=x32["initial_state"], use_qk_l2norm=True,
+                                 output_final_state=True, variant=variant)
+    outs = [o1]
+    for t0, t1 in ((70, 71), (71, 75), (75, 90)):  # one token, then a few per call
+        step = {n: t[:, t0:t1] for n, t in x32.items() if n != "initial_state"}
+        o, state = ops.fused_recurrent_qdelta(**step, initial_state=state, use_qk_l2norm=True,
+                                              output_final_state=True, variant=variant, inplace=True)
+        outs.append(o)
+    parts = (list(zip(state[:3], s_ref[:3])) if variant == "official" else [(state, s_ref)])
+    errors = {"forward:o": rel(torch.cat(outs, 1), o_ref)}
+    errors.update({f"forward:state{i}": rel(a, b) for i, (a, b) in enumerate(parts)})
+    if variant == "official":
+        errors["offset"] = float((state.offset != s_ref.offset).any())
+    return errors
+
+
+def _main():
+    """Run every check under the interpreter and print one JSON object."""
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    import torch
+    import qdelta.kernels as ops
+    import qdelta.kernels.triton as tk
+
+    calls = {"chunk": 0, "recurrent": 0}
+    chunk_fn, rec_fn = tk.chunk_qdelta_triton, tk.fused_recurrent_qdelta_triton
+
+    def count(key, fn):
+        def wrapped(*a, **kw):
+            calls[key] += 1
+            return fn(*a, **kw)
+        return wrapped
+    tk.chunk_qdelta_triton = count("chunk", chunk_fn)
+    tk.fused_recurrent_qdelta_triton = count("recurrent", rec_fn)
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
+    result = {name: _check_chunk(name, torch, ops, rel) for name in CASES}
+    for variant in ("paper", "official"):
+        result[f"decode-{variant}"] = _check_decode(variant, torch, ops, rel)
+    result["chunk_calls"] = calls["chunk"]
+    result["recurrent_calls"] = calls["recurrent"]
+    print("RESULT " + json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("name", list(CASES) + ["decode-paper", "decode-official"])
+def test_matches_fp64_reference(interpreted, name):
+    errors = interpreted[name]
+    assert errors, "no checks ran"
+    for key, err in errors.items():
+        kind = key.split(":")[0]
+        limit = 0.0 if kind == "offset" else TOL["INTERPRET_FP32"][kind]
+        assert err <= limit, f"{name} {key}: relative error {err:.3e} > {limit}"
+
+
+def test_triton_path_was_used(interpreted):
+    """The chunk calls went through the Triton kernels (not the reference fallback)."""
+    assert interpreted["chunk_calls"] == len(CASES) + 2  # + one prefill per decode check
+    assert interpreted["recurrent_calls"] == 6
+
+
+if __name__ == "__main__":
+    _main()
