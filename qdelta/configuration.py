@@ -96,6 +96,9 @@ class BaseLMConfig(PretrainedConfig):
                  "only the SwiGLU MLP of DESIGN §3 is implemented")
         _require(self.attn is None, "attn", "null (no hybrid attention layers)", self.attn,
                  "hybrid checkpoints mixing attention layers into a recurrent stack are not supported")
+        affine = getattr(self, "elementwise_affine", True)
+        _require(affine in (True, None), "elementwise_affine", "true (norms with weights)", affine,
+                 "norms without weights are not implemented")
 
 
 class _RecurrentConfig(BaseLMConfig):
@@ -238,6 +241,10 @@ class LinearAttentionConfig(_RecurrentConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
+        feature_map = getattr(self, "feature_map", None)
+        _require(feature_map is None, "feature_map", "absent", feature_map,
+                 "flash-linear-attention's feature-map LinearAttention is not implemented; 'linear_attn' here "
+                 "is the gated linear attention of qdelta.linear_attention")
         _require(self.value_heads == self.num_heads, "num_v_heads", "null", self.num_v_heads,
                  "linear attention here has no grouped values")
 
