@@ -1,0 +1,83 @@
+"""Every recall task through lm-eval (offline, include path, small sizes): the exact-recall oracle
+scores 100 % on every task and slice; the random model scores at its computed chance level."""
+import math
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from qdelta.tasks import TASKS_DIR  # noqa: E402
+from qdelta.tasks import oracle_models  # noqa: E402  (registers qd_oracle, qd_random)
+
+QUICK = ["qd_mqar_quick", "qd_mqar_gen_quick", "qd_ar_quick", "qd_passkey_quick", "qd_niah_single_1_quick",
+         "qd_niah_single_2_quick", "qd_niah_single_3_quick", "qd_kv_recall_quick"]
+
+
+def _evaluate(model, tasks, **kw):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    return lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, log_samples=True,
+                                   bootstrap_iters=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return _evaluate("qd_oracle", ["qd_recall_quick"])
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    return _evaluate("qd_random", ["qd_recall_quick"])
+
+
+def test_group_lists_every_recall_task(oracle):
+    assert set(QUICK) <= set(oracle["results"]) and "qd_recall_quick" in oracle["results"]
+
+
+@pytest.mark.parametrize("task", QUICK)
+def test_oracle_scores_100_on_every_task_and_slice(oracle, task):
+    res = oracle["results"][task]
+    samples = oracle["samples"][task]
+    slices = {s["doc"]["slice"] for s in samples}
+    assert res["acc,none"] == 1.0 and len(samples) >= 2
+    for sl in slices:
+        assert res[f"acc_{sl},none"] == 1.0
+    assert len({s["doc"]["data_hash"] for s in samples}) == 1
+
+
+def test_oracle_group_score(oracle):
+    assert oracle["results"]["qd_recall_quick"]["acc,none"] == 1.0
+
+
+@pytest.mark.parametrize("task", QUICK)
+def test_random_model_is_at_chance(random_model, task):
+    samples = random_model["samples"][task]
+    chances = [oracle_models.chance_of(s["doc"], s["arguments"][0][0]) for s in samples]
+    n = len(chances)
+    expected = sum(chances) / n
+    spread = math.sqrt(sum(p * (1 - p) for p in chances)) / n
+    observed = random_model["results"][task]["acc,none"]
+    assert expected < 0.3
+    assert abs(observed - expected) <= 4 * spread + 1e-9, (observed, expected, spread)
+
+
+def test_random_model_hits_when_chance_is_high():
+    """The chance check can fail: with 2 pairs of 1 key the answer is a large share of the words."""
+    from qdelta.tasks.synthetic import build_ar
+
+    docs = build_ar(settings=[[2, 1]], num_examples=200, seed=1)["test"].to_list()
+    model = oracle_models.RandomLM(seed=0)
+    hits = [model.guess(d["context"]) == d["answer"] for d in docs]
+    expected = sum(oracle_models.chance_of(d, d["context"]) for d in docs) / len(docs)
+    assert expected == pytest.approx(2 / 5) and abs(sum(hits) / len(hits) - expected) < 0.12
+
+
+def test_offline_perplexity_task_runs():
+    res = _evaluate("qd_random", ["qd_kjv_ruth_ppl"])
+    assert res["results"]["qd_kjv_ruth_ppl"]["byte_perplexity,none"] == pytest.approx(256.0)
+    assert len(res["samples"]["qd_kjv_ruth_ppl"]) == 4
