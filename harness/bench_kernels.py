@@ -166,6 +166,17 @@ def time_decode(config, variant, copy_gbps):
     return DecodeRow(config, variant, N, us, nbytes, gbps, gbps / copy_gbps)
 
 
+def _guarded(report: Report, what: str, fn):
+    """Run one timing; on failure record it in the report's notes and return (None, None)."""
+    try:
+        return fn()
+    except Exception as err:  # a failed measurement must not lose the others
+        log.exception("%s failed", what)
+        report.notes.append(f"{what}: failed ({type(err).__name__}: {str(err)[:200]})")
+        torch.cuda.empty_cache()
+        return None, None
+
+
 def card_family(name: str) -> Optional[str]:
     return "H200" if "H200" in name else ("H100" if "H100" in name else None)
 
@@ -185,16 +196,19 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS)) -> Report:
         for T in lengths:
             B = TOKENS // T
             log.info("chunk %s T=%d B=%d", config, T, B)
-            fwd, fwdbwd = time_ours(B, T, H, K, V)
-            sdpa = time_sdpa(config, T)
-            row = Row(config, T, B, fwd, fwdbwd, *sdpa)
+            ours = _guarded(report, f"ours {config} T={T}", lambda: time_ours(B, T, H, K, V))
+            sdpa = _guarded(report, f"SDPA {config} T={T}", lambda: time_sdpa(config, T))
+            row = Row(config, T, B, *ours, *sdpa)
             if report.fla != "not installed":
-                row.fla_fwd_ms, row.fla_fwdbwd_ms = time_fla(B, T, H, K, V)
+                row.fla_fwd_ms, row.fla_fwdbwd_ms = _guarded(report, f"fla {config} T={T}",
+                                                             lambda: time_fla(B, T, H, K, V))
+            log.info("%s", row)
             row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((config, T), (None, None))
             report.rows.append(row)
             torch.cuda.empty_cache()
         for variant in ("paper", "official"):
             report.decode.append(time_decode(config, variant, report.copy_gbps))
+            log.info("%s", report.decode[-1])
     return report
 
 

@@ -78,9 +78,6 @@ class ChunkTable:
         self.bos, self.len, self.seq_chunks = as_int(bos), as_int(lens), as_int(seq_chunks)
         self.num_chunks, self.num_sequences = len(bos), len(bounds)
         self.last = torch.tensor([ids[-1] for ids in per_seq], dtype=torch.int64, device=device)
-        width = max(len(ids) for ids in per_seq)
-        self.table = torch.tensor([[-1] * (width - len(ids)) + ids for ids in per_seq], dtype=torch.int64,
-                                  device=device)  # (N, width) aligned at the end, for the backward
         pos = torch.arange(chunk_size, dtype=torch.int64)
         index = torch.tensor(bos, dtype=torch.int64)[:, None] + pos
         index[pos[None, :] >= torch.tensor(lens)[:, None]] = num_tokens
@@ -144,7 +141,7 @@ class _ChunkQDelta(torch.autograd.Function):
         zero_state = lambda d: torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d  # noqa: E731
         saved = {
             "tensors": (q, k, v, zeros if no_g else g, beta, zeros if no_lam else lam, h),
-            "index": table.index, "table": table.table, "scale": scale, "official": official,
+            "index": table.index, "seq_chunks": table.seq_chunks, "scale": scale, "official": official,
         }
         dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht).float(),
                                                           zero_state(dh_last).float())

@@ -5,8 +5,8 @@ This is NOT a Triton backward. The Triton forward saves the state at the start o
 
 1. gathers every chunk into a padded batch ``(NC, H, C, ·)`` (tokens past a chunk's length are
    zero, which makes them contribute nothing: beta = 0, k = q = 0, g = 0),
-2. runs the reverse state recurrence for ``dS`` (the gradient at every chunk boundary), which is
-   linear in ``dS``:  ``dS0_c = r_c + gam_C dS_end_c - W_c^T diag(gam_C / gam) K_c dS_end_c`` with
+2. runs the reverse state recurrence for ``dS`` (the gradient at every chunk boundary; the one
+   Triton kernel of the backward, ``_reverse_state_kernel``, fp32 ``ieee`` dots), linear in ``dS``:  ``dS0_c = r_c + gam_C dS_end_c - W_c^T diag(gam_C / gam) K_c dS_end_c`` with
    ``r_c = scale (diag(gam) Q)^T dO_c - W_c^T scale ((Q K^T) * Gam)^T dO_c``,
 3. differentiates the per-chunk function (all chunks at once, torch autograd) given
    ``(dO_c, dS_end_c)`` with the chunk-start states held fixed.
@@ -17,6 +17,9 @@ to chunk c's end state. Everything runs in fp32 with torch's own (non-tf32) matm
 from __future__ import annotations
 
 import torch
+import triton
+
+from .chunk_fwd import _reverse_state_kernel
 
 
 def gather_chunks(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -59,36 +62,37 @@ def chunk_function(q, k, v, g, beta, lam, S0, scale, official):
     return o, S_end, W, A, gam, to_end
 
 
-def reverse_state_pass(chunks, S0, dO, dfinal, dh_last, table, scale, official):
-    """dS_end for every chunk and d(initial state); table (N, maxC) chunk ids aligned at the end (-1 = none)."""
+def reverse_state_pass(chunks, S0, dO, dfinal, dh_last, seq_chunks, scale, official):
+    """dS_end for every chunk and d(initial state), by the Triton reverse state kernel."""
     with torch.no_grad():
         _, _, W, A, gam, to_end = chunk_function(*chunks, S0, scale, official)
         q, k = chunks[0], chunks[1]
         r = scale * (gam * q).transpose(-1, -2) @ dO - W.transpose(-1, -2) @ (scale * A.transpose(-1, -2) @ dO)
-        gam_C = gam[..., -1, :].unsqueeze(-1)  # (NC, H, 1, 1)
-        dS_end = torch.zeros_like(S0)
-        carry = dfinal.clone()
-        for step in range(table.shape[1] - 1, -1, -1):
-            ids = table[:, step]
-            live = ids >= 0
-            c = ids.clamp(min=0)
-            dS_end[c[live]] = carry[live]
-            new = r[c] + gam_C[c] * carry - W[c].transpose(-1, -2) @ (to_end[c] * (k[c] @ carry))
-            if step == table.shape[1] - 1:
-                new = new + dh_last
-            carry = torch.where(live[:, None, None, None], new, carry)
-    return dS_end, carry
+        NC, H, C, K = q.shape
+        V = dO.shape[-1]
+        N = dfinal.shape[0]
+        dS_end = torch.empty_like(S0)
+        dh0 = torch.empty_like(dfinal)
+        BK = max(16, triton.next_power_of_2(K))
+        BV = min(32 if BK >= 256 else 64, max(16, triton.next_power_of_2(V)))
+        _reverse_state_kernel[(N, H, triton.cdiv(V, BV))](
+            k.contiguous(), W.contiguous(), r.contiguous(), gam[..., -1, 0].contiguous(),
+            to_end[..., 0].contiguous(), dfinal.contiguous(), dh_last.contiguous(), seq_chunks, dS_end, dh0,
+            H=H, K=K, V=V, C=C, BC=max(16, triton.next_power_of_2(C)), BK=BK, BV=BV,
+            num_warps=8 if BK >= 256 else 4, num_stages=1 if BK >= 256 else 3,
+        )
+    return dS_end, dh0
 
 
 def chunk_backward(saved, do, dfinal, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0) for tokens laid out (T, H, ·); see the module doc."""
     q, k, v, g, beta, lam, h = saved["tensors"]
-    index, table, scale, official = saved["index"], saved["table"], saved["scale"], saved["official"]
+    index, seq_chunks, scale, official = saved["index"], saved["seq_chunks"], saved["scale"], saved["official"]
     T = q.shape[0]
     f32 = lambda t: t.to(torch.float32)  # noqa: E731
     chunks = [gather_chunks(f32(t), index) for t in (q, k, v, g, beta, lam)]
     dO = gather_chunks(f32(do), index)
-    dS_end, dh0 = reverse_state_pass(chunks, h, dO, dfinal, dh_last, table, scale, official)
+    dS_end, dh0 = reverse_state_pass(chunks, h, dO, dfinal, dh_last, seq_chunks, scale, official)
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(True) for t in chunks]
         o, S_end, *_ = chunk_function(*leaves, h, scale, official)

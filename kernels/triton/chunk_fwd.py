@@ -169,3 +169,39 @@ def _output_kernel(
     b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
     b_o = scale * (b_o * tl.exp(b_G)[:, None] + tl.dot(b_A, b_U))
     tl.store(o + p_u, b_o.to(o.dtype.element_ty), mask=m_u)
+
+
+@triton.jit
+def _reverse_state_kernel(
+    k, W, r, gam_last, to_end, dht, dh_last,  # padded chunks: (NC, H, C, K) x2, (NC, H, K, V), (NC, H), (NC, H, C)
+    seq_chunks,  # (N + 1,) int32
+    dS_end, dh0,  # (NC, H, K, V) fp32 gradient at every chunk's end state, (N, H, K, V) fp32
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """Backward of the state pass: dS0_c = r_c + gam_C dS_c - W_c^T diag(gam_C / gam) K_c dS_c, last chunk first."""
+    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_c = tl.arange(0, BC)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_c, m_k, m_v = o_c < C, o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_h * K * V + o_k[:, None] * V + o_v[None, :]
+    p_seq = i_n.to(tl.int64) * H * K * V + p_kv
+    b_dS = tl.load(dht + p_seq, mask=m_kv, other=0.0)
+    b_last = tl.load(dh_last + p_seq, mask=m_kv, other=0.0)
+    c_begin = tl.load(seq_chunks + i_n)
+    c_end = tl.load(seq_chunks + i_n + 1)
+    for i in range(0, c_end - c_begin):
+        i_c = tl.cast(c_end - 1 - i, tl.int64)
+        tl.store(dS_end + i_c * H * K * V + p_kv, b_dS, mask=m_kv)
+        p_ck = (i_c * H + i_h) * C * K
+        b_k = tl.load(k + p_ck + o_c[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
+        b_e = tl.load(to_end + (i_c * H + i_h) * C + o_c, mask=m_c, other=0.0)
+        b_dU = tl.dot(b_k, b_dS, input_precision="ieee") * b_e[:, None]
+        b_Wt = tl.load(W + p_ck + o_c[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
+        b_r = tl.load(r + i_c * H * K * V + p_kv, mask=m_kv, other=0.0)
+        g_last = tl.load(gam_last + i_c * H + i_h)
+        b_dS = b_r + g_last * b_dS - tl.dot(b_Wt, b_dU, input_precision="ieee")
+        b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
+    tl.store(dh0 + p_seq, b_dS, mask=m_kv)
