@@ -65,3 +65,23 @@ def test_allow_neg_eigval_can_leave_the_contraction_interval():
 def test_stability_rejects_transformers(tmp_path):
     with pytest.raises(ValueError, match="recurrent model"):
         analyse_stability(tiny_model("transformer"), torch.randint(0, 96, (1, 8)))
+
+
+def test_stability_cli_reads_text_with_the_checkpoint_tokenizer_and_mqar(tmp_path, capsys):
+    from qdelta.harness.tokenizer import build_id_tokenizer
+
+    folder = tmp_path / "ckpt"
+    tiny_model("gated_deltanet", seed=8).save_pretrained(folder)
+    build_id_tokenizer(96).save_pretrained(folder)
+    text = tmp_path / "input.txt"
+    text.write_text(" ".join(str((7 * i) % 96) for i in range(120)))
+    assert main(["stability", str(folder), "--text", str(text), "--length", "100", "--piece", "64",
+                 "--plot", str(tmp_path / "a.png")]) == 0
+    assert "gated_deltanet (variant=None), 100 tokens" in capsys.readouterr().out
+    assert main(["stability", str(folder), "--mqar", "--length", "64", "--kv-pairs", "4", "--plot",
+                 str(tmp_path / "b.png")]) == 0
+    assert "64 tokens" in capsys.readouterr().out
+    build_id_tokenizer(200).save_pretrained(tmp_path / "big")
+    text.write_text("150 3 4")
+    assert main(["stability", str(folder), "--text", str(text), "--tokenizer", str(tmp_path / "big")]) == 2
+    assert "vocab_size is 96" in capsys.readouterr().err
