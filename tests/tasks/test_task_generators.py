@@ -26,7 +26,11 @@ def _rows(name, **override):
 
 
 def _digests():
-    return {name: data_hash(_rows(name, seed=3)) for name in SMALL}
+    from qdelta.tasks.mqar import make_mqar, mqar_hash
+
+    out = {name: data_hash(_rows(name, seed=3)) for name in SMALL}
+    out["mqar_native"] = mqar_hash(*make_mqar(128, 64, 8, 50, seed=7))
+    return out
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -38,6 +42,7 @@ def test_same_seed_same_data_other_seed_differs(name):
 
 
 def test_same_data_in_another_process():
+    """Every text generator and the native MQAR generator, in one fresh interpreter."""
     code = ("import json, sys; sys.path.insert(0, %r); import test_task_generators as t; "
             "print(json.dumps(t._digests()))") % str(__import__("pathlib").Path(__file__).parent)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,67 @@
+"""The README's YAML-only task, saved in a temporary folder as a user would, runs via `qdelta eval`."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from qdelta.harness.cli import main  # noqa: E402
+
+README = Path(__file__).resolve().parents[2] / "tasks" / "README.md"
+
+
+def _user_folder(tmp_path: Path, **metadata) -> Path:
+    block = README.read_text().split("<!-- worked-example: qd_locker_codes.yaml -->", 1)[1]
+    text = re.search(r"```yaml\n(.*?)```", block, re.S).group(1)
+    for key, value in metadata.items():
+        text = re.sub(rf"(?m)^  {key}: .*$", f"  {key}: {value}", text)
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    (folder / "qd_locker_codes.yaml").write_text(text)
+    return folder
+
+
+def _results(runs: Path) -> dict:
+    (record,) = [p for p in runs.iterdir() if p.is_dir()]
+    return json.loads((record / "results.json").read_text())["results"]["qd_locker_codes"]
+
+
+@pytest.mark.parametrize("model, expect", [("qd_oracle", 1.0), ("qd_random", 0.0)])
+def test_readme_yaml_task_runs_via_qdelta_eval(tmp_path, monkeypatch, model, expect):
+    folder = _user_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    rc = main(["eval", "--model", model, "--tasks", "qd_locker_codes", "--include_path", str(folder),
+               "--runs-dir", str(runs), "--no-leaderboard"])
+    assert rc == 0
+    res = _results(runs)
+    assert res["sample_len"] == 20 and res["acc,none"] == pytest.approx(expect, abs=0.1)
+    assert {"acc_pairs8,none", "acc_pairs32,none"} <= set(res)
+
+
+def test_readme_yaml_task_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+    from qdelta.testing import tiny_model
+
+    folder = _user_folder(tmp_path, num_examples=2, num_pairs="[2, 4]")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<eos>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["Locker opens with code 0123456789 Every locker below has its own code."], trainer=trainer)
+    ckpt = tmp_path / "ckpt"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(ckpt)
+    tiny_model("qdelta", vocab_size=len(tok.get_vocab())).save_pretrained(ckpt)
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    rc = main(["eval", "--model", "qdelta", "--model_args", f"pretrained={ckpt}", "--tasks", "qd_locker_codes",
+               "--include_path", str(folder), "--runs-dir", str(runs), "--no-leaderboard", "--batch_size", "4"])
+    assert rc == 0
+    res = _results(runs)
+    assert res["sample_len"] == 4 and 0.0 <= res["acc,none"] <= 1.0
