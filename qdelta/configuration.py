@@ -167,7 +167,7 @@ class QDeltaConfig(_RecurrentConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        if "variant" not in config_dict:
+        if config_dict.get("variant") is None:
             logger.info("Q-Delta config has no 'variant' field (a checkpoint from the authors' code): "
                         "using variant='official', the function their chunk kernel computes (DESIGN §2)")
             config_dict = {**config_dict, "variant": "official"}

@@ -32,14 +32,14 @@ class Packing:
         """``attention_mask``: (B, T) of 0/1 (or bool) for the current tokens, or None (all valid)."""
         if past is None:
             past = torch.zeros(batch, dtype=torch.int64, device=device)
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, width):
+            raise ValueError(f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
+                             f"tokens (a 2-D 0/1 padding mask), got {tuple(attention_mask.shape)}")
         if attention_mask is None or bool(attention_mask.all()):
             lengths = torch.full((batch,), width, dtype=torch.int64, device=device)
             indices = torch.arange(batch * width, device=device)
             dense = True
         else:
-            if tuple(attention_mask.shape) != (batch, width):
-                raise ValueError(f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
-                                 f"tokens, got {tuple(attention_mask.shape)}")
             mask = attention_mask.to(device=device).bool()
             lengths = mask.sum(1).to(torch.int64)
             if bool((lengths == 0).any()):

@@ -217,3 +217,26 @@ def test_truncated_safetensors_fails_clearly(good_folder):
         path.write_bytes(data[:cut])
         with pytest.raises(ValueError, match="truncated or corrupt"):
             qdelta.load_model(good_folder)
+
+
+def test_sharded_and_torch_bin_folders_load(tmp_path):
+    model = tiny_model("qdelta", seed=2, variant="official")
+    ids = _ids(10)
+    ref = model(ids).logits
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    torch.testing.assert_close(qdelta.load_model(tmp_path / "sharded")(ids).logits, ref, atol=0, rtol=0)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text((tmp_path / "sharded" / "config.json").read_text())
+    torch.save(model.state_dict(), legacy / "pytorch_model.bin")
+    torch.testing.assert_close(qdelta.load_model(legacy)(ids).logits, ref, atol=0, rtol=0)
+    shard = sorted((tmp_path / "sharded").glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="shards"):
+        qdelta.load_model(tmp_path / "sharded")
+
+
+def test_null_variant_means_official(tmp_path):
+    folder = _write(tmp_path / "n", _authors_config(variant=None), _documented_weights())
+    assert qdelta.load_model(folder).config.variant == "official"
