@@ -160,7 +160,8 @@ def _versions() -> Dict[str, str]:
 class _Run:
     """One training run (one learning rate) writing into ``out``."""
 
-    def __init__(self, config: TrainConfig, lr: float, out: Path, *, resume: bool, progress: bool):
+    def __init__(self, config: TrainConfig, lr: float, out: Path, *, resume: bool, progress: bool,
+                 write: bool = True):
         self.config, self.lr, self.out, self.progress = config, lr, out, progress
         self.dist = _setup_distributed("cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu")
         self.device = _resolve_device(config.train.device, self.dist)
@@ -169,7 +170,8 @@ class _Run:
             raise ValueError(f"train.batch_size: {t.batch_size} does not split over {self.dist.world} ranks; "
                              f"use a multiple of {self.dist.world}")
         self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
-        out.mkdir(parents=True, exist_ok=True)
+        if write:
+            out.mkdir(parents=True, exist_ok=True)
         checkpoints = _checkpoint_dirs(out) if resume else []
         self.resume_from = checkpoints[-1] if checkpoints else None
         if self.resume_from is not None:
@@ -191,12 +193,12 @@ class _Run:
         schedule = dict(warmup_steps=o.warmup_steps, total_steps=t.steps, min_lr_ratio=o.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, **schedule))
-        self.step = 0
+        self.step = self.tokens = 0
         if self.resume_from is not None:
             state = torch.load(self.resume_from / TRAINER_STATE, map_location="cpu", weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.step = int(state["step"])
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
             torch.set_rng_state(state["rng_cpu"])
             if self.device.type == "cuda" and state.get("rng_cuda") is not None:
                 torch.cuda.set_rng_state(state["rng_cuda"])
@@ -221,6 +223,22 @@ class _Run:
         logits = out.logits.float()
         return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
 
+    def train_step(self, step: int):
+        """One optimizer step on the global batch of ``step``; returns (loss, grad_norm, lr, tokens)."""
+        t = self.config.train
+        per_rank = t.batch_size // self.dist.world
+        batch = self.source.batch(step, t.batch_size)
+        batch = batch.rows(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank).to(self.device)
+        loss = self._loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        lr_now = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), grad_norm, lr_now, batch.input_ids.numel() * self.dist.world
+
     def _evaluate(self) -> Dict[str, float]:
         self.model.eval()
         with torch.no_grad(), self._autocast():
@@ -235,7 +253,7 @@ class _Run:
         tmp = root / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         self._save_model(tmp)
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "tokens": self.tokens, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
                  "world_size": self.dist.world}
@@ -264,7 +282,6 @@ class _Run:
         if self.dist.main:
             _write_atomic(log_path, "".join(line + "\n" for line in lines))
             _write_atomic(self.out / "train_config.yaml", dump_config(self.config))
-        per_rank = t.batch_size // self.dist.world
         bar = None
         if self.progress and self.dist.main:
             from tqdm.auto import tqdm
@@ -272,31 +289,21 @@ class _Run:
             bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.config.name} lr={self.lr:g}",
                        unit="step", dynamic_ncols=True)
         started = time.perf_counter()
-        tokens = 0
         eval_metrics: Dict[str, float] = {}
         with open(log_path, "a") if self.dist.main else nullcontext() as log_file:
             while self.step < t.steps:
-                batch = self.source.batch(self.step, t.batch_size)
-                batch = batch.rows(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank).to(self.device)
-                loss = self._loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                lr_now = self.scheduler.get_last_lr()[0]
-                self.optimizer.step()
-                self.scheduler.step()
+                loss, grad_norm, lr_now, batch_tokens = self.train_step(self.step)
                 self.step += 1
-                tokens += batch.input_ids.numel() * self.dist.world
+                self.tokens += batch_tokens
                 last = self.step == t.steps
                 records = []
                 if (t.log_every and self.step % t.log_every == 0) or last or self.step == 1:
-                    loss_value = loss.detach()
+                    loss_value = loss.clone()
                     if self.dist.world > 1:
                         torch.distributed.all_reduce(loss_value)
                         loss_value /= self.dist.world
                     records.append({"step": self.step, "loss": float(loss_value), "lr": lr_now,
-                                    "grad_norm": float(grad_norm), "tokens": tokens,
+                                    "grad_norm": float(grad_norm), "tokens": self.tokens,
                                     "elapsed_s": round(time.perf_counter() - started, 3)})
                 if (t.eval_every and self.step % t.eval_every == 0) or last:
                     if self.dist.main:
@@ -309,7 +316,8 @@ class _Run:
                     log_file.flush()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
+                    if records and "loss" in records[0]:
+                        bar.set_postfix(loss=f"{records[0]['loss']:.3f}")
                 if t.save_every and self.step % t.save_every == 0 and not last:
                     if self.dist.main:
                         self._save_checkpoint()

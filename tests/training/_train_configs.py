@@ -1,0 +1,31 @@
+"""Tiny training configs for the CPU tests (vocab 32, sequences of 16 tokens, d 32)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+MODEL = {
+    "qdelta": dict(num_heads=2, head_dim=16, expand_v=1),
+    "gated_deltanet": dict(num_heads=2, head_dim=16, expand_v=1),
+    "transformer": dict(num_heads=2, max_position_embeddings=64),
+}
+
+
+def tiny_train_config(output_dir: Path, model_type: str = "qdelta", *, steps: int = 40, lr=3e-3,
+                      save_every: int = 0, eval_every: int = 0, batch_size: int = 16, **train) -> dict:
+    return {
+        "name": f"tiny-{model_type}", "output_dir": str(output_dir), "seed": 0,
+        "model": {"type": model_type, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
+                  **MODEL[model_type]},
+        "data": {"kind": "mqar", "vocab_size": 32, "configs": [[16, 2]]},
+        "optim": {"lr": lr, "warmup_steps": 10},
+        "train": {"steps": steps, "batch_size": batch_size, "log_every": 5, "save_every": save_every,
+                  "eval_every": eval_every, "device": "cpu", **train},
+        "eval": {"num_examples": 64},
+    }
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
