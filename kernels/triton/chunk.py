@@ -85,8 +85,13 @@ class ChunkTable:
         self.bounds = bounds
 
 
-def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool):
-    """Launch the three forward kernels. Tokens laid out (T, H, ·), contiguous. Returns o, h, ht."""
+def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool,
+                  store_inverse: bool = False):
+    """Launch the three forward kernels. Tokens laid out (T, H, ·), contiguous.
+
+    Returns o (T, H, V), h (NC, H, K, V) chunk-start states, ht (N, H, K, V) final states and,
+    with ``store_inverse``, the per-chunk ``(I + L)^-1`` (NC, H, BC, BC) for the backward.
+    """
     T, H, K = q.shape
     V = v.shape[-1]
     NC, N = table.num_chunks, table.num_sequences
@@ -95,18 +100,19 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     W = torch.empty(T, H, K, dtype=f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC, BK, BV = _p2(chunk_size), min(64, _p2(K)), min(64, _p2(V))
+    Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     chunk_fwd._intra_kernel[(NC, H)](
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
-        table.bos, table.len, G, W, U,
+        table.bos, table.len, G, W, U, G if Tinv is None else Tinv,
         H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
-        HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
+        HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official, STORE_T=store_inverse,
     )
     h = torch.empty(NC, H, K, V, dtype=f32, device=dev)
     Up = torch.empty(T, H, V, dtype=f32, device=dev)
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
     BKF = _p2(K)
     BVS = min(32 if BKF >= 256 else 64, _p2(V))
-    chunk_fwd._state_kernel[(N, H, triton.cdiv(V, BVS))](
+    chunk_fwd._state_kernel[(triton.cdiv(V, BVS), N, H)](
         k, W, U, G, h if h0 is None else h0,
         table.bos, table.len, table.seq_chunks, h, Up, ht,
         H=H, K=K, V=V, BC=BC, BK=BKF, BV=BVS, HAS_H0=h0 is not None,
@@ -118,7 +124,7 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         q, k, G, h, Up, o, table.bos, table.len, scale,
         H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
     )
-    return o, h, ht
+    return o, h, ht, Tinv
 
 
 class _ChunkQDelta(torch.autograd.Function):
@@ -126,21 +132,23 @@ class _ChunkQDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official):
-        o, h, ht = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official)
+        needs_grad = any(ctx.needs_input_grad[:7])
+        o, h, ht, Tinv = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official,
+                                       store_inverse=needs_grad)
         h_last = h[table.last]
-        ctx.save_for_backward(q, k, v, g, beta, lam, h)
+        ctx.save_for_backward(q, k, v, g, beta, lam, h, Tinv)
         ctx.meta = (table, scale, official, g is None, lam is None, h0 is None)
         return o, ht, h_last
 
     @staticmethod
     def backward(ctx, do, dht, dh_last):
-        q, k, v, g, beta, lam, h = ctx.saved_tensors
+        q, k, v, g, beta, lam, h, Tinv = ctx.saved_tensors
         table, scale, official, no_g, no_lam, no_h0 = ctx.meta
         zeros = torch.zeros(q.shape[:2], dtype=q.dtype, device=q.device)
         N, (H, K, V) = table.num_sequences, h.shape[1:]
         zero_state = lambda d: torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d  # noqa: E731
         saved = {
-            "tensors": (q, k, v, zeros if no_g else g, beta, zeros if no_lam else lam, h),
+            "tensors": (q, k, v, zeros if no_g else g, beta, zeros if no_lam else lam, h, Tinv),
             "index": table.index, "seq_chunks": table.seq_chunks, "scale": scale, "official": official,
         }
         dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht).float(),

@@ -11,7 +11,8 @@ This is NOT a Triton backward. The Triton forward saves the state at the start o
 3. differentiates the per-chunk function (all chunks at once, torch autograd) given
    ``(dO_c, dS_end_c)`` with the chunk-start states held fixed.
 
-Step 3 is exact by the chain rule: ``dS_end_c`` is the total derivative of the loss with respect
+The triangular solve is not redone: the forward kernel's ``(I + L)^-1`` (forward substitution in
+fp32) is reused, with ``dL = -T^T dT T^T``. Step 3 is exact by the chain rule: ``dS_end_c`` is the total derivative of the loss with respect
 to chunk c's end state. Everything runs in fp32 with torch's own (non-tf32) matmuls.
 """
 from __future__ import annotations
@@ -37,10 +38,26 @@ def scatter_chunks(xc: torch.Tensor, index: torch.Tensor, num_tokens: int) -> to
     return out[:num_tokens]
 
 
-def chunk_function(q, k, v, g, beta, lam, S0, scale, official):
-    """All chunks at once. q, k (NC, H, C, K); v (NC, H, C, V); g, beta, lam (NC, H, C); S0 (NC, H, K, V).
+class _UnitLowerInverse(torch.autograd.Function):
+    """``(I + L)^-1`` given as computed by the forward kernel; backward ``dL = -T^T dT T^T``."""
 
-    Returns o (NC, H, C, V), S_end (NC, H, K, V), and W (NC, H, C, K) for the state recurrence.
+    @staticmethod
+    def forward(ctx, L, inverse):
+        ctx.save_for_backward(inverse)
+        return inverse.clone()
+
+    @staticmethod
+    def backward(ctx, d_inverse):
+        (T,) = ctx.saved_tensors
+        Tt = T.transpose(-1, -2)
+        return -(Tt @ d_inverse @ Tt), None
+
+
+def chunk_function(q, k, v, g, beta, lam, S0, scale, official, inverse):
+    """All chunks at once. q, k (NC, H, C, K); v (NC, H, C, V); g, beta, lam (NC, H, C); S0 (NC, H, K, V);
+    inverse (NC, H, C, C) = (I + L)^-1 from the forward kernel (exact triangular solve, fp32).
+
+    Returns o (NC, H, C, V), S_end (NC, H, K, V), and W, A, gam, to_end for the state recurrence.
     """
     C = q.shape[2]
     x = k + lam[..., None] * q
@@ -50,9 +67,8 @@ def chunk_function(q, k, v, g, beta, lam, S0, scale, official):
     gam = G.exp()[..., None]
     pairing = k @ x.transpose(-1, -2) if official else x @ k.transpose(-1, -2)
     L = (beta[..., None] * pairing * Gam).tril(-1)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
     rhs = torch.cat([beta[..., None] * v, (beta[..., None] * gam) * x], -1)
-    sol = torch.linalg.solve_triangular(eye + L, rhs, upper=False, unitriangular=True)
+    sol = _UnitLowerInverse.apply(L, inverse) @ rhs
     U, W = sol[..., : v.shape[-1]], sol[..., v.shape[-1]:]
     Up = U - W @ S0
     A = (q @ k.transpose(-1, -2)) * Gam
@@ -62,16 +78,15 @@ def chunk_function(q, k, v, g, beta, lam, S0, scale, official):
     return o, S_end, W, A, gam, to_end
 
 
-def reverse_state_pass(chunks, S0, dO, dfinal, dh_last, seq_chunks, scale, official):
+def reverse_state_pass(chunks, W, A, gam, to_end, dO, dfinal, dh_last, seq_chunks, scale):
     """dS_end for every chunk and d(initial state), by the Triton reverse state kernel."""
     with torch.no_grad():
-        _, _, W, A, gam, to_end = chunk_function(*chunks, S0, scale, official)
         q, k = chunks[0], chunks[1]
         r = scale * (gam * q).transpose(-1, -2) @ dO - W.transpose(-1, -2) @ (scale * A.transpose(-1, -2) @ dO)
         NC, H, C, K = q.shape
         V = dO.shape[-1]
         N = dfinal.shape[0]
-        dS_end = torch.empty_like(S0)
+        dS_end = torch.empty(NC, H, K, V, dtype=torch.float32, device=q.device)
         dh0 = torch.empty_like(dfinal)
         BK = max(16, triton.next_power_of_2(K))
         BV = min(32 if BK >= 256 else 64, max(16, triton.next_power_of_2(V)))
@@ -86,15 +101,16 @@ def reverse_state_pass(chunks, S0, dO, dfinal, dh_last, seq_chunks, scale, offic
 
 def chunk_backward(saved, do, dfinal, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0) for tokens laid out (T, H, ·); see the module doc."""
-    q, k, v, g, beta, lam, h = saved["tensors"]
+    q, k, v, g, beta, lam, h, inverse = saved["tensors"]
     index, seq_chunks, scale, official = saved["index"], saved["seq_chunks"], saved["scale"], saved["official"]
     T = q.shape[0]
-    f32 = lambda t: t.to(torch.float32)  # noqa: E731
-    chunks = [gather_chunks(f32(t), index) for t in (q, k, v, g, beta, lam)]
-    dO = gather_chunks(f32(do), index)
-    dS_end, dh0 = reverse_state_pass(chunks, h, dO, dfinal, dh_last, seq_chunks, scale, official)
+    C = index.shape[1]
+    chunks = [gather_chunks(t.to(torch.float32), index) for t in (q, k, v, g, beta, lam)]
+    dO = gather_chunks(do.to(torch.float32), index)
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in chunks]
-        o, S_end, *_ = chunk_function(*leaves, h, scale, official)
+        leaves = [t.requires_grad_(True) for t in chunks]
+        o, S_end, W, A, gam, to_end = chunk_function(*leaves, h, scale, official, inverse[..., :C, :C])
+        parts = [t.detach() for t in (W, A, gam, to_end)]
+        dS_end, dh0 = reverse_state_pass(chunks, *parts, dO, dfinal, dh_last, seq_chunks, scale)
         grads = torch.autograd.grad((o, S_end), leaves, (dO, dS_end))
     return [scatter_chunks(gr, index, T) for gr in grads] + [dh0]

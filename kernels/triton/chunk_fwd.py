@@ -30,10 +30,10 @@ import triton.language as tl
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
-    G_out, W_out, U_out,  # (T, H) fp32, (T, H, K) fp32, (T, H, V) fp32
+    G_out, W_out, U_out, T_out,  # (T, H) fp32, (T, H, K) fp32, (T, H, V) fp32, (NC, H, BC, BC) fp32
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+    HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(chunk_bos + i_c).to(tl.int64)
@@ -75,6 +75,9 @@ def _intra_kernel(
         l_i = tl.sum(tl.where(o_c[:, None] == i, b_L, 0.0), 0)  # L[i, :]
         r_i = tl.sum(l_i[:, None] * b_T, 0)  # sum_j L_ij T[j, :]
         b_T = tl.where(o_c[:, None] == i, b_T - r_i[None, :], b_T)
+    if STORE_T:  # for the backward (kernels/triton/chunk_bwd.py)
+        p_T = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
+        tl.store(T_out + p_T, b_T)
 
     b_wx = b_beta * tl.exp(b_G)  # beta * gam
     for i_k in range(tl.cdiv(K, BK)):
@@ -101,7 +104,7 @@ def _state_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)  # BK covers all of K
     o_v = i_v * BV + tl.arange(0, BV)

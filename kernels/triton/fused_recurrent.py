@@ -103,14 +103,27 @@ def supports(inp: Inputs) -> bool:
 
 def fused_recurrent_qdelta_triton(inp: Inputs, output_final_state: bool, inplace: bool = False):
     """Run a prepared call on Triton; returns (o, final state or None). ``inplace`` overwrites the state."""
+    launch, finish = build_launch(inp, output_final_state, inplace)
+    launch()
+    return finish()
+
+
+def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
+    """Buffers and arguments for one call: ``launch()`` runs the kernel, ``finish()`` returns (o, state).
+
+    Split so the benchmark can time the kernel alone (``launch`` repeated on the same buffers).
+    """
     B, T, H, K = inp.q.shape
     V = inp.v.shape[-1]
     dev = inp.q.device
     flat = lambda t: None if t is None else t.reshape((B * T,) + t.shape[2:]).contiguous()  # noqa: E731
     q, k, v, g, beta, lam = map(flat, (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.lam))
-    bounds = [b * T + s for b, s, _ in inp.sequence_bounds()] + [B * T]
-    N = len(bounds) - 1
-    seq_bos = torch.tensor(bounds, dtype=torch.int32, device=dev)
+    if inp.cu_seqlens is None:  # equal lengths: no host-to-device copy
+        N = B
+        seq_bos = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=dev)
+    else:
+        N = inp.cu_seqlens.numel() - 1
+        seq_bos = inp.cu_seqlens.to(device=dev, dtype=torch.int32)
     official = inp.variant == "official"
     s = inp.initial_state
     if official and s is not None and not isinstance(s, OfficialState):
@@ -138,21 +151,28 @@ def fused_recurrent_qdelta_triton(inp: Inputs, output_final_state: bool, inplace
     offsets = (s.offset if official and s is not None else torch.zeros(N, dtype=torch.int64, device=dev))
     o = torch.empty(B * T, H, V, dtype=q.dtype, device=dev)
     BK = _p2(K)
-    BV = min(_p2(V), 32 if BK >= 256 or official else 64)
-    _recurrent_kernel[(N, H, triton.cdiv(V, BV))](
-        q, k, v, q if g is None else g, beta, q if lam is None else lam, o,
-        init[0], init[1], init[2], finals[0], finals[1], finals[2],
-        seq_bos, offsets.to(torch.int32), inp.scale,
-        H=H, K=K, V=V, BK=BK, BV=BV, CHUNK=OFFICIAL_CHUNK,
-        HAS_G=g is not None, HAS_LAM=lam is not None, HAS_S0=s is not None, OFFICIAL=official,
-    )
-    o = o.reshape(B, T, H, V)
-    if not output_final_state and not inplace:
-        return o, None
-    if not official:
-        return o, finals[0]
-    lengths = seq_bos[1:].to(torch.int64) - seq_bos[:-1].to(torch.int64)
-    new_offsets = (offsets + lengths) % OFFICIAL_CHUNK
-    if inplace and isinstance(inp.initial_state, OfficialState):
-        inp.initial_state.offset.copy_(new_offsets)
-    return o, OfficialState(finals[0], finals[1], finals[2], new_offsets)
+    BV = min(_p2(V), 32)
+    offsets32 = offsets.to(torch.int32)
+
+    def launch():
+        _recurrent_kernel[(N, H, triton.cdiv(V, BV))](
+            q, k, v, q if g is None else g, beta, q if lam is None else lam, o,
+            init[0], init[1], init[2], finals[0], finals[1], finals[2],
+            seq_bos, offsets32, inp.scale,
+            H=H, K=K, V=V, BK=BK, BV=BV, CHUNK=OFFICIAL_CHUNK,
+            HAS_G=g is not None, HAS_LAM=lam is not None, HAS_S0=s is not None, OFFICIAL=official,
+        )
+
+    def finish():
+        out = o.reshape(B, T, H, V)
+        if not output_final_state and not inplace:
+            return out, None
+        if not official:
+            return out, finals[0]
+        lengths = seq_bos[1:].to(torch.int64) - seq_bos[:-1].to(torch.int64)
+        new_offsets = (offsets + lengths) % OFFICIAL_CHUNK
+        if inplace and isinstance(inp.initial_state, OfficialState):
+            inp.initial_state.offset.copy_(new_offsets)
+        return out, OfficialState(finals[0], finals[1], finals[2], new_offsets)
+
+    return launch, finish
