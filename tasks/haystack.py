@@ -89,36 +89,59 @@ def pool_size(kind: str) -> int:
 
 def fill_to_length(count: LengthCounter, render: Callable[[List[str]], str], next_sentence: Callable[[int], str],
                    budget: int) -> List[str]:
-    """The longest list of haystack sentences ``s`` with ``count(render(s)) <= budget``.
+    """The longest run of haystack sentences ``s`` (from ``next_sentence(0)`` on) with ``count(render(s)) <= budget``.
 
     ``render`` builds the whole prompt from the sentences (template, needle and question included),
-    so the budget holds for the exact text the model reads. Grows by estimated sentence lengths,
-    then trims one sentence at a time on the exact count.
+    so the budget holds for the exact text the model reads. A guess from per-sentence counts is
+    refined by exact counts of whole prompts: a galloping search then bisection, about 2 log2(error)
+    tokenizations per prompt.
     """
-    chosen: List[str] = []
-    base = count(render(chosen))
+    base = count(render([]))
     if base > budget:
         raise ValueError(f"the prompt without any haystack is already {base} {count.unit} long, more than the "
                          f"context length {budget}; raise metadata.context_lengths")
-    used = base
-    i = 0
+    guess, used = 0, base
     while True:
-        batch = [next_sentence(i + j) for j in range(64)]
-        for sentence, n in zip(batch, count.many(batch)):
+        batch = [next_sentence(guess + j) for j in range(64)]
+        sizes = count.many(batch)
+        fitted = 0
+        for n in sizes:
             if used + n > budget:
                 break
-            chosen.append(sentence)
             used += n
-        else:
-            i += len(batch)
-            continue
-        break
-    while chosen and count(render(chosen)) > budget:
-        chosen.pop()
-    # after a conservative estimate there may be room for more
-    while True:
-        extra = next_sentence(len(chosen))
-        if count(render(chosen + [extra])) > budget:
+            fitted += 1
+        guess += fitted
+        if fitted < len(batch):
             break
-        chosen.append(extra)
-    return chosen
+
+    def size(m: int) -> int:
+        return count(render([next_sentence(i) for i in range(m)]))
+
+    actual = size(guess)
+    if guess and actual > budget:   # sentences alone tokenize differently from running text: rescale once
+        guess = int(guess * (budget - base) / (actual - base))
+    m = _largest_fitting(lambda k: size(k) <= budget, guess)
+    return [next_sentence(i) for i in range(m)]
+
+
+def _largest_fitting(fits: Callable[[int], bool], guess: int) -> int:
+    """Largest ``m`` with ``fits(m)`` for a monotone ``fits`` with ``fits(0)`` true, searched from ``guess``."""
+    if fits(guess):
+        lo, step = guess, 1
+        while fits(lo + step):
+            lo += step
+            step *= 2
+        hi = lo + step
+    else:
+        hi, step = guess, 1
+        while hi - step > 0 and not fits(hi - step):
+            hi -= step
+            step *= 2
+        lo = max(hi - step, 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
