@@ -122,7 +122,7 @@ class RecurrentMixer(nn.Module):
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
             initial = q.new_zeros(packing.batch, self.num_v_heads, self.head_k_dim, self.head_v_dim, dtype=acc)
         if self.kind == "linear_attn":
-            q, k = _l2norm(q), _l2norm(k)
+            q, k = l2norm(q), l2norm(k)
             o, final = chunk_linear_attention(q, k, v, g, initial_state=initial, output_final_state=use_cache,
                                               cu_seqlens=packing.cu_seqlens)
         else:
@@ -142,7 +142,7 @@ def _detach(t):
     return None if t is None else t.detach()
 
 
-def _l2norm(x: torch.Tensor) -> torch.Tensor:
+def l2norm(x: torch.Tensor) -> torch.Tensor:
     """Same normalisation as the delta-rule ops: ``x / sqrt(sum(x^2) + 1e-6)`` in fp32."""
     y = x.float()
     return (y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)

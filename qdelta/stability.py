@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .layers import RecurrentMixer, _l2norm
+from .layers import RecurrentMixer, l2norm
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _mixers(model) -> List[RecurrentMixer]:
 
 def _per_token(record: dict) -> Dict[str, torch.Tensor]:
     """beta*a, lam, alpha per token and head from one captured call: each (tokens, heads)."""
-    q, k = _l2norm(record["q"][0].float()), _l2norm(record["k"][0].float())  # (T, H, K)
+    q, k = l2norm(record["q"][0].float()), l2norm(record["k"][0].float())  # (T, H, K)
     T, H = q.shape[:2]
     lam = record["lam"][0].float() if record["lam"] is not None else q.new_zeros(T, H)
     beta = record["beta"][0].float() if record["beta"] is not None else q.new_ones(T, H)
