@@ -75,6 +75,9 @@ def chunk_linear_attention(
     else:
         cu = cu_seqlens.tolist()
         bounds = [(0, cu[n], cu[n + 1]) for n in range(len(cu) - 1)]
+    lengths = {end - start for _, start, end in bounds}
+    if len(lengths) == 1 and len(bounds) > 1:  # equal lengths: all sequences at once, as N * H heads
+        return _equal_lengths(q, k, v, g, bounds, scale, initial_state, output_final_state, chunk_size, acc)
     outputs, finals = [], []
     for n, (b, start, end) in enumerate(bounds):
         heads_first = lambda t: t[b, start:end].transpose(0, 1).to(acc)  # noqa: E731
@@ -86,3 +89,21 @@ def chunk_linear_attention(
         finals.append(state)
     o = torch.stack(outputs) if cu_seqlens is None else torch.cat(outputs)[None]
     return o.to(q.dtype), (torch.stack(finals) if output_final_state else None)
+
+
+def _equal_lengths(q, k, v, g, bounds, scale, initial_state, output_final_state, chunk_size, acc):
+    """The same computation as the per-sequence loop, for N sequences of one length T_n at once."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N, T_n = len(bounds), bounds[0][2] - bounds[0][1]
+
+    def heads_first(t):  # (B, T, H, ...) -> (N * H, T_n, ...)
+        seqs = torch.stack([t[b, start:end] for b, start, end in bounds])  # (N, T_n, H, ...)
+        return seqs.transpose(1, 2).reshape((N * H, T_n) + t.shape[3:]).to(acc)
+
+    state = (q.new_zeros(N * H, K, V, dtype=acc) if initial_state is None
+             else initial_state.reshape(N * H, K, V).to(acc))
+    o, state = _sequence(heads_first(q), heads_first(k), heads_first(v), heads_first(g), scale, state, chunk_size)
+    o = o.reshape(N, H, T_n, V).transpose(1, 2)  # (N, T_n, H, V)
+    o = o if B == N else o.reshape(1, N * T_n, H, V)
+    return o.to(q.dtype), (state.reshape(N, H, K, V) if output_final_state else None)
