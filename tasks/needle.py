@@ -151,4 +151,6 @@ def build_passkey(**metadata: Any):
     return to_dataset(_needle_docs(spec, metadata, make), "passkey")
 
 
-SPECS = {"build_niah": NIAHSpec, "build_passkey": PasskeySpec}
+# generator -> (its parameter spec, the doc fields it adds to docs.COMMON_FIELDS); read by validate.py
+SPECS = {"build_niah": (NIAHSpec, ("context_length", "depth", "length", "example")),
+         "build_passkey": (PasskeySpec, ("context_length", "depth", "length", "example"))}

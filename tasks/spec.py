@@ -28,13 +28,6 @@ class SpecError(ValueError):
         self.field = field
 
 
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (list, List):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp, field: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (list, List):
@@ -102,11 +95,3 @@ def require(cond: bool, field: str, message: str) -> None:
     if not cond:
         raise SpecError(field, message)
 
-
-def spec_doc(cls) -> List[str]:
-    """One line per field: ``name (type, default X)`` for ``qdelta tasks list --fields``."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{f.name} ({_type_name(spec_fields(cls)[f.name])}, default {default!r})")
-    return lines

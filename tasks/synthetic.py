@@ -7,7 +7,6 @@ parameters: every random draw comes from ``random.Random(seed)`` or the seeded M
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from dataclasses import dataclass, field
@@ -226,5 +225,7 @@ def _check_room(where: str, n: int, kind: str, digits: int, kind_field: str) -> 
                               f"use fewer pairs or a larger kind (word: 2304, number with more digits)")
 
 
-SPECS = {"build_mqar": MQARTextSpec, "build_ar": ARSpec, "build_kv_recall": KVRecallSpec}
-assert all(dataclasses.is_dataclass(s) for s in SPECS.values())
+# generator -> (its parameter spec, the doc fields it adds to docs.COMMON_FIELDS); read by validate.py
+SPECS = {"build_mqar": (MQARTextSpec, ("seq_len", "num_kv_pairs", "example", "query_offset")),
+         "build_ar": (ARSpec, ("num_pairs", "num_keys", "example")),
+         "build_kv_recall": (KVRecallSpec, ("num_pairs", "query_index", "example"))}

@@ -48,13 +48,7 @@ GROUP_FIELDS: Dict[str, Tuple[type, ...]] = {
     "metadata": (dict,), "include": (str, list),
 }
 OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until", "multiple_choice")
-GENERATORS = {
-    "qdelta.tasks.synthetic.build_mqar": ("MQARTextSpec", ("seq_len", "num_kv_pairs", "example", "query_offset")),
-    "qdelta.tasks.synthetic.build_ar": ("ARSpec", ("num_pairs", "num_keys", "example")),
-    "qdelta.tasks.synthetic.build_kv_recall": ("KVRecallSpec", ("num_pairs", "query_index", "example")),
-    "qdelta.tasks.needle.build_niah": ("NIAHSpec", ("context_length", "depth", "length", "example")),
-    "qdelta.tasks.needle.build_passkey": ("PasskeySpec", ("context_length", "depth", "length", "example")),
-}
+GENERATOR_MODULES = ("qdelta.tasks.synthetic", "qdelta.tasks.needle")  # each defines SPECS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,15 +199,18 @@ def _check_task(cfg: Dict[str, Any], problems: List[str]) -> None:
 
 def _check_generator(cfg: Dict[str, Any], problems: List[str]) -> None:
     ref = cfg.get("custom_dataset")
-    if not isinstance(ref, FunctionRef) or ref.spec not in GENERATORS:
+    module_name, _, fn_name = ref.spec.rpartition(".") if isinstance(ref, FunctionRef) else ("", "", "")
+    if module_name not in GENERATOR_MODULES:
         return
-    spec_name, extra_fields = GENERATORS[ref.spec]
-    module = importlib.import_module(ref.spec.rpartition(".")[0])
+    specs = importlib.import_module(module_name).SPECS
+    if fn_name not in specs:
+        return                      # reported as an import problem above
+    spec_cls, extra_fields = specs[fn_name]
     metadata = cfg.get("metadata") or {}
     if not isinstance(metadata, dict):
         return
     try:
-        parse_spec(getattr(module, spec_name), metadata, strict=True)
+        parse_spec(spec_cls, metadata, strict=True)
     except SpecError as err:
         problems.append(f"{err}")
     doc_fields = set(COMMON_FIELDS) | set(extra_fields) | {"data_hash"}

@@ -98,3 +98,15 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
     assert main(["tasks", "list"]) == 0
     listing = capsys.readouterr().out
     assert "qd_recall_quick" in listing and "qd_niah_single_3" in listing and "Hugging Face hub" in listing
+
+
+def test_offline_note_names_hub_tasks(monkeypatch):
+    from qdelta.tasks import HUB_TASKS, offline_note
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert "piqa" in offline_note(["piqa", "qd_recall"]) and "Hugging Face hub" in offline_note(["piqa"])
+    assert all(t in offline_note(["qd_lm"]) for t in HUB_TASKS)
+    assert offline_note(["qd_recall_quick"]) is None
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert offline_note(["piqa"]) is None
