@@ -112,7 +112,7 @@ def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: d
         return [t for t in requested if not Path(t).is_file() and not manager.match_tasks([t])]
 
     manager = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
-    if missing_in(manager):
+    if any(not t.startswith("qd_") for t in missing_in(manager)):  # qd_* names are never lm-eval built-ins
         manager = TaskManager(include_path=paths, include_defaults=True, metadata=metadata)
     missing = missing_in(manager)
     if missing:
@@ -203,6 +203,11 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
         }
         record.start(header)
     failed = []
+    tracker = None
+    if cfg.output_path and writer:  # lm-eval's own output files too, as `lm-eval run --output_path` writes them
+        from lm_eval.loggers import EvaluationTracker
+
+        tracker = EvaluationTracker(output_path=cfg.output_path)
     with env_info_once():
         for name, task in leaf_tasks:
             if record.is_finished(name):
@@ -219,7 +224,8 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
                     apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=bool(cfg.fewshot_as_multiturn),
                     gen_kwargs=cfg.gen_kwargs or None, predict_only=cfg.predict_only, random_seed=seeds[0],
                     numpy_random_seed=seeds[1], torch_random_seed=seeds[2], fewshot_random_seed=seeds[3],
-                    confirm_run_unsafe_code=cfg.confirm_run_unsafe_code, metadata=metadata)
+                    confirm_run_unsafe_code=cfg.confirm_run_unsafe_code, metadata=metadata,
+                    evaluation_tracker=tracker)
             except Exception as err:  # a failed task must not lose the others
                 log.error("%s: task %s failed: %s: %s", run_id, name, type(err).__name__, _one_line(err))
                 failed.append(name)
@@ -230,6 +236,10 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
                 continue
             samples = result.pop("samples", {}).get(name, [])
             result["config"].update(model=cfg.model, model_args=cfg.model_args)
+            if tracker is not None:
+                tracker.save_results_aggregated(results=result, samples={name: samples} if cfg.log_samples else None)
+                if cfg.log_samples:
+                    tracker.save_results_samples(task_name=name, samples=samples)
             entry = {"version": result.get("versions", {}).get(name), "n_samples": len(samples),
                      "data_sha256": next((s["doc"].get("data_hash") for s in samples
                                           if isinstance(s.get("doc"), dict) and s["doc"].get("data_hash")), None),

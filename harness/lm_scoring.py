@@ -1,9 +1,10 @@
 """Token-level scoring for the lm-eval adapter: batched log-likelihoods with prefix-state reuse.
 
 Requests that share a context prefix (the queries of one MQAR sequence, the answer choices of a
-multiple-choice item, the depths of one haystack) are scored by running the shared prefix once
-with ``use_cache=True`` and continuing every member from a copy of that recurrent state
-(``cache.repeat_interleave``), instead of recomputing the prefix for each request.
+multiple-choice item, the depths of one haystack) are scored by running every shared prefix once
+with ``use_cache=True`` and continuing each request from a copy of that recurrent state
+(``cache.clone()``; ``cache.repeat_interleave(n)`` for batched generation), instead of
+recomputing the prefix for each request.
 
 Shapes: ``input_ids`` (B, T) long; ``logits`` (B, T, vocab).
 """
@@ -32,7 +33,7 @@ class PrefixGroup:
 
 @dataclass
 class ReuseStats:
-    """What prefix reuse saved: tokens not recomputed, groups formed."""
+    """What prefix reuse saved: tokens not recomputed, groups (chains) formed."""
 
     groups: int = 0
     requests_in_groups: int = 0
@@ -138,36 +139,85 @@ def score_plain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequenc
             out[i] = _score_one(logits[b, first : first + len(cont)], cont)
 
 
-def score_group(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]],
-                group: PrefixGroup, batch_size: int, pad_id: int, device,
-                out: list, stats: ReuseStats) -> None:
-    """Score the members of ``group``: the shared prefix once, then every member's suffix.
+def clone_cache(cache):
+    """An independent copy: ``cache.clone()`` (ours) or a deep copy (a transformers cache)."""
+    return cache.clone() if hasattr(cache, "clone") else copy.deepcopy(cache)
 
-    Full sequence ``s = ctx + cont``; the logits at input position j predict ``s[j + 1]``.
-    Position ``P - 1`` (last prefix token) comes from the prefix call; positions ``j >= P``
-    from the suffix call, whose input is ``s[P:-1]`` continued from a copy of the prefix state.
+
+def plan_chains(sequences: Sequence[Sequence[int]], context_lens: Sequence[int],
+                min_fraction: float = 0.5) -> List[List[int]]:
+    """Split requests into chains of neighbours (in sorted order) that share long prefixes.
+
+    ``sequences[i]`` is request i's model input (context + continuation[:-1]); request i joins the
+    chain of its sorted predecessor when they share at least one token and at least
+    ``min_fraction`` of request i's context. Nested contexts (the queries of one MQAR sequence)
+    and identical contexts (answer choices) form chains.
     """
-    P = group.prefix_len
-    prefix = list(items[group.members[0]][0][:P])
-    logits, cache = forward(torch.tensor([prefix], dtype=torch.long, device=device), None, True)
-    last = logits[0, -1]  # (V,) predicts token P
+    if not 0.0 < min_fraction <= 1.0:
+        raise ValueError(f"prefix_min_fraction must be in (0, 1], got {min_fraction}; "
+                         "pass e.g. prefix_min_fraction=0.5")
+    order = sorted(range(len(sequences)), key=lambda i: list(sequences[i]))
+    chains: List[List[int]] = []
+    for i in order:
+        if chains:
+            shared = common_prefix_len(sequences[chains[-1][-1]], sequences[i])
+            if shared >= 1 and shared >= min_fraction * context_lens[i]:
+                chains[-1].append(i)
+                continue
+        chains.append([i])
+    return chains
+
+
+def score_chain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]], chain: List[int],
+                device, out: list, stats: ReuseStats) -> None:
+    """Score a chain (sorted by input sequence) walking the prefix tree once.
+
+    Every token position shared by several requests is computed once (batch 1). The recurrent
+    state is kept (``clone``) at each position where a later request branches off: the running
+    minima of the later common-prefix lengths. Logits are kept only at the positions some
+    request scores. Request k continues from the state at ``l_k`` (its common prefix with
+    request k-1), which the walk guarantees to be on top of the snapshot stack.
+    """
+    seqs = [list(items[i][0]) + list(items[i][1])[:-1] for i in chain]
+    n = len(chain)
+    shared = [0] + [common_prefix_len(seqs[k - 1], seqs[k]) for k in range(1, n)]
+    scored_positions = set()
+    for i, seq in zip(chain, seqs):
+        scored_positions.update(range(len(items[i][0]) - 1, len(seq)))
+    stack: List[Tuple[int, object]] = [(0, None)]  # (position, state after that many tokens)
+    saved: dict = {}  # position -> logits (V,) along the current path
     stats.groups += 1
-    stats.requests_in_groups += len(group.members)
-    stats.tokens_run += P
-    stats.tokens_saved += P * (len(group.members) - 1)
-    for start in range(0, len(group.members), batch_size):
-        batch = group.members[start : start + batch_size]
-        suffixes = [(list(items[i][0]) + list(items[i][1]))[P:-1] for i in batch]
-        suffix_logits = None
-        if any(suffixes):
-            suffix_logits, _ = forward(_right_pad(suffixes, pad_id, device), repeat_cache(cache, len(batch)), True)
-            stats.tokens_run += sum(len(s) for s in suffixes)
-        for b, i in enumerate(batch):
-            ctx, cont = items[i]
-            steps = []
-            for j in range(len(ctx) - 1, len(ctx) + len(cont) - 1):
-                steps.append(last if j == P - 1 else suffix_logits[b, j - P])
-            out[i] = _score_one(torch.stack(steps), cont)
+    stats.requests_in_groups += n
+    for k, (i, seq) in enumerate(zip(chain, seqs)):
+        while stack[-1][0] > shared[k]:
+            stack.pop()
+        start, snapshot = stack[-1]
+        assert start == shared[k], "prefix walk lost its branch point"
+        for position in [p for p in saved if p >= start]:
+            del saved[position]
+        splits, running = set(), len(seq) + 1
+        for j in range(k + 1, n):
+            running = min(running, shared[j])
+            if running <= start:
+                break
+            if running <= len(seq):
+                splits.add(running)
+        bounds = sorted(splits | {len(seq)})
+        cache = clone_cache(snapshot) if snapshot is not None else None
+        for bound in bounds:
+            if bound > start:
+                logits, cache = forward(torch.tensor([seq[start:bound]], dtype=torch.long, device=device), cache, True)
+                stats.tokens_run += bound - start
+                for position in range(start, bound):
+                    if position in scored_positions:
+                        saved[position] = logits[0, position - start]
+                start = bound
+            if bound in splits:
+                stack.append((bound, cache if bound == bounds[-1] else clone_cache(cache)))
+        stats.tokens_saved += shared[k]
+        ctx, cont = items[i]
+        steps = [saved[p] for p in range(len(ctx) - 1, len(ctx) + len(cont) - 1)]
+        out[i] = _score_one(torch.stack(steps), cont)
 
 
 def score_requests(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]],
@@ -175,18 +225,19 @@ def score_requests(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequ
                    min_fraction: float = 0.5, stats: Optional[ReuseStats] = None) -> List[Tuple[float, bool]]:
     """(log-probability, is-greedy) of each continuation given its context.
 
-    items: (context token ids, continuation token ids); context non-empty, continuation non-empty.
+    items: (context token ids, continuation token ids); both non-empty. Requests sharing a
+    prefix are walked as a prefix tree (:func:`score_chain`); the rest go in right-padded batches.
     """
     stats = stats if stats is not None else ReuseStats()
     out: list = [None] * len(items)
     if prefix_reuse:
-        groups = plan_prefix_groups([ctx for ctx, _ in items], min_fraction)
+        sequences = [list(ctx) + list(cont)[:-1] for ctx, cont in items]
+        chains = plan_chains(sequences, [len(ctx) for ctx, _ in items], min_fraction)
     else:
-        groups = [PrefixGroup(len(ctx), [i]) for i, (ctx, _) in enumerate(items)]
-    singles = [g.members[0] for g in groups if len(g.members) == 1]
-    score_plain(forward, items, singles, batch_size, pad_id, device, out, stats)
-    for g in groups:
-        if len(g.members) > 1:
-            score_group(forward, items, g, batch_size, pad_id, device, out, stats)
+        chains = [[i] for i in range(len(items))]
+    score_plain(forward, items, [c[0] for c in chains if len(c) == 1], batch_size, pad_id, device, out, stats)
+    for chain in chains:
+        if len(chain) > 1:
+            score_chain(forward, items, chain, device, out, stats)
     assert all(r is not None for r in out)
     return out

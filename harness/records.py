@@ -119,6 +119,8 @@ def package_versions() -> Dict[str, Optional[str]]:
 def device_description(device) -> str:
     import torch
 
+    if device is None:
+        return "n/a (the model places itself)"
     text = str(device)
     if text.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(text).index or 0

@@ -1,0 +1,156 @@
+"""`qdelta eval` through the real lm-eval machinery (offline, CPU): oracle ~100 %, random at chance,
+tiny checkpoints run, interrupted runs resume without recomputing, bad input fails cleanly."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny import save_word_tokenizer, tiny_llama  # noqa: E402
+
+from qdelta.harness import cli, records  # noqa: E402
+from qdelta.harness.leaderboard import write_leaderboard  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RESUME_TASKS = "qd_passkey_quick,qd_ar_quick,qd_kv_recall_quick,qd_mqar_quick"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny checkpoints (Q-Delta and Transformer) with a word-level tokenizer."""
+    from qdelta.testing import tiny_model
+
+    root = tmp_path_factory.mktemp("ckpt")
+    for model_type in ("qdelta", "transformer"):
+        folder = root / f"tiny_{model_type}"
+        tiny_model(model_type, seed=0).save_pretrained(str(folder))
+        save_word_tokenizer(folder)
+    return root
+
+
+def _eval(tmp_path, *argv):
+    return cli.main(["eval", "--runs-dir", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "board"),
+                     *argv])
+
+
+def _samples(run_dir: Path):
+    out = []
+    for task_dir in sorted((run_dir / "tasks").iterdir()):
+        out += [(task_dir.name, s) for s in records.read_samples(task_dir / "samples.jsonl")]
+    return out
+
+
+def test_oracle_scores_100_and_random_scores_chance(tmp_path):
+    from qdelta.tasks.oracle_models import chance_of
+
+    assert _eval(tmp_path, "--model", "qd_oracle", "--tasks", "qd_recall_quick", "--no-leaderboard") == 0
+    assert _eval(tmp_path, "--model", "qd_random", "--tasks", "qd_recall_quick") == 0
+    runs = {r["summary"]["model"]: r for r in records.load_runs(tmp_path / "runs")}
+    oracle, rand = runs["qd_oracle"], runs["qd_random"]
+    assert len(oracle["tasks"]) >= 6 and set(oracle["tasks"]) == set(rand["tasks"])
+    for task, data in oracle["tasks"].items():
+        assert data["results"]["results"][task]["acc,none"] == 1.0, task
+    samples = _samples(rand["path"])
+    expected = [chance_of(s["doc"], s["arguments"][0][0]) for _, s in samples]
+    observed = sum(s["acc"] for _, s in samples)
+    spread = math.sqrt(sum(p * (1 - p) for p in expected))
+    assert abs(observed - sum(expected)) <= 3 * spread + 1, (observed, sum(expected))
+    assert observed / len(samples) < 0.5
+    board = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "qd_oracle" in board and "qd_random" in board and "Reported by the paper" in board
+
+
+def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
+    """No lm-eval arguments: every checkpoint under --checkpoints-dir on qd_recall_quick, then the leaderboard."""
+    only_one = tmp_path / "ckpts"
+    only_one.mkdir()
+    (only_one / "tiny_qdelta").symlink_to(checkpoints / "tiny_qdelta")
+    assert _eval(tmp_path, "--checkpoints-dir", str(only_one)) == 0
+    assert _eval(tmp_path, "--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_transformer'}",
+                 "--tasks", "qd_mqar_quick", "--batch_size", "4", "--device", "cuda:0") == 0
+    (run_q,) = [r for r in records.load_runs(tmp_path / "runs") if r["summary"]["model_label"] == "tiny_qdelta"]
+    summary = run_q["summary"]
+    assert summary["status"] == "done" and len(run_q["tasks"]) >= 6
+    assert len(summary["weights_sha256"]) == 64 and summary["packages"]["lm_eval"]
+    assert summary["model_info"]["model_type"] == "qdelta" and summary["model_info"]["state_size"]["per_token"] == 0
+    entry = summary["tasks"]["qd_mqar_quick"]
+    assert entry["adapter"]["prefix_groups"] > 0 and entry["version"] is not None and entry["data_sha256"]
+    board = tmp_path / "board"
+    csv_rows = (board / "leaderboard.csv").read_text().splitlines()
+    assert any(row.startswith("tiny_transformer-") for row in csv_rows)
+    for png in ("acc_vs_seq_len.png", "acc_vs_num_kv_pairs.png", "acc_vs_state_size.png"):
+        assert (board / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
+    argv = ["--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_qdelta'}", "--tasks", RESUME_TASKS,
+            "--batch_size", "8", "--device", "cpu", "--no-leaderboard"]
+    runs = tmp_path / "runs"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "qdelta.harness.cli", "eval", "--runs-dir", str(runs), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(tmp_path))
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(runs.glob("*/tasks/*/results.json")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = runs.iterdir()
+    finished = {p.parent.name: p.read_bytes() for p in run_dir.glob("tasks/*/results.json")}
+    assert 1 <= len(finished) < 4, "the kill must land between the first and the last task"
+    assert not list(run_dir.glob("tasks/*/results.json.tmp"))
+    stamps = {name: (run_dir / "tasks" / name / "results.json").stat().st_mtime_ns for name in finished}
+
+    assert cli.main(["eval", "--runs-dir", str(runs), *argv]) == 0
+    for name, content in finished.items():
+        path = run_dir / "tasks" / name / "results.json"
+        assert path.read_bytes() == content and path.stat().st_mtime_ns == stamps[name], f"{name} was recomputed"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and len(summary["tasks"]) == 4
+
+    fresh = tmp_path / "fresh"
+    assert cli.main(["eval", "--runs-dir", str(fresh), *argv]) == 0
+    write_leaderboard(runs, tmp_path / "board_resumed", plots=False)
+    write_leaderboard(fresh, tmp_path / "board_fresh", plots=False)
+    for name in ("leaderboard.csv", "slices.csv"):
+        assert (tmp_path / "board_resumed" / name).read_text() == (tmp_path / "board_fresh" / name).read_text()
+    table = [l for l in (tmp_path / "board_resumed" / "leaderboard.md").read_text().splitlines() if "| tiny_qdelta" in l]
+    assert table and table[0] in (tmp_path / "board_fresh" / "leaderboard.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def llama_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama") / "llama"
+    tiny_llama().save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "unknown_path", "other_model_type", "malformed_model_args",
+                                  "unknown_model_arg", "unknown_model"])
+def test_bad_input_one_line_error_no_records(case, tmp_path, capsys, checkpoints, llama_checkpoint):
+    ckpt = checkpoints / "tiny_qdelta"
+    argv, expected = {
+        "unknown_task": (["--model", "qd_oracle", "--tasks", "qd_no_such_task"], "qdelta tasks list"),
+        "unknown_path": (["--model", "qdelta", "--model_args", "pretrained=/no/such/ckpt", "--tasks", "qd_ar_quick"],
+                         "pretrained=results/checkpoints/"),
+        "other_model_type": (["--model", "qdelta", "--model_args", f"pretrained={llama_checkpoint}", "--tasks",
+                              "qd_ar_quick"], "--model hf"),
+        "malformed_model_args": (["--model", "qdelta", "--model_args", "pretrained", "--tasks", "qd_ar_quick"],
+                                 "key=value"),
+        "unknown_model_arg": (["--model", "qdelta", "--model_args", f"pretrained={ckpt},colour=red", "--tasks",
+                               "qd_ar_quick"], "accepted: pretrained"),
+        "unknown_model": (["--model", "no_such_model", "--tasks", "qd_ar_quick"], "use qdelta"),
+    }[case]
+    assert _eval(tmp_path, *argv) != 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("qdelta eval: error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "board").exists()
