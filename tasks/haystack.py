@@ -45,12 +45,20 @@ class LengthCounter:
     def __call__(self, text: str) -> int:
         if self._tok is None:
             return len(text.split())
-        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+        return len(self._encode(text))
 
     def many(self, texts: Sequence[str]) -> List[int]:
         if self._tok is None:
             return [len(t.split()) for t in texts]
-        return [len(ids) for ids in self._tok(list(texts), add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in self._encode(list(texts))]
+
+    def _encode(self, text):
+        try:
+            return self._tok(text, add_special_tokens=False)["input_ids"]
+        except Exception as err:  # the tokenizers library raises a bare Exception for unknown words
+            raise ValueError(f"metadata.tokenizer: {self.tokenizer_name!r} cannot encode the task's English text "
+                             f"({err}); this model's vocabulary cannot read text tasks (e.g. a token-level MQAR "
+                             f"checkpoint: evaluate it with qdelta.tasks.mqar.evaluate_mqar instead)") from err
 
 
 @functools.lru_cache(maxsize=4)

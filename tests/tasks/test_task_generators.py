@@ -132,3 +132,14 @@ def test_bad_parameters_name_the_field(fn, kw, field):
 def test_runtime_ignores_keys_lm_eval_adds():
     rows = build_ar(settings=[[8, 4]], num_examples=1, pretrained="x", config_source="y", version=1.0)["test"]
     assert len(rows) == 1
+
+
+def test_tokenizer_that_cannot_read_text_is_named(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({str(i): i for i in range(10)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="metadata.tokenizer: .* cannot encode"):
+        build_passkey(context_lengths=[128], tokenizer=str(tmp_path))
