@@ -101,9 +101,10 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC, BK, BV = _p2(chunk_size), min(64, _p2(K)), min(64, _p2(V))
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
+    Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
     chunk_fwd._intra_kernel[(NC, H)](
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
-        table.bos, table.len, G, W, U, G if Tinv is None else Tinv,
+        table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,
         H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
         HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official, STORE_T=store_inverse,
     )
@@ -120,8 +121,8 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         num_stages=1 if BKF >= 256 else 3,  # K = 256 with deeper pipelining needs > 227 KB of shared memory
     )
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
-    chunk_fwd._output_kernel[(NC, H, triton.cdiv(V, BV))](
-        q, k, G, h, Up, o, table.bos, table.len, scale,
+    chunk_fwd._output_kernel[(triton.cdiv(V, BV), NC, H)](
+        q, Aqk, G, h, Up, o, table.bos, table.len, scale,
         H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
     )
     return o, h, ht, Tinv

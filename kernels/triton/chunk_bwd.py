@@ -57,7 +57,8 @@ def chunk_function(q, k, v, g, beta, lam, S0, scale, official, inverse):
     """All chunks at once. q, k (NC, H, C, K); v (NC, H, C, V); g, beta, lam (NC, H, C); S0 (NC, H, K, V);
     inverse (NC, H, C, C) = (I + L)^-1 from the forward kernel (exact triangular solve, fp32).
 
-    Returns o (NC, H, C, V), S_end (NC, H, K, V), and W, A, gam, to_end for the state recurrence.
+    Returns o (NC, H, C, V), U' (NC, H, C, V), and W, A, gam, to_end for the state recurrence; the
+    end state ``S_C = gam_C S0 + K^T diag(to_end) U'`` is left to :func:`chunk_backward`.
     """
     C = q.shape[2]
     x = k + lam[..., None] * q
@@ -74,8 +75,7 @@ def chunk_function(q, k, v, g, beta, lam, S0, scale, official, inverse):
     A = (q @ k.transpose(-1, -2)) * Gam
     o = scale * (gam * (q @ S0) + A @ Up)
     to_end = (G[..., -1:] - G).exp()[..., None]
-    S_end = gam[..., -1:, :] * S0 + k.transpose(-1, -2) @ (to_end * Up)
-    return o, S_end, W, A, gam, to_end
+    return o, Up, W, A, gam, to_end
 
 
 def reverse_state_pass(chunks, W, A, gam, to_end, dO, dfinal, dh_last, seq_chunks, scale):
@@ -90,7 +90,7 @@ def reverse_state_pass(chunks, W, A, gam, to_end, dO, dfinal, dh_last, seq_chunk
         dh0 = torch.empty_like(dfinal)
         BK = max(16, triton.next_power_of_2(K))
         BV = min(32 if BK >= 256 else 64, max(16, triton.next_power_of_2(V)))
-        _reverse_state_kernel[(N, H, triton.cdiv(V, BV))](
+        _reverse_state_kernel[(triton.cdiv(V, BV), N, H)](
             k.contiguous(), W.contiguous(), r.contiguous(), gam[..., -1, 0].contiguous(),
             to_end[..., 0].contiguous(), dfinal.contiguous(), dh_last.contiguous(), seq_chunks, dS_end, dh0,
             H=H, K=K, V=V, C=C, BC=max(16, triton.next_power_of_2(C)), BK=BK, BV=BV,
@@ -109,8 +109,15 @@ def chunk_backward(saved, do, dfinal, dh_last):
     dO = gather_chunks(do.to(torch.float32), index)
     with torch.enable_grad():
         leaves = [t.requires_grad_(True) for t in chunks]
-        o, S_end, W, A, gam, to_end = chunk_function(*leaves, h, scale, official, inverse[..., :C, :C])
+        o, Up, W, A, gam, to_end = chunk_function(*leaves, h, scale, official, inverse[..., :C, :C])
         parts = [t.detach() for t in (W, A, gam, to_end)]
         dS_end, dh0 = reverse_state_pass(chunks, *parts, dO, dfinal, dh_last, seq_chunks, scale)
-        grads = torch.autograd.grad((o, S_end), leaves, (dO, dS_end))
+        # <dS_end, S_end> without building S_end (NC, H, K, V) in the graph:
+        #   <dS_end, gam_C S0> + sum((K dS_end) * diag(to_end) U'), with dS_end and S0 held fixed
+        with torch.no_grad():
+            c0 = torch.einsum("nhkv,nhkv->nh", dS_end, h)
+        k_leaf = leaves[1]
+        surrogate = ((o * dO).sum() + (gam[..., -1, 0] * c0).sum()
+                     + ((k_leaf @ dS_end) * (to_end * Up)).sum())
+        grads = torch.autograd.grad(surrogate, leaves)
     return [scatter_chunks(gr, index, T) for gr in grads] + [dh0]

@@ -30,7 +30,7 @@ import triton.language as tl
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
-    G_out, W_out, U_out, T_out,  # (T, H) fp32, (T, H, K) fp32, (T, H, V) fp32, (NC, H, BC, BC) fp32
+    G_out, W_out, U_out, T_out, A_out,  # (T, H), (T, H, K), (T, H, V), (NC, H, BC, BC) x2; all fp32
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
@@ -52,8 +52,9 @@ def _intra_kernel(
     else:
         b_lam = tl.zeros([BC], dtype=tl.float32)
 
-    # pairing matrix over K blocks
+    # pairing matrix and Q K^T over K blocks
     b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    b_QK = tl.zeros([BC, BC], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m = m_c[:, None] & (o_k < K)[None, :]
@@ -61,6 +62,7 @@ def _intra_kernel(
         b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
         b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
         b_x = b_k + b_lam[:, None] * b_q
+        b_QK += tl.dot(b_q, tl.trans(b_k))
         if OFFICIAL:
             b_A += tl.dot(b_k, tl.trans(b_x))  # <k_i, x_j>
         else:
@@ -68,6 +70,10 @@ def _intra_kernel(
     m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
     b_Gam = tl.exp(tl.where(m_strict, b_G[:, None] - b_G[None, :], float("-inf")))
     b_L = b_beta[:, None] * b_A * b_Gam
+    m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
+    b_QK = b_QK * tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
+    p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
+    tl.store(A_out + p_cc, b_QK)  # (Q K^T) * Gam, causal incl. the diagonal: read by _output_kernel
 
     # T = (I + L)^-1 by forward substitution: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
     b_T = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
@@ -76,8 +82,7 @@ def _intra_kernel(
         r_i = tl.sum(l_i[:, None] * b_T, 0)  # sum_j L_ij T[j, :]
         b_T = tl.where(o_c[:, None] == i, b_T - r_i[None, :], b_T)
     if STORE_T:  # for the backward (kernels/triton/chunk_bwd.py)
-        p_T = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
-        tl.store(T_out + p_T, b_T)
+        tl.store(T_out + p_cc, b_T)
 
     b_wx = b_beta * tl.exp(b_G)  # beta * gam
     for i_k in range(tl.cdiv(K, BK)):
@@ -139,12 +144,12 @@ def _state_kernel(
 
 @triton.jit
 def _output_kernel(
-    q, k, G, h, Up, o,  # (T, H, K), (T, H, K), (T, H) fp32, (NC, H, K, V) fp32, (T, H, V) fp32, (T, H, V)
+    q, A, G, h, Up, o,  # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32, (T, H, V) fp32, (T, H, V)
     chunk_bos, chunk_len, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    i_c, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos = tl.load(chunk_bos + i_c).to(tl.int64)
     n = tl.load(chunk_len + i_c)
     o_c = tl.arange(0, BC)
@@ -153,20 +158,15 @@ def _output_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     b_o = tl.zeros([BC, BV], dtype=tl.float32)
-    b_A = tl.zeros([BC, BC], dtype=tl.float32)
     p_h = h + tl.cast(i_c, tl.int64) * H * K * V + i_h * K * V
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
-        b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_q = b_q.to(tl.float32)
-        b_o += tl.dot(b_q, b_h)
-        b_A += tl.dot(b_q, b_kt.to(tl.float32))
+        b_o += tl.dot(b_q.to(tl.float32), b_h)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)
-    m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
-    b_A = b_A * tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
     p_u = o_t[:, None] * V + o_v[None, :]
     m_u = m_c[:, None] & m_v[None, :]
     b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
@@ -183,7 +183,7 @@ def _reverse_state_kernel(
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     """Backward of the state pass: dS0_c = r_c + gam_C dS_c - W_c^T diag(gam_C / gam) K_c dS_c, last chunk first."""
-    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -201,10 +201,10 @@ def _reverse_state_kernel(
         p_ck = (i_c * H + i_h) * C * K
         b_k = tl.load(k + p_ck + o_c[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
         b_e = tl.load(to_end + (i_c * H + i_h) * C + o_c, mask=m_c, other=0.0)
-        b_dU = tl.dot(b_k, b_dS, input_precision="ieee") * b_e[:, None]
+        b_dU = tl.dot(b_k, b_dS, input_precision="tf32x3") * b_e[:, None]
         b_Wt = tl.load(W + p_ck + o_c[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
         b_r = tl.load(r + i_c * H * K * V + p_kv, mask=m_kv, other=0.0)
         g_last = tl.load(gam_last + i_c * H + i_h)
-        b_dS = b_r + g_last * b_dS - tl.dot(b_Wt, b_dU, input_precision="ieee")
+        b_dS = b_r + g_last * b_dS - tl.dot(b_Wt, b_dU, input_precision="tf32x3")
         b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
     tl.store(dh0 + p_seq, b_dS, mask=m_kv)
