@@ -17,17 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norms import RMSNorm
+from .norms import RMSNorm, acc
 from .packing import Packing
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotate-half rotary embedding. x: (..., T, H, Dh); positions: (T,) int -> same shape as x."""
     half = x.shape[-1] // 2
-    inv_freq = 1.0 / (theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half))
-    angles = positions.float()[:, None] * inv_freq  # (T, half)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    inv_freq = 1.0 / (theta ** (torch.arange(half, device=x.device, dtype=dtype) / half))
+    angles = positions.to(dtype)[:, None] * inv_freq  # (T, half)
     cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]  # (T, 1, half)
-    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    x1, x2 = acc(x)[..., :half], acc(x)[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .kernels import chunk_qdelta, fused_recurrent_qdelta
 from .linear_attention import chunk_linear_attention
-from .norms import GatedRMSNorm
+from .norms import GatedRMSNorm, acc
 from .packing import Packing
 from .short_conv import ShortConvolution
 
@@ -94,15 +94,16 @@ class RecurrentMixer(nn.Module):
         return out, conv_states
 
     def gates(self, h: torch.Tensor):
-        """(g, beta, lam) for hidden states h (1, total, d): each (1, total, HV) fp32, or None where unused."""
+        """(g, beta, lam) for hidden states h (1, total, d): each (1, total, HV) fp32 (fp64 for fp64 h),
+        or None where unused."""
         g = beta = lam = None
         if self.use_decay:
-            g = -self.A_log.float().exp() * F.softplus(self.a_proj(h).float() + self.dt_bias.float())
+            g = -acc(self.A_log).exp() * F.softplus(acc(self.a_proj(h)) + acc(self.dt_bias))
         scale = 2.0 if self.allow_neg_eigval else 1.0
         if self.use_beta:
-            beta = scale * torch.sigmoid(self.b_proj(h).float())
+            beta = scale * torch.sigmoid(acc(self.b_proj(h)))
         if self.kind == "qdelta":
-            lam = scale * torch.sigmoid(self.lamb_proj(h).float() - self.lamb_bias)
+            lam = scale * torch.sigmoid(acc(self.lamb_proj(h)) - self.lamb_bias)
         return g, beta, lam
 
     def forward(self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None,
@@ -143,6 +144,6 @@ def _detach(t):
 
 
 def l2norm(x: torch.Tensor) -> torch.Tensor:
-    """Same normalisation as the delta-rule ops: ``x / sqrt(sum(x^2) + 1e-6)`` in fp32."""
-    y = x.float()
+    """Same normalisation as the delta-rule ops: ``x / sqrt(sum(x^2) + 1e-6)`` in fp32 (or fp64)."""
+    y = acc(x)
     return (y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)

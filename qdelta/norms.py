@@ -1,6 +1,6 @@
 """RMSNorm and the gated RMSNorm of the recurrent layers' output (DESIGN §3).
 
-Both compute in fp32 and return the input dtype. Parameter names (``weight``) match
+Both compute in fp32 (fp64 for fp64 inputs) and return the input dtype. Parameter names (``weight``) match
 flash-linear-attention's ``RMSNorm`` and ``FusedRMSNormGated`` so checkpoints load.
 """
 from __future__ import annotations
@@ -12,9 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def acc(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in its accumulation dtype: fp32 for fp32/bf16/fp16, fp64 for fp64 (reference checks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x / sqrt(mean(x^2) + eps)`` over the last dimension, in fp32."""
-    x = x.float()
+    """``x / sqrt(mean(x^2) + eps)`` over the last dimension, in fp32 (fp64 for fp64 inputs)."""
+    x = acc(x)
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
@@ -27,7 +32,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (rms_normalize(x, self.eps) * self.weight.float()).to(x.dtype)
+        return (rms_normalize(x, self.eps) * acc(self.weight)).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -39,7 +44,7 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
-        y = rms_normalize(x, self.eps) * self.weight.float()
+        y = rms_normalize(x, self.eps) * acc(self.weight)
         if gate is not None:
-            y = y * F.silu(gate.float())
+            y = y * F.silu(acc(gate))
         return y.to(x.dtype)

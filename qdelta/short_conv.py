@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norms import acc
 from .packing import Packing
 
 
@@ -53,8 +54,8 @@ class ShortConvolution(nn.Module):
             seq, pos = packing.rows(), packing.positions()
             lags = torch.arange(W, device=x.device)
             index = self._source_index(packing, seq[:, None], pos[:, None] - lags)  # (total, W)
-            taps = self.weight[:, 0, :].flip(-1).t().float()  # (W, D): taps[j] multiplies x[t - j]
-            y = (stream[index].float() * taps).sum(1).to(tokens.dtype)[None]
+            taps = acc(self.weight[:, 0, :].flip(-1).t())  # (W, D): taps[j] multiplies x[t - j]
+            y = (acc(stream[index]) * taps).sum(1).to(tokens.dtype)[None]
         new_state = None
         if output_state:
             seqs = torch.arange(N, device=x.device)[:, None]
