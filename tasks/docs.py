@@ -13,7 +13,7 @@ Every recall doc has these fields (plus the task's slicing fields such as ``seq_
 - ``answer_pattern``: a regular expression whose group 1 finds the answer in ``context`` by its
   key (what an exact-recall reader would look for); the ``qd_oracle`` test model uses it.
 - ``slice``: the slice name the metrics are reported under (``L64_K4``, ``len1024_depth25``).
-- ``length_unit``: ``words`` or ``tokens:<tokenizer>``.
+- ``length_unit``: what lengths count: ``symbols`` (MQAR, AR), ``words`` or ``tokens:<tokenizer>``.
 - ``data_hash``: sha256 of the whole generated test split (every doc without this field), the
   same in every doc, for run records.
 """
