@@ -119,3 +119,23 @@ def test_cache_methods(model_type):
     torch.testing.assert_close(out, ref.repeat_interleave(2, 0), **TOL)
     with pytest.raises(ValueError, match="batch size"):
         model(nxt[:2], past_key_values=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("model_type,variant", [("qdelta", "official"), ("gated_deltanet", "paper"),
+                                                ("transformer", "paper")])
+def test_shared_prefix_cache_then_padded_continuations(model_type, variant):
+    """The harness's prefix reuse: one prefix, its cache repeated, right-padded continuations with a mask."""
+    model = _model(model_type, variant)
+    prefix = _ids([58], seed=7)[0]
+    conts = _ids([9, 3, 6], seed=8)
+    cache = model(prefix[None], use_cache=True).past_key_values.repeat_interleave(len(conts))
+    width = max(len(c) for c in conts)
+    ids = torch.full((len(conts), width), 0, dtype=torch.long)
+    mask = torch.zeros(len(conts), len(prefix) + width, dtype=torch.long)
+    mask[:, : len(prefix)] = 1
+    for i, c in enumerate(conts):
+        ids[i, : len(c)], mask[i, len(prefix): len(prefix) + len(c)] = c, 1
+    logits = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+    for i, c in enumerate(conts):
+        full = model(torch.cat([prefix, c])[None]).logits[0, len(prefix):]
+        torch.testing.assert_close(logits[i, : len(c)], full, **TOL)
