@@ -24,6 +24,7 @@ CASES = {
     "official-varlen": ("official", 20, 24, 64, "varlen", True),
     "paper-batch-chunk16-no-gates": ("paper", 32, 16, 16, "batch", False),
     "official-batch-no-gates": ("official", 17, 33, 64, "batch", False),
+    "paper-varlen-fp16": ("paper", 20, 24, 64, "varlen", True),  # fp16 inputs: INTERPRET_FP16 tolerances
 }
 
 
@@ -38,14 +39,16 @@ def _check_chunk(name, torch, ops, rel):
     w_s = [torch.randn(3 if cu is not None else B, 2, K, V, generator=gen, dtype=torch.float64) for _ in range(3)]
 
     def run(op, dtype, **kw):
-        leaves = {n: t.to(dtype).requires_grad_(True) for n, t in x.items()}
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        leaves = {n: t.to(state_dtype if n == "initial_state" else dtype).requires_grad_(True) for n, t in x.items()}
         o, s = op(**leaves, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu, variant=variant, **kw)
         parts = list(s[:3]) if variant == "official" else [s]
         loss = (o.double() * w_o).sum() + sum((p.double() * w).sum() for p, w in zip(parts, w_s))
         loss.backward()
         return [o] + parts, {n: t.grad for n, t in leaves.items()}
 
-    outs, grads = run(ops.chunk_qdelta, torch.float32, chunk_size=chunk)
+    dtype = torch.float16 if name.endswith("fp16") else torch.float32
+    outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
     ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
     errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
     errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
@@ -117,7 +120,8 @@ def test_matches_fp64_reference(interpreted, name):
     assert errors, "no checks ran"
     for key, err in errors.items():
         kind = key.split(":")[0]
-        limit = 0.0 if kind == "offset" else TOL["INTERPRET_FP32"][kind]
+        table = TOL["INTERPRET_FP16"] if name.endswith("fp16") else TOL["INTERPRET_FP32"]
+        limit = 0.0 if kind == "offset" else table[kind]
         assert err <= limit, f"{name} {key}: relative error {err:.3e} > {limit}"
 
 

@@ -7,6 +7,11 @@ float64), per case. Loosen an entry only with a written reason next to it.
 # 1e-7 .. 5e-7 on outputs and every gradient.
 INTERPRET_FP32 = {"forward": 1e-5, "grad": 1e-5}
 
+# CPU, TRITON_INTERPRET=1, fp16 inputs: l2-normalised q, k are rounded to fp16 before the kernel
+# (the fp64 reference normalises unrounded values), outputs and gradients are rounded to fp16
+# (2^-11 relative): a few 1e-4 expected.
+INTERPRET_FP16 = {"forward": 2e-3, "grad": 2e-3}
+
 # GPU, fp32 inputs: the forward's tl.dot on fp32 operands runs in tf32 on Hopper (10-bit
 # mantissa, ~3e-4 per product); the backward recomputes in fp32 from tf32-made chunk states.
 GPU_FP32 = {"forward": 3e-3, "grad": 3e-3}

@@ -1,0 +1,42 @@
+"""``qdelta bench kernels``: argument checks and the result table (the timings need a GPU)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qdelta.harness import bench_kernels
+from qdelta.harness.cli import main
+
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "bench"
+
+
+def test_rejects_lengths_that_do_not_divide_the_batch(capsys):
+    assert main(["bench", "kernels", "--lengths", "3000"]) == 2
+    assert "--lengths" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_without_gpu_says_so(capsys):
+    assert main(["bench", "kernels", "--lengths", "2048"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_committed_results_render_and_cover_every_shape(tmp_path):
+    files = sorted(RESULTS.glob("kernels-*.json"))
+    assert files, f"no committed benchmark JSON under {RESULTS}"
+    for path in files:
+        raw = json.loads(path.read_text())
+        report = bench_kernels.Report(**{k: v for k, v in raw.items() if k not in ("rows", "decode")})
+        report.rows = [bench_kernels.Row(**r) for r in raw["rows"]]
+        report.decode = [bench_kernels.DecodeRow(**d) for d in raw["decode"]]
+        shapes = {(r.config, r.T) for r in report.rows}
+        assert shapes == {(c, T) for c in bench_kernels.HEAD_CONFIGS for T in bench_kernels.LENGTHS}
+        assert all(r.ours_fwd_ms and r.ours_fwdbwd_ms and r.ours_fwd_ms < r.ours_fwdbwd_ms for r in report.rows)
+        assert {(d.config, d.variant) for d in report.decode} == {
+            (c, v) for c in bench_kernels.HEAD_CONFIGS for v in ("paper", "official")}
+        text = bench_kernels.to_markdown(report)
+        assert report.card in text and report.triton in text
+        assert text.count("\n| 1.3B |") == len(bench_kernels.LENGTHS) + 2  # chunk rows + two decode rows
+        written = bench_kernels.write_report(report, tmp_path)
+        assert json.loads(written["json"].read_text())["rows"] == raw["rows"]
