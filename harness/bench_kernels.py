@@ -240,7 +240,8 @@ def to_markdown(r: Report) -> str:
     lines += ["", f"Decode step (one token, {DECODE_SEQUENCES} sequences, state updated in place); "
               f"measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write).", "",
               "GB/s and share of copy use the kernel time.", "",
-              "| heads | variant | call us | kernel us | state bytes | GB/s | of copy |", "|---|---|---|---|---|---|---|"]
+              "| heads | variant | call us | kernel us | state bytes | GB/s | of copy |",
+              "|---|---|---|---|---|---|---|"]
     for d in r.decode:
         lines.append(f"| {d.config} | {d.variant} | {d.step_us:.1f} | {d.kernel_us:.1f} | {d.state_bytes} | "
                      f"{d.gbps:.0f} | {100 * d.fraction_of_copy:.0f}% |")

@@ -147,7 +147,8 @@ class _ChunkQDelta(torch.autograd.Function):
         table, scale, official, no_g, no_lam, no_h0 = ctx.meta
         zeros = torch.zeros(q.shape[:2], dtype=q.dtype, device=q.device)
         N, (H, K, V) = table.num_sequences, h.shape[1:]
-        zero_state = lambda d: torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d  # noqa: E731
+        def zero_state(d):
+            return torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d
         saved = {
             "tensors": (q, k, v, zeros if no_g else g, beta, zeros if no_lam else lam, h, Tinv),
             "index": table.index, "seq_chunks": table.seq_chunks, "scale": scale, "official": official,

@@ -1,21 +1,27 @@
-"""Backward of the chunkwise Q-Delta op: recompute-based, in PyTorch (fp32), from saved chunk states.
+"""Backward of the chunkwise Q-Delta op: recompute-based, mostly PyTorch (fp32), from saved chunk states.
 
-This is NOT a Triton backward. The Triton forward saves the state at the start of every chunk
-(``h``, fp32); the backward then
+This is NOT a full Triton backward. The Triton forward saves the state at the start of every
+chunk (``h``, fp32) and each chunk's ``(I + L)^-1``; the backward then
 
 1. gathers every chunk into a padded batch ``(NC, H, C, ·)`` (tokens past a chunk's length are
    zero, which makes them contribute nothing: beta = 0, k = q = 0, g = 0),
-2. runs the reverse state recurrence for ``dS`` (the gradient at every chunk boundary; the one
-   Triton kernel of the backward, ``_reverse_state_kernel``, fp32 ``ieee`` dots), linear in ``dS``:  ``dS0_c = r_c + gam_C dS_end_c - W_c^T diag(gam_C / gam) K_c dS_end_c`` with
-   ``r_c = scale (diag(gam) Q)^T dO_c - W_c^T scale ((Q K^T) * Gam)^T dO_c``,
-3. differentiates the per-chunk function (all chunks at once, torch autograd) given
-   ``(dO_c, dS_end_c)`` with the chunk-start states held fixed.
+2. recomputes the chunk quantities (W, U', O, ...) with torch autograd recording, reusing the
+   forward's ``(I + L)^-1`` (its gradient ``dL = -T^T dT T^T``; no triangular solve again),
+3. runs the reverse state recurrence for ``dS`` (the gradient at every chunk boundary), linear in
+   ``dS``:  ``dS0_c = r_c + gam_C dS_end_c - W_c^T diag(gam_C / gam) K_c dS_end_c`` with
+   ``r_c = scale (diag(gam) Q)^T dO_c - W_c^T scale ((Q K^T) * Gam)^T dO_c`` -- the one Triton
+   kernel of the backward, ``_reverse_state_kernel`` (``tf32x3`` dots: its error is carried
+   through every earlier chunk),
+4. differentiates ``<dO, O> + <dS_end, S_end>`` per chunk with the chunk-start states held fixed
+   (``S_end`` itself is never built: ``<dS_end, gam_C S0> + sum((K dS_end) * diag(to_end) U')``).
 
-The triangular solve is not redone: the forward kernel's ``(I + L)^-1`` (forward substitution in
-fp32) is reused, with ``dL = -T^T dT T^T``. Step 3 is exact by the chain rule: ``dS_end_c`` is the total derivative of the loss with respect
-to chunk c's end state. Everything runs in fp32 with torch's own (non-tf32) matmuls.
+Step 4 is exact by the chain rule: ``dS_end_c`` is the total derivative of the loss with respect
+to chunk c's end state. On CUDA the torch matmuls use tf32 tensor cores (``_tf32_matmuls``), as
+the forward kernels' dots do.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -27,7 +33,7 @@ def gather_chunks(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Tokens ``(T, H, ...)`` -> padded chunks ``(NC, H, C, ...)``; ``index`` (NC, C) with T for padding."""
     pad = torch.cat([x, x.new_zeros((1,) + x.shape[1:])], 0)
     out = pad[index]  # (NC, C, H, ...)
-    return out.transpose(1, 2)
+    return out.transpose(1, 2).contiguous()
 
 
 def scatter_chunks(xc: torch.Tensor, index: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -99,6 +105,17 @@ def reverse_state_pass(chunks, W, A, gam, to_end, dO, dfinal, dh_last, seq_chunk
     return dS_end, dh0
 
 
+@contextlib.contextmanager
+def _tf32_matmuls():
+    """The backward's fp32 matmuls on tf32 tensor cores (as the forward kernels' dots); restored after."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def chunk_backward(saved, do, dfinal, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0) for tokens laid out (T, H, ·); see the module doc."""
     q, k, v, g, beta, lam, h, inverse = saved["tensors"]
@@ -107,7 +124,7 @@ def chunk_backward(saved, do, dfinal, dh_last):
     C = index.shape[1]
     chunks = [gather_chunks(t.to(torch.float32), index) for t in (q, k, v, g, beta, lam)]
     dO = gather_chunks(do.to(torch.float32), index)
-    with torch.enable_grad():
+    with torch.enable_grad(), _tf32_matmuls():
         leaves = [t.requires_grad_(True) for t in chunks]
         o, Up, W, A, gam, to_end = chunk_function(*leaves, h, scale, official, inverse[..., :C, :C])
         parts = [t.detach() for t in (W, A, gam, to_end)]

@@ -1,4 +1,4 @@
-"""Triton chunkwise Q-Delta forward (DESIGN §2, "Chunkwise form"), three kernels.
+"""Triton chunkwise Q-Delta (DESIGN §2, "Chunkwise form"): three forward kernels + the backward's state pass.
 
 Per chunk of C tokens from state S0 (``G`` the in-chunk cumulative gate, ``gam = exp(G)``,
 ``Gam_ij = exp(G_i - G_j)``)::
@@ -8,6 +8,7 @@ Per chunk of C tokens from state S0 (``G`` the in-chunk cumulative gate, ``gam =
     T  = (I + L)^-1 ;  W = T diag(beta gam) X ;  U = T diag(beta) V          (1) _intra_kernel
     U' = U - W S0 ;    S_C = gam_C S0 + K^T diag(gam_C / gam) U'             (2) _state_kernel
     O  = scale ( diag(gam) Q S0 + ((Q K^T) * Gam * lower_incl) U' )          (3) _output_kernel
+    dS0 = r + gam_C dS_C - W^T diag(gam_C / gam) K dS_C   (backward, last chunk first) _reverse_state_kernel
 
 Chunks come from a host-built table (first token, length), so packed sequences
 (``cu_seqlens``) and the official variant's chunking from every sequence start need no special
@@ -17,8 +18,10 @@ only from chunk boundaries (its in-chunk continuation is handled by the caller).
 Precision: gate cumsum, T, W, U, U' and the state are fp32; ``tl.dot`` on fp32 operands uses
 Triton's default (tf32 on Hopper). Plain pointer arithmetic with masks throughout: Triton 3.9
 removed ``tl.make_block_ptr``. Checked with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6
-on an H100 (see NOTES.md). Limits: K <= 256, V <= 512 (any size, padded to powers of two
-inside), chunk size <= 64.
+on an H200 (torch 2.11; tests/kernels/test_triton_gpu.py, see NOTES.md); not yet run on an H100.
+Limits: K <= 256, V <= 512 (any size, padded to powers of two inside), chunk size <= 64.
+The state passes hold all of K in one block: K = 256 runs with ``num_stages=1`` (deeper pipelining asked 246-279 KB of shared memory, over the 227 KB limit).
+No ``tl.trans`` of a dot result anywhere (the Triton 3.4-3.7.0 Hopper miscompile, DESIGN §5).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Every V column of the state evolves on its own, so V is split across programs an
 dimension lives in one block (K <= 256, V <= 512, padded to powers of two with masks). The state
 is read once and written once per call; ``inplace=True`` writes it over the initial state.
 Forward only (decoding): calls that need gradients go to the PyTorch reference. Checked with
-Triton 3.9 (TRITON_INTERPRET=1) and Triton 3.6 on an H100 (NOTES.md).
+Triton 3.9 (TRITON_INTERPRET=1) and Triton 3.6 on an H200 (NOTES.md).
 """
 from __future__ import annotations
 
