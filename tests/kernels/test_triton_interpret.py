@@ -78,6 +78,22 @@ def _check_decode(variant, torch, ops, rel):
     return errors
 
 
+def _check_recurrent_varlen(variant, torch, ops, rel):
+    """The recurrent kernel on packed sequences (several tokens each) from an initial state."""
+    from qdelta.kernels.testing import random_inputs
+    x = random_inputs(1, 40, 2, 20, 24, dtype=torch.float64, seed=9, num_sequences=3)
+    cu = torch.tensor([0, 7, 8, 40])
+    o_ref, s_ref = ops.naive_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True,
+                                              cu_seqlens=cu, variant=variant)
+    x32 = {n: t.float() for n, t in x.items()}
+    o, s = ops.fused_recurrent_qdelta(**x32, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu,
+                                      variant=variant)
+    parts = list(zip(s[:3], s_ref[:3])) if variant == "official" else [(s, s_ref)]
+    errors = {"forward:o": rel(o, o_ref)}
+    errors.update({f"forward:state{i}": rel(a, b) for i, (a, b) in enumerate(parts)})
+    return errors
+
+
 def _main():
     """Run every check under the interpreter and print one JSON object."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
@@ -99,6 +115,7 @@ def _main():
     result = {name: _check_chunk(name, torch, ops, rel) for name in CASES}
     for variant in ("paper", "official"):
         result[f"decode-{variant}"] = _check_decode(variant, torch, ops, rel)
+        result[f"recurrent-varlen-{variant}"] = _check_recurrent_varlen(variant, torch, ops, rel)
     result["chunk_calls"] = calls["chunk"]
     result["recurrent_calls"] = calls["recurrent"]
     print("RESULT " + json.dumps(result))
@@ -114,7 +131,8 @@ def interpreted():
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.parametrize("name", list(CASES) + ["decode-paper", "decode-official"])
+@pytest.mark.parametrize("name", list(CASES) + ["decode-paper", "decode-official", "recurrent-varlen-paper",
+                                                 "recurrent-varlen-official"])
 def test_matches_fp64_reference(interpreted, name):
     errors = interpreted[name]
     assert errors, "no checks ran"
@@ -128,7 +146,7 @@ def test_matches_fp64_reference(interpreted, name):
 def test_triton_path_was_used(interpreted):
     """The chunk calls went through the Triton kernels (not the reference fallback)."""
     assert interpreted["chunk_calls"] == len(CASES) + 2  # + one prefill per decode check
-    assert interpreted["recurrent_calls"] == 6
+    assert interpreted["recurrent_calls"] == 8
 
 
 if __name__ == "__main__":
