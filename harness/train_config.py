@@ -45,8 +45,11 @@ class DataSpec:
     vocab_size: int = 8192
     configs: List[List[int]] = field(default_factory=lambda: [[64, 4], [128, 8], [256, 16], [512, 64]])
     power_a: float = 0.01
-    # text: generator names from qdelta.harness.train_data.TEXT_GENERATORS and their params
+    # text: [{task: NAME, weight: W, metadata: {...}}]: tasks of qdelta.tasks.TASKS_DIR rendered by
+    # their own generators with training seeds (see qdelta.harness.train_text)
     tasks: List[Dict[str, Any]] = field(default_factory=list)
+    pool_size: int = 2000  # text: training docs generated per task
+    workers: int = 0  # text: processes generating the pools (0: in this process)
     seq_len: int = 256  # text: every example is padded (right) to this many tokens
     tokenizer: Optional[str] = None  # text: a tokenizer folder; None builds one from the tasks
     tokenizer_vocab_size: int = 1024  # text: size of the built tokenizer
@@ -209,7 +212,9 @@ def validate(config: TrainConfig) -> TrainConfig:
                    f"{K} distinct keys do not fit in vocab_size {d.vocab_size}; raise data.vocab_size")
         _check(d.power_a > 0, "data.power_a", f"expected > 0, got {d.power_a}")
     else:
-        _check(len(d.tasks) > 0, "data.tasks", "expected at least one {generator: NAME, ...} entry")
+        _check(len(d.tasks) > 0, "data.tasks", "expected at least one {task: NAME, weight: W} entry")
+        _check(d.pool_size >= 1, "data.pool_size", f"expected >= 1, got {d.pool_size}")
+        _check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
         _check(d.seq_len >= 8, "data.seq_len", f"expected >= 8, got {d.seq_len}")
         _check(d.loss_on in ("answer", "all"), "data.loss_on", f"expected 'answer' or 'all', got {d.loss_on!r}")
         _check(d.tokenizer_vocab_size >= 300, "data.tokenizer_vocab_size",

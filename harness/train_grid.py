@@ -48,6 +48,8 @@ def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:
         fields = {"d": d, "heads": max(1, d // heads_per)}
         for lr in grid["lrs"]:
             for model_type, overrides in grid["models"].items():
+                if overrides is None:  # `name: null` drops a model type
+                    continue
                 model = {"type": model_type, "hidden_size": d, **grid["base"].get("model", {})}
                 for key, value in (overrides or {}).items():
                     model[key] = int(value.format(**fields)) if isinstance(value, str) and "{" in value else value
