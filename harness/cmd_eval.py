@@ -208,9 +208,10 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
         from lm_eval.loggers import EvaluationTracker
 
         tracker = EvaluationTracker(output_path=cfg.output_path)
+    finished = {name for name, _ in leaf_tasks if record.is_finished(name)}  # decided once, alike on every rank
     with env_info_once():
         for name, task in leaf_tasks:
-            if record.is_finished(name):
+            if name in finished:
                 log.info("%s: %s already in the run record, skipped", run_id, name)
                 continue
             log.info("%s: evaluating %s", run_id, name)

@@ -210,6 +210,7 @@ class QDeltaLM(TemplateLM):
                         "generation stops only at the task's stop strings or its token budget")
         self.stats = ReuseStats()
         self.events: Dict[str, int] = defaultdict(int)
+        self._uses_qdelta_cache: Optional[bool] = None
 
     # ---------------------------------------------------------------- lm-eval properties
     @property
@@ -268,6 +269,24 @@ class QDeltaLM(TemplateLM):
             out = self.model(input_ids=input_ids, past_key_values=past, use_cache=use_cache or past is not None)
         return out.logits, getattr(out, "past_key_values", None)
 
+    def _forward_masked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past=None):
+        """Right-padded rows with their mask (covering past + new tokens), continuing ``past``."""
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, use_cache=True)
+        return out.logits, out.past_key_values
+
+    def _tree_forward(self):
+        """Level-batched prefix walks need our recurrent cache (``select`` + per-row token counts);
+        the Transformer's KV cache and other caches take the one-chain-at-a-time walk (None)."""
+        if self._uses_qdelta_cache is None and self.max_length is not None:
+            self._uses_qdelta_cache = False
+        if self._uses_qdelta_cache is None:
+            from qdelta.cache import QDeltaCache
+
+            probe = torch.tensor([[self.prefix_token_id]], dtype=torch.long, device=self._device)
+            self._uses_qdelta_cache = isinstance(self._forward(probe, None, True)[1], QDeltaCache)
+        return self._forward_masked if self._uses_qdelta_cache else None
+
     def _too_long(self, n_tokens: int, what: str) -> bool:
         """True (and counted) when ``n_tokens`` exceeds the model's limit under on_overflow=count."""
         limit = self.max_length
@@ -290,7 +309,8 @@ class QDeltaLM(TemplateLM):
                 keep.append(i)
         items = [(requests[i][1], requests[i][2]) for i in keep]
         scored = score_requests(self._forward, items, self.batch_size, self.prefix_token_id, self._device,
-                                self.prefix_reuse, self.prefix_min_fraction, self.stats)
+                                self.prefix_reuse, self.prefix_min_fraction, self.stats,
+                                forward_masked=self._tree_forward() if self.prefix_reuse else None)
         for i, answer in zip(keep, scored):
             results[i] = answer
         for (request_str, _, _), answer in zip(requests, results):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -220,13 +221,131 @@ def score_chain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequenc
         out[i] = _score_one(torch.stack(steps), cont)
 
 
+def _plan_pieces(items, chain: List[int]):
+    """The walk of :func:`score_chain` without running the model.
+
+    Returns ``pieces`` as (request index, start, end, parent piece or -1): the tokens
+    ``s[start:end]`` continue from the state at the end of the parent piece; and, per request,
+    the piece whose end state is its full input (-1 for none: an input of zero new tokens).
+    """
+    seqs = [list(items[i][0]) + list(items[i][1])[:-1] for i in chain]
+    n = len(chain)
+    shared = [0] + [common_prefix_len(seqs[k - 1], seqs[k]) for k in range(1, n)]
+    pieces: List[Tuple[int, int, int, int]] = []
+    last: dict = {}
+    stack: List[Tuple[int, int]] = [(0, -1)]
+    for k, (i, seq) in enumerate(zip(chain, seqs)):
+        while stack[-1][0] > shared[k]:
+            stack.pop()
+        start, parent = stack[-1]
+        splits, running = set(), len(seq) + 1
+        for j in range(k + 1, n):
+            running = min(running, shared[j])
+            if running <= start:
+                break
+            if running <= len(seq):
+                splits.add(running)
+        for bound in sorted(splits | {len(seq)}):
+            if bound > start:
+                pieces.append((i, start, bound, parent))
+                parent, start = len(pieces) - 1, bound
+            if bound in splits:
+                stack.append((bound, parent))
+        last[i] = parent
+    return pieces, last
+
+
+def score_chains_batched(forward_masked, items, chains: List[List[int]], batch_size: int, pad_id: int, device,
+                         out: list, stats: ReuseStats) -> None:
+    """The prefix-tree walk of every chain at once, level by level, in right-padded masked batches.
+
+    A piece of level d continues from its parent's row of level d-1 (``cache.select(rows)``); pads
+    carry mask 0, so they enter no state. Needs a cache with ``select`` and per-row token counts
+    (``qdelta.cache``). ``forward_masked(ids, mask, past) -> (logits, cache)``; mask covers past + new.
+    """
+    pieces: List[Tuple[int, int, int, int]] = []
+    last: dict = {}
+    for chain in chains:
+        chain_pieces, chain_last = _plan_pieces(items, chain)
+        offset = len(pieces)
+        pieces += [(i, a, b, p + offset if p >= 0 else -1) for i, a, b, p in chain_pieces]
+        last.update({i: (p + offset if p >= 0 else -1) for i, p in chain_last.items()})
+        stats.groups += 1
+        stats.requests_in_groups += len(chain)
+        stats.tokens_saved += sum(len(items[i][0]) + len(items[i][1]) - 1 for i in chain)
+    # which piece holds each scored position of each request
+    need: dict = {}  # (piece, position) -> logits
+    wanted: List[List[Tuple[int, int]]] = []
+    for i in range(len(items)):
+        if i not in last:
+            wanted.append([])
+            continue
+        ctx, cont = items[i]
+        path, node = [], last[i]
+        while node >= 0:
+            path.append(node)
+            node = pieces[node][3]
+        keys = []
+        for p in range(len(ctx) - 1, len(ctx) + len(cont) - 1):
+            piece = next(q for q in path if pieces[q][1] <= p < pieces[q][2])
+            keys.append((piece, p))
+            need[(piece, p)] = None
+        wanted.append(keys)
+    depth = []
+    for i, a, b, parent in pieces:
+        depth.append(0 if parent < 0 else depth[parent] + 1)
+    level_of: dict = defaultdict(list)
+    for q, d in enumerate(depth):
+        level_of[d].append(q)
+    where: dict = {}  # piece -> (chunk id, row) of the level just run
+    chunk_state: dict = {}  # chunk id -> (cache, mask)
+    for d in sorted(level_of):
+        by_parent_chunk: dict = defaultdict(list)
+        for q in level_of[d]:
+            parent = pieces[q][3]
+            by_parent_chunk[where[parent][0] if parent >= 0 else -1].append(q)
+        new_where, new_state = {}, {}
+        for parent_chunk, members in by_parent_chunk.items():
+            for begin in range(0, len(members), batch_size):
+                batch = members[begin : begin + batch_size]
+                rows = [list(items[pieces[q][0]][0]) + list(items[pieces[q][0]][1]) for q in batch]
+                segments = [row[pieces[q][1] : pieces[q][2]] for row, q in zip(rows, batch)]
+                ids = _right_pad(segments, pad_id, device)
+                new_mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(x) for x in segments])[:, None])
+                new_mask = new_mask.long().to(device)
+                if parent_chunk >= 0:
+                    cache, past_mask = chunk_state[parent_chunk]
+                    index = torch.tensor([where[pieces[q][3]][1] for q in batch], dtype=torch.long, device=device)
+                    cache = cache.select(index)
+                    mask = torch.cat([past_mask[index], new_mask], dim=1)
+                else:
+                    cache, mask = None, new_mask
+                logits, cache = forward_masked(ids, mask, cache)
+                stats.tokens_run += sum(len(x) for x in segments)
+                chunk_id = len(new_state)
+                new_state[chunk_id] = (cache, mask)
+                for row, q in enumerate(batch):
+                    new_where[q] = (chunk_id, row)
+                    for p in range(pieces[q][1], pieces[q][2]):
+                        if (q, p) in need:
+                            need[(q, p)] = logits[row, p - pieces[q][1]]
+        where, chunk_state = new_where, new_state
+    stats.tokens_saved -= sum(b - a for _, a, b, _ in pieces)
+    for i, keys in enumerate(wanted):
+        if keys:
+            out[i] = _score_one(torch.stack([need[k] for k in keys]), items[i][1])
+
+
 def score_requests(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]],
                    batch_size: int, pad_id: int, device, prefix_reuse: bool = True,
-                   min_fraction: float = 0.5, stats: Optional[ReuseStats] = None) -> List[Tuple[float, bool]]:
+                   min_fraction: float = 0.5, stats: Optional[ReuseStats] = None,
+                   forward_masked=None) -> List[Tuple[float, bool]]:
     """(log-probability, is-greedy) of each continuation given its context.
 
     items: (context token ids, continuation token ids); both non-empty. Requests sharing a
-    prefix are walked as a prefix tree (:func:`score_chain`); the rest go in right-padded batches.
+    prefix are walked as a prefix tree: batched level by level when ``forward_masked`` is given
+    (:func:`score_chains_batched`, our caches), else one chain at a time (:func:`score_chain`,
+    any cache with ``clone``). The rest go in right-padded batches.
     """
     stats = stats if stats is not None else ReuseStats()
     out: list = [None] * len(items)
@@ -236,8 +355,11 @@ def score_requests(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequ
     else:
         chains = [[i] for i in range(len(items))]
     score_plain(forward, items, [c[0] for c in chains if len(c) == 1], batch_size, pad_id, device, out, stats)
-    for chain in chains:
-        if len(chain) > 1:
+    shared_chains = [c for c in chains if len(c) > 1]
+    if shared_chains and forward_masked is not None:
+        score_chains_batched(forward_masked, items, shared_chains, batch_size, pad_id, device, out, stats)
+    else:
+        for chain in shared_chains:
             score_chain(forward, items, chain, device, out, stats)
     assert all(r is not None for r in out)
     return out

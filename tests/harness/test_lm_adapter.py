@@ -79,9 +79,11 @@ def test_prefix_reuse_equals_recompute(kind, tokenizer_dir):
         assert abs(a[0] - r[0]) < 2e-5 and a[1] == r[1]
 
 
-def test_prefix_tree_walk_computes_each_shared_token_once():
+@pytest.mark.parametrize("walk,variant", [("sequential", "paper"), ("batched", "paper"), ("batched", "official")])
+def test_prefix_tree_walk_computes_each_shared_token_once(walk, variant):
     """A branching tree of contexts (nested MQAR-like queries, siblings, identical contexts): every
-    distinct prefix is run exactly once and every score equals recomputing the request alone."""
+    distinct prefix is run exactly once and every score equals recomputing the request alone, both
+    one chain at a time (any cache) and level by level in masked batches (our cache)."""
     g = torch.Generator().manual_seed(11)
 
     def rand(n):
@@ -91,18 +93,28 @@ def test_prefix_tree_walk_computes_each_shared_token_once():
     contexts = [root, root + a, root + a + b, root + a + b + rand(3), root + c, root + c, root + a + rand(4),
                 root + rand(2)]
     items = [(ctx, rand(1 + k % 3)) for k, ctx in enumerate(contexts)]
-    model = tiny_model("qdelta", seed=2)
+    model = tiny_model("qdelta", seed=2, variant=variant)
 
     def forward(ids, past, use_cache):
         with torch.no_grad():
             out = model(input_ids=ids, past_key_values=past, use_cache=use_cache or past is not None)
         return out.logits, out.past_key_values
 
+    def forward_masked(ids, mask, past):
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True)
+        return out.logits, out.past_key_values
+
     stats = ReuseStats()
-    got = score_requests(forward, items, batch_size=4, pad_id=0, device="cpu", stats=stats)
+    items = items + [(rand(9), rand(2)) for _ in range(3)]  # unrelated requests batched plainly
+    extra = [ctx + rand(3) for ctx in (items[-1][0], items[-2][0])]  # two more small chains
+    items += [(extra[0], rand(1)), (extra[1], rand(3))]
+    got = score_requests(forward, items, batch_size=3, pad_id=0, device="cpu", stats=stats,
+                         forward_masked=forward_masked if walk == "batched" else None)
     sequences = [ctx + cont[:-1] for ctx, cont in items]
     distinct_prefixes = {tuple(s[: p + 1]) for s in sequences for p in range(len(s))}
-    assert stats.groups == 1 and stats.tokens_run == len(distinct_prefixes)
+    assert stats.groups == 3 and stats.requests_in_groups == 12  # the tree, two small chains, one plain request
+    assert stats.tokens_run == len(distinct_prefixes)
     assert stats.tokens_run + stats.tokens_saved == sum(len(s) for s in sequences)
     for (logprob, greedy), (ref_logprob, ref_greedy) in zip(got, _reference(model, [(None, *it) for it in items])):
         assert abs(logprob - ref_logprob) < 2e-5 and greedy == ref_greedy
