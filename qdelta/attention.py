@@ -71,15 +71,15 @@ class Attention(nn.Module):
             return self.o_proj(out), new_state
         ends = packing.past + packing.lengths  # (N,) cached length after this call
         width = int(ends.max())
-        keys = h.new_zeros(N, self.kv_heads, width, Dh)
-        values = h.new_zeros(N, self.kv_heads, width, Dh)
+        keys = k.new_zeros(N, self.kv_heads, width, Dh)  # k's dtype: under autocast it is not h's
+        values = v.new_zeros(N, self.kv_heads, width, Dh)
         if state is not None:
             old = state["key"].shape[2]
-            keys[:, :, :old], values[:, :, :old] = state["key"].to(h.dtype), state["value"].to(h.dtype)
+            keys[:, :, :old], values[:, :, :old] = state["key"].to(k.dtype), state["value"].to(v.dtype)
         keys[rows, :, absolute] = k
         values[rows, :, absolute] = v
         Tq = int(packing.lengths.max())
-        queries = h.new_zeros(N, Tq, self.num_heads, Dh)
+        queries = q.new_zeros(N, Tq, self.num_heads, Dh)
         queries[rows, pos] = q
         query_pos = packing.past[:, None] + torch.arange(Tq, device=h.device)  # (N, Tq)
         allowed = torch.arange(width, device=h.device)[None, None, :] <= query_pos[:, :, None]  # (N, Tq, L)
