@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import chunk_qdelta, fused_recurrent_qdelta
+from .kernels import chunk_qdelta, fused_recurrent_qdelta, l2norm
 from .linear_attention import chunk_linear_attention
 from .norms import GatedRMSNorm, acc
 from .packing import Packing
@@ -142,8 +142,3 @@ class RecurrentMixer(nn.Module):
 def _detach(t):
     return None if t is None else t.detach()
 
-
-def l2norm(x: torch.Tensor) -> torch.Tensor:
-    """Same normalisation as the delta-rule ops: ``x / sqrt(sum(x^2) + 1e-6)`` in fp32 (or fp64)."""
-    y = acc(x)
-    return (y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) + 1e-6)).to(x.dtype)

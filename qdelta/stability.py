@@ -25,7 +25,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .layers import RecurrentMixer, l2norm
+from .kernels import l2norm
+from .layers import RecurrentMixer
 
 logger = logging.getLogger(__name__)
 
