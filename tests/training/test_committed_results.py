@@ -1,0 +1,72 @@
+"""The committed training results: the MQAR leaderboard is regenerated bit-for-bit from its run
+records, and the shipped checkpoints are complete, small, and load offline."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qdelta.harness import train_report
+
+ROOT = Path(__file__).resolve().parents[2]
+MQAR = ROOT / "results" / "mqar"
+CHECKPOINTS = ROOT / "results" / "checkpoints"
+
+
+def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path):
+    written = train_report.generate(MQAR / "runs", tmp_path)
+    for name in ("leaderboard.md", "leaderboard.csv"):
+        assert (tmp_path / name).read_bytes() == (MQAR / name).read_bytes(), name
+    for path in written:
+        assert path.stat().st_size > 0
+    grid = json.loads((MQAR / "grid.json").read_text())
+    runs = sorted(p.name for p in (MQAR / "runs").iterdir() if (p / "metrics.json").is_file())
+    assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
+
+
+def test_mqar_leaderboard_reflects_the_records(tmp_path):
+    records = train_report.load_records(MQAR / "runs")
+    best = train_report.best_per_model(records)
+    table = (MQAR / "leaderboard.md").read_text()
+    for r in best:  # each row's numbers come from the best-lr record of that (model, d_model)
+        assert f"| {r['d_model']} | {r['lr']:g} | {r['params']} |" in table
+        assert f"| {r['mean']:.3f} |" in table
+        assert r["mean"] == max(x["mean"] for x in records if (x["type"], x["d_model"]) == (r["type"], r["d_model"]))
+    # a changed record changes the leaderboard
+    import shutil
+    copy = tmp_path / "runs"
+    shutil.copytree(MQAR / "runs", copy)
+    target = copy / best[0]["run"] / "metrics.json"
+    metrics = json.loads(target.read_text())
+    metrics["eval"] = {k: 0.5 for k in metrics["eval"]}
+    target.write_text(json.dumps(metrics))
+    train_report.generate(copy, tmp_path / "out", plots=False)
+    assert (tmp_path / "out" / "leaderboard.md").read_bytes() != (MQAR / "leaderboard.md").read_bytes()
+
+
+def _shipped():
+    return sorted(p for p in CHECKPOINTS.iterdir() if (p / "config.json").is_file()) if CHECKPOINTS.is_dir() else []
+
+
+def test_shipped_checkpoints_fit_the_size_budget():
+    folders = _shipped()
+    assert len(folders) >= 2
+    total = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+    assert total <= 30 * 2**20, f"shipped checkpoints take {total / 2**20:.1f} MB (budget 30 MB)"
+
+
+@pytest.mark.parametrize("folder", _shipped(), ids=lambda p: p.name)
+def test_shipped_checkpoint_loads_and_runs_offline(folder):
+    import qdelta
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = qdelta.load_model(str(folder)).eval()
+    assert model.config.vocab_size == len(tok)
+    text = "z 74 q 12 z"
+    ids = torch.tensor([tok(text)["input_ids"]])
+    assert tok.decode(ids[0]) == text
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok)) and torch.isfinite(logits).all()
+    assert (folder / "train_config.yaml").is_file() and (folder / "train_log.jsonl").is_file()
