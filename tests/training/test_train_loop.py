@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,29 @@ def test_lr_sweep_picks_the_best(tmp_path):
     assert (tmp_path / "s" / "lr-0.0001" / "metrics.json").is_file()
     best = max(sweep["runs"], key=lambda r: (r["eval"]["mean"], -r["final_loss"]))
     assert sweep["best_lr"] == best["lr"] == result["lr"]
+
+
+def test_ddp_on_two_cpu_ranks_matches_one_process(tmp_path):
+    """torchrun with 2 gloo ranks (each takes half of every global batch) ends where one process ends."""
+    import shutil
+    import socket
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun is not installed")
+    torch.set_num_threads(1)
+    train(load_config(data=tiny_train_config(tmp_path / "one", steps=6, batch_size=8)), progress=False)
+    two = write_config(tmp_path / "two.yaml", tiny_train_config(tmp_path / "two", steps=6, batch_size=8))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+           "-m", "qdelta.harness.cli", "train", "--config", str(two), "--no-progress"]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    ma, mb = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in ("one", "two"))
+    assert mb["world_size"] == 2 and ma["world_size"] == 1
+    assert mb["final_loss"] == pytest.approx(ma["final_loss"], rel=1e-4)
