@@ -13,14 +13,15 @@ MQAR = ROOT / "results" / "mqar"
 CHECKPOINTS = ROOT / "results" / "checkpoints"
 
 
-def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path):
-    written = train_report.generate(MQAR / "runs", tmp_path)
+@pytest.mark.parametrize("folder", [MQAR, MQAR / "cpu_small"], ids=["reference", "cpu_small"])
+def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
+    written = train_report.generate(folder / "runs", tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
-        assert (tmp_path / name).read_bytes() == (MQAR / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
     for path in written:
         assert path.stat().st_size > 0
-    grid = json.loads((MQAR / "grid.json").read_text())
-    runs = sorted(p.name for p in (MQAR / "runs").iterdir() if (p / "metrics.json").is_file())
+    grid = json.loads((folder / "grid.json").read_text())
+    runs = sorted(p.name for p in (folder / "runs").iterdir() if (p / "metrics.json").is_file())
     assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
 
 
