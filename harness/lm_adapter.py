@@ -158,6 +158,24 @@ def _cache_floats(cache) -> int:
     return total
 
 
+def align_metric_keys(per_rank: list) -> list:
+    """Give every rank's ``{task: {(metric, filter): values}}`` the same metric keys (missing -> []).
+
+    lm-eval 0.4.13 gathers per-sample metrics from the ranks by rank 0's keys and indexes every
+    rank with them: a per-slice metric (``acc_<slice>``) that some rank saw no document of raises
+    KeyError. Other gathered objects (lists of samples) pass through unchanged.
+    """
+    if not per_rank or not all(isinstance(o, dict) and all(isinstance(v, dict) for v in o.values()) for o in per_rank):
+        return per_rank
+    for task in set().union(*(o.keys() for o in per_rank)):
+        keys = set().union(*(o.get(task, {}).keys() for o in per_rank))
+        for o in per_rank:
+            metrics = o.setdefault(task, {})
+            for key in keys:
+                metrics.setdefault(key, [])
+    return per_rank
+
+
 class QDeltaLM(TemplateLM):
     """lm-eval model for our checkpoints; see the module docstring for its arguments."""
 
@@ -185,6 +203,10 @@ class QDeltaLM(TemplateLM):
             from accelerate.utils import InitProcessGroupKwargs
 
             self.accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
+            if self.accelerator.num_processes == 1:
+                raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up one process (no GPU "
+                                 "per process?); on CPUs set ACCELERATE_USE_CPU=true, on GPUs launch with "
+                                 "`accelerate launch --multi_gpu --num_processes N`")
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
             self._device = self.accelerator.device
             log.info("data parallel: rank %d of %d on %s (device=%s ignored)", self._rank, self._world_size,
@@ -257,7 +279,7 @@ class QDeltaLM(TemplateLM):
             return [obj]
         result = [None] * self.world_size if self.rank == dst else None
         torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
-        return result
+        return align_metric_keys(result) if result is not None else None
 
     def barrier(self) -> None:
         if self.accelerator is not None:

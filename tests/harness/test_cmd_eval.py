@@ -154,3 +154,43 @@ def test_bad_input_one_line_error_no_records(case, tmp_path, capsys, checkpoints
     assert len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "board").exists()
+
+
+def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
+    """lm-eval's data parallelism (2 CPU processes over gloo, as `accelerate launch` does on GPUs):
+    rank 0 records every document, with the scores of a single-process run (per-slice metrics too)."""
+    argv = ["--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_qdelta'}",
+            "--tasks", "qd_niah_single_1_quick,qd_ar_quick,qd_mqar_gen_quick", "--batch_size", "4", "--no-leaderboard"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "qdelta.harness.cli", "eval", "--runs-dir", str(tmp_path / "dp"), *argv],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank 1 of 2" in done.stderr
+    assert cli.main(["eval", "--runs-dir", str(tmp_path / "one"), *argv]) == 0
+    (dp_run,), (one_run,) = records.load_runs(tmp_path / "dp"), records.load_runs(tmp_path / "one")
+    assert dp_run["summary"]["world_size"] == 2 and one_run["summary"]["world_size"] == 1
+    assert set(dp_run["tasks"]) == set(one_run["tasks"]) == {"qd_niah_single_1_quick", "qd_ar_quick", "qd_mqar_gen_quick"}
+    for task in dp_run["tasks"]:
+        dp_samples = {s["doc_id"]: s for s in records.read_samples(dp_run["tasks"][task]["samples_path"])}
+        one_samples = {s["doc_id"]: s for s in records.read_samples(one_run["tasks"][task]["samples_path"])}
+        assert dp_samples.keys() == one_samples.keys()
+        for doc_id, sample in one_samples.items():
+            assert dp_samples[doc_id]["acc"] == sample["acc"]
+            for got, want in zip(dp_samples[doc_id]["filtered_resps"], sample["filtered_resps"]):
+                if isinstance(want, str):  # generation
+                    assert got == want
+                else:  # (log-likelihood, is_greedy); batches differ, so the sums may differ in the last bits
+                    assert abs(got[0] - want[0]) < 1e-4 and got[1] == want[1]
+        dp_metrics = dp_run["tasks"][task]["results"]["results"][task]
+        one_metrics = one_run["tasks"][task]["results"]["results"][task]
+        assert dp_metrics["acc,none"] == one_metrics["acc,none"]
+        # lm-eval 0.4.13 aggregates a rank's per-slice metric only if rank 0 saw that slice too ...
+        assert set(dp_metrics) <= set(one_metrics)
+    # ... the leaderboard slices come from the gathered per-sample records: complete and identical
+    write_leaderboard(tmp_path / "dp", tmp_path / "board_dp", plots=False)
+    write_leaderboard(tmp_path / "one", tmp_path / "board_one", plots=False)
+    for name in ("leaderboard.csv", "slices.csv"):
+        assert (tmp_path / "board_dp" / name).read_text() == (tmp_path / "board_one" / name).read_text()
+    slices = (tmp_path / "board_dp" / "slices.csv").read_text()
+    assert ",qd_niah_single_1_quick,acc,depth,0.0," in slices and ",qd_niah_single_1_quick,acc,depth,1.0," in slices
