@@ -85,12 +85,16 @@ def parse_lm_eval_args(extra: List[str]):
 
 
 def make_run_id(cfg) -> str:
-    """``<label>-<10 hex>``: the same command gives the same id (device and batch size excluded)."""
+    """``<label>-<10 hex>``: the same command on the same weights gives the same id (device and
+    batch size excluded), so re-running it resumes; retrained weights get a new run."""
+    from qdelta.harness.records import weights_hash
+
     fields = {key: getattr(cfg, key, None) for key in RUN_ID_KEYS}
     fields["model_args"] = {k: v for k, v in sorted((cfg.model_args or {}).items())
                             if k not in ("batch_size", "device", "max_batch_size")}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
     pretrained = (cfg.model_args or {}).get("pretrained")
+    fields["weights_sha256"] = weights_hash(pretrained)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
     label = Path(str(pretrained)).name if pretrained else cfg.model
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}-{digest}"
 

@@ -194,3 +194,23 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
         assert (tmp_path / "board_dp" / name).read_text() == (tmp_path / "board_one" / name).read_text()
     slices = (tmp_path / "board_dp" / "slices.csv").read_text()
     assert ",qd_niah_single_1_quick,acc,depth,0.0," in slices and ",qd_niah_single_1_quick,acc,depth,1.0," in slices
+
+
+def test_run_id_follows_command_and_weights(tmp_path, checkpoints):
+    import shutil
+
+    from qdelta.harness.cmd_eval import make_run_id, parse_lm_eval_args
+    from qdelta.testing import tiny_model
+
+    ckpt = tmp_path / "tiny"
+    shutil.copytree(checkpoints / "tiny_qdelta", ckpt)
+
+    def run_id(*extra):
+        return make_run_id(parse_lm_eval_args(["--model", "qdelta", "--model_args", f"pretrained={ckpt}",
+                                               "--tasks", "qd_ar_quick", *extra]))
+
+    first = run_id()
+    assert first.startswith("tiny-") and run_id("--batch_size", "7", "--device", "cpu") == first
+    assert run_id("--limit", "2") != first
+    tiny_model("qdelta", seed=5).save_pretrained(str(ckpt))  # retrained weights: a new run, nothing skipped
+    assert run_id() != first
