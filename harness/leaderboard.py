@@ -111,7 +111,7 @@ def _slice_table(data: dict, field: str) -> List[str]:
 
 
 def render_markdown(data: dict) -> str:
-    tasks = sorted({s["task"] for s in data["scores"]})
+    tasks = sorted({s["task"] for s in data["scores"]} | {t for run in data["runs"] for t in run["failed"]})
     by_cell = {(s["run_id"], s["task"]): s for s in data["scores"]}
     metric_of = {s["task"]: s["metric"] for s in data["scores"]}
     lines = ["# qdelta leaderboard (measured)", "",
@@ -120,7 +120,7 @@ def render_markdown(data: dict) -> str:
     if not data["runs"]:
         lines += ["No run records yet: run `qdelta eval`.", ""]
     else:
-        lines += ["| run | model | " + " | ".join(f"{t} ({metric_of[t]})" for t in tasks) + " | mean |",
+        lines += ["| run | model | " + " | ".join(f"{t} ({metric_of.get(t, '–')})" for t in tasks) + " | mean |",
                   "|---|---|" + "---:|" * (len(tasks) + 1)]
         for run in data["runs"]:
             values = [by_cell[(run["run_id"], t)]["value"] for t in tasks if (run["run_id"], t) in by_cell]

@@ -66,6 +66,14 @@ def test_oracle_scores_100_and_random_scores_chance(tmp_path):
     assert observed / len(samples) < 0.5
     board = (tmp_path / "board" / "leaderboard.md").read_text()
     assert "qd_oracle" in board and "qd_random" in board and "Reported by the paper" in board
+    measured, reported = board.split("## Reported by the paper")
+    assert "90.02" in reported and "90.02" not in measured  # the paper's numbers stay a separate table
+    rows = (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()
+    assert rows[0] == "run_id,model,task,metric,value" and len(rows) == 1 + 2 * len(oracle["tasks"])
+    assert cli.main(["leaderboard", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "again"),
+                     "--no-plots"]) == 0
+    assert (tmp_path / "again" / "leaderboard.csv").read_text() == (tmp_path / "board" / "leaderboard.csv").read_text()
+    assert cli.main(["leaderboard", "--runs-dir", str(tmp_path / "nothing")]) == 2
 
 
 def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
@@ -214,3 +222,27 @@ def test_run_id_follows_command_and_weights(tmp_path, checkpoints):
     assert run_id("--limit", "2") != first
     tiny_model("qdelta", seed=5).save_pretrained(str(ckpt))  # retrained weights: a new run, nothing skipped
     assert run_id() != first
+
+
+def test_failed_task_keeps_the_others(tmp_path, capsys):
+    """A Transformer limited to 64 positions: the 512-token haystack task fails (on_overflow=error),
+    the short task is recorded; exit status 1, the leaderboard marks the failure, a re-run retries it."""
+    from qdelta.testing import tiny_model
+
+    ckpt = tmp_path / "short_transformer"
+    tiny_model("transformer", seed=0, max_position_embeddings=64).save_pretrained(str(ckpt))
+    save_word_tokenizer(ckpt)
+    argv = ["--model", "qdelta", "--model_args", f"pretrained={ckpt}", "--tasks",
+            "qd_niah_single_1_quick,qd_ar_quick", "--batch_size", "4", "--device", "cpu"]
+    assert _eval(tmp_path, *argv) == 1
+    assert "1 task(s) failed" in capsys.readouterr().err
+    (run,) = records.load_runs(tmp_path / "runs")
+    assert set(run["tasks"]) == {"qd_ar_quick"}
+    entry = run["summary"]["tasks"]["qd_niah_single_1_quick"]
+    assert entry["status"] == "failed" and "max_sequence_length" in entry["error"]
+    assert run["summary"]["status"] == "failed"
+    row = next(l for l in (tmp_path / "board" / "leaderboard.md").read_text().splitlines() if "| short_transformer" in l)
+    assert "failed" in row
+    done_before = (run["path"] / "tasks" / "qd_ar_quick" / "results.json").read_bytes()
+    assert _eval(tmp_path, *argv) == 1  # retried (fails again), the finished task untouched
+    assert (run["path"] / "tasks" / "qd_ar_quick" / "results.json").read_bytes() == done_before
