@@ -6,11 +6,13 @@ import json
 HELP = "train a model on synthetic recall data from a YAML config (resumes after interruption)"
 
 EXAMPLES = """examples:
-  qdelta train --config results/configs/mqar_qdelta_d128.yaml
+  qdelta train --config results/configs/recall_qdelta.yaml
   qdelta train --config my.yaml --set optim.lr=3e-3 --set train.steps=500 --output-dir runs/try
   qdelta train --config my.yaml --no-resume          # start over even if checkpoints exist
   torchrun --nproc_per_node 2 -m qdelta.harness.cli train --config my.yaml   # several GPUs (DDP)
 
+  python -m qdelta.harness.train_grid results/configs/mqar_grid.yaml OUT --workers 12 --budget-s 280
+                                                     # many small runs at once on one GPU (the MQAR grid)
 A killed run continues from its last checkpoint when the same command is run again.
 A list of learning rates (optim.lr: [1e-3, 3e-3]) trains each and reports the best.
 """

@@ -112,7 +112,9 @@ class TrainConfig:
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) in (list, List):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {float: "a number", int: "an integer", str: "a string"}.get(tp, str(tp).replace("typing.", ""))
 
 
 def _convert(value, tp, where: str):
@@ -183,8 +185,9 @@ def from_dict(cls, data, where: str = "config"):
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {names}")
-    kwargs = {name: _convert(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {names}")  # where: "config" or a section
+    prefix = "" if where == "config" else f"{where}."
+    kwargs = {name: _convert(data[name], hints[name], f"{prefix}{name}") for name in names if name in data}
     return cls(**kwargs)
 
 
