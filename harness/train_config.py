@@ -113,7 +113,8 @@ class TrainConfig:
 
 def _type_name(tp) -> str:
     if typing.get_origin(tp) in (list, List):
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        return "a list of " + {float: "numbers", int: "integers", str: "strings"}.get(inner, "items")
     return {float: "a number", int: "an integer", str: "a string"}.get(tp, str(tp).replace("typing.", ""))
 
 
