@@ -202,7 +202,9 @@ def _plot(data: dict, out_dir: Path) -> List[Path]:
     ax.set_ylabel("mean accuracy over tasks (%)")
     ax.set_title("accuracy vs state size (measured)")
     if ax.collections:
-        ax.set_xscale("log")
+        sizes = [x for c in ax.collections for x, _ in c.get_offsets()]
+        if max(sizes) > 10 * min(sizes):
+            ax.set_xscale("log")
         ax.legend(fontsize=7)
     _save(fig, out_dir / "acc_vs_state_size.png")
     written.append(out_dir / "acc_vs_state_size.png")

@@ -20,7 +20,7 @@ from qdelta.harness import cli, records  # noqa: E402
 from qdelta.harness.leaderboard import write_leaderboard  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-RESUME_TASKS = "qd_passkey_quick,qd_ar_quick,qd_kv_recall_quick,qd_mqar_quick,qd_niah_single_3_quick"  # slowest last
+RESUME_TASKS = "qd_passkey_quick,qd_ar_quick,qd_mqar_quick,qd_niah_single_2_quick,qd_niah_single_3_quick"  # slow last
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +101,20 @@ def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
 def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
     argv = ["--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_qdelta'}", "--tasks", RESUME_TASKS,
             "--batch_size", "8", "--device", "cpu", "--no-leaderboard"]
-    runs = tmp_path / "runs"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "qdelta.harness.cli", "eval", "--runs-dir", str(runs), *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(tmp_path))
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(runs.glob("*/tasks/*/results.json")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (run_dir,) = runs.iterdir()
-    finished = {p.parent.name: p.read_bytes() for p in run_dir.glob("tasks/*/results.json")}
+    for attempt in range(3):  # on a busy machine the kill can come after the last task: try again
+        runs = tmp_path / f"runs{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "qdelta.harness.cli", "eval", "--runs-dir", str(runs), *argv],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(tmp_path))
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(runs.glob("*/tasks/*/results.json")):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (run_dir,) = runs.iterdir()
+        finished = {p.parent.name: p.read_bytes() for p in run_dir.glob("tasks/*/results.json")}
+        if len(finished) < 5:
+            break
     assert 1 <= len(finished) < 5, "the kill must land between the first and the last task"
     assert not list(run_dir.glob("tasks/*/results.json.tmp"))
     stamps = {name: (run_dir / "tasks" / name / "results.json").stat().st_mtime_ns for name in finished}
