@@ -173,7 +173,7 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
     argv = ["--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_qdelta'}",
             "--tasks", "qd_niah_single_1_quick,qd_ar_quick,qd_mqar_gen_quick", "--batch_size", "4", "--no-leaderboard"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                            "qdelta.harness.cli", "eval", "--runs-dir", str(tmp_path / "dp"), *argv],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
