@@ -70,7 +70,9 @@ class Attention(nn.Module):
             new_state = {"key": kd, "value": vd} if use_cache else None
             return self.o_proj(out), new_state
         ends = packing.past + packing.lengths  # (N,) cached length after this call
-        width = int(ends.max())
+        # A cache narrowed by select() may be wider than its rows now need: keep its width
+        # (positions past a row's own length are masked below).
+        width = max(int(ends.max()), 0 if state is None else state["key"].shape[2])
         keys = k.new_zeros(N, self.kv_heads, width, Dh)  # k's dtype: under autocast it is not h's
         values = v.new_zeros(N, self.kv_heads, width, Dh)
         if state is not None:

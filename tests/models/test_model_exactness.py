@@ -140,3 +140,19 @@ def test_shared_prefix_cache_then_padded_continuations(model_type, variant):
     for i, c in enumerate(conts):
         full = model(torch.cat([prefix, c])[None]).logits[0, len(prefix):]
         torch.testing.assert_close(logits[i, : len(c)], full, **TOL)
+
+
+@pytest.mark.parametrize("model_type,variant", BASE_CASES)
+def test_selected_shorter_row_continues_exactly(model_type, variant):
+    """A right-padded prefill, then only its shorter row continues (the cache is wider than that row)."""
+    model = _model(model_type, variant)
+    short, long_, cont = _ids([5, 9, 3], seed=9)
+    ids = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    for i, s in enumerate((short, long_)):
+        ids[i, : len(s)], mask[i, : len(s)] = s, 1
+    cache = model(ids, attention_mask=mask, use_cache=True).past_key_values.select(torch.tensor([0]))
+    step_mask = torch.cat([mask[:1], torch.ones(1, len(cont), dtype=torch.long)], 1)
+    logits = model(cont[None], attention_mask=step_mask, past_key_values=cache, use_cache=True).logits
+    full = model(torch.cat([short, cont])[None]).logits[0, len(short):]
+    torch.testing.assert_close(logits[0], full, **TOL)
