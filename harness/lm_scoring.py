@@ -169,6 +169,23 @@ def plan_chains(sequences: Sequence[Sequence[int]], context_lens: Sequence[int],
     return chains
 
 
+def _branch_points(shared: Sequence[int], k: int, start: int, length: int) -> set:
+    """Positions in (start, length] of chain member ``k`` where a later member branches off.
+
+    ``shared[j]`` is the common prefix of members j-1 and j; the prefix member ``k`` shares with
+    member j is the running minimum of ``shared[k+1..j]``. The walk stops once that falls to
+    ``start`` (later members branch before the current piece).
+    """
+    splits, running = set(), length + 1
+    for j in range(k + 1, len(shared)):
+        running = min(running, shared[j])
+        if running <= start:
+            break
+        if running <= length:
+            splits.add(running)
+    return splits
+
+
 def score_chain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]], chain: List[int],
                 device, out: list, stats: ReuseStats) -> None:
     """Score a chain (sorted by input sequence) walking the prefix tree once.
@@ -196,13 +213,7 @@ def score_chain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequenc
         assert start == shared[k], "prefix walk lost its branch point"
         for position in [p for p in saved if p >= start]:
             del saved[position]
-        splits, running = set(), len(seq) + 1
-        for j in range(k + 1, n):
-            running = min(running, shared[j])
-            if running <= start:
-                break
-            if running <= len(seq):
-                splits.add(running)
+        splits = _branch_points(shared, k, start, len(seq))
         bounds = sorted(splits | {len(seq)})
         cache = clone_cache(snapshot) if snapshot is not None else None
         for bound in bounds:
@@ -238,13 +249,7 @@ def _plan_pieces(items, chain: List[int]):
         while stack[-1][0] > shared[k]:
             stack.pop()
         start, parent = stack[-1]
-        splits, running = set(), len(seq) + 1
-        for j in range(k + 1, n):
-            running = min(running, shared[j])
-            if running <= start:
-                break
-            if running <= len(seq):
-                splits.add(running)
+        splits = _branch_points(shared, k, start, len(seq))
         for bound in sorted(splits | {len(seq)}):
             if bound > start:
                 pieces.append((i, start, bound, parent))
