@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 RESULTS = "results.json"
+ENTRY = "entry.json"  # the task's summary entry, kept beside its results
 SAMPLES = "samples.jsonl"
 PACKAGES = ("qdelta", "torch", "transformers", "lm_eval", "datasets", "tokenizers", "triton", "accelerate",
             "safetensors", "numpy")
@@ -153,6 +154,9 @@ class RunRecord:
         """Create the folder (or reopen it) and write the summary header; keeps finished tasks."""
         previous = self.summary()
         tasks = previous.get("tasks", {})
+        for entry_file in sorted(self.path.glob(f"tasks/*/{ENTRY}")):  # a kill can land before the summary update
+            if (entry_file.parent / RESULTS).is_file():
+                tasks[entry_file.parent.name] = json.loads(entry_file.read_text())
         summary = {**header, "run_id": self.run_id, "created": previous.get("created", now()), "updated": now(),
                    "status": "running", "tasks": tasks}
         for task_dir in (self.path / "tasks").glob("*") if (self.path / "tasks").is_dir() else []:
@@ -167,12 +171,15 @@ class RunRecord:
         atomic_write_text(self.path / SUMMARY, to_json(summary))
 
     def write_task(self, task: str, results: dict, samples: List[dict], entry: dict) -> None:
-        """samples.jsonl, then results.json (the finished marker), then the summary entry."""
+        """samples.jsonl and the task's summary entry, then results.json (the finished marker), then
+        the run summary (rebuilt from the task folders by :meth:`start` if a kill lands before it)."""
         folder = self.task_dir(task)
         lines = "".join(json.dumps(s, default=_json_default, ensure_ascii=False) + "\n" for s in samples)
+        entry = {**entry, "status": "done"}
         atomic_write_text(folder / SAMPLES, lines)
+        atomic_write_text(folder / ENTRY, to_json(entry))
         atomic_write_text(folder / RESULTS, to_json(results))
-        self._update(task, {**entry, "status": "done"})
+        self._update(task, entry)
 
     def write_failure(self, task: str, error: str) -> None:
         self._update(task, {"status": "failed", "error": error, "when": now()})
