@@ -33,7 +33,7 @@ EPILOG = """lm-eval options: every `lm-eval run` option is accepted (see `lm-eva
 
 examples:
   qdelta eval                     # every checkpoint under results/checkpoints/ on qd_recall_quick, then the leaderboard
-  qdelta eval --model qdelta --model_args pretrained=results/checkpoints/qdelta_tiny --tasks qd_recall_quick
+  qdelta eval --model qdelta --model_args pretrained=results/checkpoints/qdelta-tiny-recall --tasks qd_recall_quick
   qdelta eval --model qdelta --model_args pretrained=CKPT,dtype=bfloat16 --device cuda:0 --batch_size 64 --tasks qd_recall
   qdelta eval --model hf --model_args pretrained=EleutherAI/pythia-160m --tasks qd_recall_quick --limit 20
   accelerate launch -m qdelta.harness.cli eval --model qdelta --model_args pretrained=CKPT --tasks qd_recall

@@ -13,7 +13,7 @@ EPILOG = """The input is one long sequence: a text file (tokenised with the chec
 --tokenizer), one MQAR example (--mqar), or uniformly random tokens (default).
 
 examples:
-  qdelta stability results/checkpoints/qdelta-tiny
+  qdelta stability results/checkpoints/qdelta-tiny-recall
   qdelta stability CKPT --text essay.txt --length 8192 --plot stab.png --json stab.json
   qdelta stability CKPT --mqar --length 1024 --kv-pairs 64 --variant paper
 """

@@ -1,7 +1,7 @@
 """``load_model``: any of our model types from a Hugging Face folder, with clear errors.
 
     >>> import qdelta
-    >>> model = qdelta.load_model("results/checkpoints/qdelta-tiny")        # doctest: +SKIP
+    >>> model = qdelta.load_model("results/checkpoints/qdelta-tiny-recall")  # doctest: +SKIP
     >>> model = qdelta.load_model(path, variant="paper", device="cuda", dtype=torch.bfloat16)  # doctest: +SKIP
 
 ``transformers.AutoModelForCausalLM.from_pretrained(path)`` also works once ``import qdelta``
