@@ -39,11 +39,7 @@ class MQARTextSpec:
         require(self.vocab_size >= 4, "vocab_size", f"needs >= 4, got {self.vocab_size}")
         require(self.vocab_size // 2 <= 10000, "vocab_size",
                 f"{self.vocab_size} > 20000: keys are shown as 10,000 syllable words; use <= 20000")
-        require(self.num_examples >= 1, "num_examples", f"needs >= 1, got {self.num_examples}")
-        require(self.match in MATCHES, "match", f"must be one of {MATCHES}, got {self.match!r}")
-        require(len(self.settings) > 0, "settings", "is empty; give [[seq_len, num_kv_pairs], ...]")
-        for i, s in enumerate(self.settings):
-            require(len(s) == 2, f"settings[{i}]", f"must be [seq_len, num_kv_pairs], got {s}")
+        for i, s in _check_common(self, "seq_len, num_kv_pairs"):
             seq_len, k = s
             require(k >= 1, f"settings[{i}]", f"num_kv_pairs must be >= 1, got {k}")
             require(k <= self.vocab_size // 2 - 1, f"settings[{i}]",
@@ -93,11 +89,7 @@ class ARSpec:
     def check(self) -> None:
         _check_kind(self, "key_kind", self.key_kind)
         _check_kind(self, "value_kind", self.value_kind)
-        require(self.num_examples >= 1, "num_examples", f"needs >= 1, got {self.num_examples}")
-        require(self.match in MATCHES, "match", f"must be one of {MATCHES}, got {self.match!r}")
-        require(len(self.settings) > 0, "settings", "is empty; give [[num_pairs, num_keys], ...]")
-        for i, s in enumerate(self.settings):
-            require(len(s) == 2, f"settings[{i}]", f"must be [num_pairs, num_keys], got {s}")
+        for i, s in _check_common(self, "num_pairs, num_keys"):
             pairs, keys = s
             require(1 <= keys <= pairs, f"settings[{i}]",
                     f"needs 1 <= num_keys <= num_pairs, got num_pairs={pairs}, num_keys={keys}")
@@ -212,6 +204,16 @@ def build_kv_recall(**metadata: Any):
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+def _check_common(spec, pair_names: str):
+    """The checks every paired-settings spec shares; yields (i, setting) for the spec's own checks."""
+    require(spec.num_examples >= 1, "num_examples", f"needs >= 1, got {spec.num_examples}")
+    require(spec.match in MATCHES, "match", f"must be one of {MATCHES}, got {spec.match!r}")
+    require(len(spec.settings) > 0, "settings", f"is empty; give [[{pair_names}], ...]")
+    for i, s in enumerate(spec.settings):
+        require(len(s) == 2, f"settings[{i}]", f"must be [{pair_names}], got {s}")
+        yield i, s
+
 
 def _check_kind(spec, name: str, kind: str) -> None:
     require(kind in KINDS, name, f"must be one of {', '.join(KINDS)}; got {kind!r}")
