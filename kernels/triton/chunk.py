@@ -1,8 +1,8 @@
 """``chunk_qdelta`` on Triton: chunk table, launches, and the autograd Function.
 
-Forward: the three Triton kernels of :mod:`.chunk_fwd`. Backward: recompute-based PyTorch from
-the saved chunk-start states (:mod:`.chunk_bwd`), gradients for q, k, v, g, beta, lam and the
-initial state, with the final-state gradient flowing in.
+Forward: the three Triton kernels of :mod:`.chunk_fwd`. Backward: the four Triton kernels of
+:mod:`.chunk_bwd` from what the forward saves (chunk-start states, G, W, U', Q K^T * Gam, T),
+gradients for q, k, v, g, beta, lam and the initial state, with the final-state gradient flowing in.
 
 The official variant runs here from chunk boundaries (an ``initial_state`` that is a tensor, or
 an :class:`OfficialState` at a boundary); its final in-chunk state (chunk-start state, x-memory,
@@ -90,7 +90,8 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     """Launch the three forward kernels. Tokens laid out (T, H, ·), contiguous.
 
     Returns o (T, H, V), h (NC, H, K, V) chunk-start states, ht (N, H, K, V) final states and,
-    with ``store_inverse``, the per-chunk ``(I + L)^-1`` (NC, H, BC, BC) for the backward.
+    with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, h) with T the per-chunk
+    ``(I + L)^-1`` (NC, H, BC, BC); else None.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -125,7 +126,7 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         q, Aqk, G, h, Up, o, table.bos, table.len, scale,
         H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
     )
-    return o, h, ht, Tinv
+    return o, h, ht, ((G, W, Up, Aqk, Tinv, h) if store_inverse else None)
 
 
 class _ChunkQDelta(torch.autograd.Function):
@@ -134,30 +135,25 @@ class _ChunkQDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official):
         needs_grad = any(ctx.needs_input_grad[:7])
-        o, h, ht, Tinv = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official,
-                                       store_inverse=needs_grad)
+        o, h, ht, for_backward = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official,
+                                               store_inverse=needs_grad)
         h_last = h[table.last]
-        ctx.save_for_backward(q, k, v, g, beta, lam, h, Tinv)
-        ctx.meta = (table, scale, official, g is None, lam is None, h0 is None)
+        if needs_grad:
+            ctx.save_for_backward(q, k, v, g, beta, lam, *for_backward)
+        ctx.meta = (table, scale, official, h0 is None)
         return o, ht, h_last
 
     @staticmethod
     def backward(ctx, do, dht, dh_last):
-        q, k, v, g, beta, lam, h, Tinv = ctx.saved_tensors
-        table, scale, official, no_g, no_lam, no_h0 = ctx.meta
-        zeros = torch.zeros(q.shape[:2], dtype=q.dtype, device=q.device)
-        N, (H, K, V) = table.num_sequences, h.shape[1:]
+        q, k, v, g, beta, lam, *forward = ctx.saved_tensors
+        table, scale, official, no_h0 = ctx.meta
+        N, (H, K, V) = table.num_sequences, forward[-1].shape[1:]
         def zero_state(d):
-            return torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d
-        saved = {
-            "tensors": (q, k, v, zeros if no_g else g, beta, zeros if no_lam else lam, h, Tinv),
-            "index": table.index, "seq_chunks": table.seq_chunks, "scale": scale, "official": official,
-        }
-        dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht).float(),
-                                                          zero_state(dh_last).float())
-        cast = lambda d, ref: d.to(ref.dtype)  # noqa: E731
-        return (cast(dq, q), cast(dk, k), cast(dv, v), None if no_g else cast(dg, g), cast(dbeta, beta),
-                None if no_lam else cast(dlam, lam), None if no_h0 else dh0, None, None, None, None)
+            return torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d.float()
+        saved = {"inputs": (q, k, v, g, beta, lam), "forward": forward, "table": table, "scale": scale,
+                 "official": official}
+        dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht), zero_state(dh_last))
+        return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None
 
 
 def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float) -> OfficialState:

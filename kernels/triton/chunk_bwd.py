@@ -1,140 +1,330 @@
-"""Backward of the chunkwise Q-Delta op: recompute-based, mostly PyTorch (fp32), from saved chunk states.
+"""Backward of the chunkwise Q-Delta op in Triton: one reverse state pass and three per-chunk kernels.
 
-This is NOT a full Triton backward. The Triton forward saves the state at the start of every
-chunk (``h``, fp32) and each chunk's ``(I + L)^-1``; the backward then
+Per chunk (notation of :mod:`.chunk_fwd`; ``R = diag(beta) V - diag(beta gam) X S0`` so that
+``U' = T R``; ``e = gam_C / gam``; ``dS_C`` the gradient of the chunk's end state)::
 
-1. gathers every chunk into a padded batch ``(NC, H, C, ·)`` (tokens past a chunk's length are
-   zero, which makes them contribute nothing: beta = 0, k = q = 0, g = 0),
-2. recomputes the chunk quantities (W, U', O, ...) with torch autograd recording, reusing the
-   forward's ``(I + L)^-1`` (its gradient ``dL = -T^T dT T^T``; no triangular solve again),
-3. runs the reverse state recurrence for ``dS`` (the gradient at every chunk boundary), linear in
-   ``dS``:  ``dS0_c = r_c + gam_C dS_end_c - W_c^T diag(gam_C / gam) K_c dS_end_c`` with
-   ``r_c = scale (diag(gam) Q)^T dO_c - W_c^T scale ((Q K^T) * Gam)^T dO_c`` -- the one Triton
-   kernel of the backward, ``_reverse_state_kernel`` (``tf32x3`` dots: its error is carried
-   through every earlier chunk),
-4. differentiates ``<dO, O> + <dS_end, S_end>`` per chunk with the chunk-start states held fixed
-   (``S_end`` itself is never built: ``<dS_end, gam_C S0> + sum((K dS_end) * diag(to_end) U')``).
+    dU'  = scale Aqk^T dO + diag(e) K dS_C                                   (1) _reverse_state_kernel
+    dS0  = gam_C dS_C + scale Q^T diag(gam) dO - W^T dU'   (last chunk first)
+    dR   = T^T dU' ;  dL = -strict(dR U'^T) ;  dAqk = scale incl(dO U'^T)      (2) _intra_bwd_kernel
+    dV   = diag(beta) dR
+    dP   = diag(beta) dL * Gam                 (P = X K^T paper, K X^T official)
+    dX   = -diag(beta gam) dR S0^T + dP K      (paper; official: dP^T K)      (3) _kq_bwd_kernel
+    dK   = dX + (dAqk * Gam)^T Q + dP^T X (official: dP X) + diag(e) U' dS_C^T
+    dQ   = diag(lam) dX + (dAqk * Gam) K + scale diag(gam) dO S0^T
+    dlam = rowsum(dX * Q)
 
-Step 4 is exact by the chain rule: ``dS_end_c`` is the total derivative of the loss with respect
-to chunk c's end state. On CUDA the torch matmuls use tf32 tensor cores (``_tf32_matmuls``), as
-the forward kernels' dots do.
+``dL = -T^T dT T^T`` with ``dT = dU' R^T`` collapses to ``-dR U'^T``, so neither ``dT`` nor ``W``'s
+gradient is ever formed. Gate and beta gradients are row sums of products that the kernels
+already hold (e.g. ``d gam_i`` from R is ``-beta_i rowsum(X * dR S0^T)_i``); the in-chunk
+cumulative gate's gradient ``dG`` is summed over the K blocks and reverse-cumsummed inside each
+chunk by (4) ``_gate_bwd_kernel``. The forward saves G, W, U', ``Aqk = (Q K^T) * Gam``, ``T`` and the
+chunk-start states ``h``; nothing is recomputed in PyTorch.
+
+Transposed operands are loaded transposed through pointer arithmetic (no ``tl.trans`` of a dot
+result: the Triton 3.4-3.7.0 Hopper hazard, DESIGN §5). fp32 accumulation and state throughout;
+``tl.dot`` of fp32 operands is tf32 on Hopper, as in the forward.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
-
-from .chunk_fwd import _reverse_state_kernel
-
-
-def gather_chunks(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Tokens ``(T, H, ...)`` -> padded chunks ``(NC, H, C, ...)``; ``index`` (NC, C) with T for padding."""
-    pad = torch.cat([x, x.new_zeros((1,) + x.shape[1:])], 0)
-    out = pad[index]  # (NC, C, H, ...)
-    return out.transpose(1, 2).contiguous()
+import triton.language as tl
 
 
-def scatter_chunks(xc: torch.Tensor, index: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Inverse of :func:`gather_chunks` for a gradient: ``(NC, H, C, ...)`` -> ``(T, H, ...)``."""
-    flat = xc.transpose(1, 2).reshape((-1,) + xc.shape[1:2] + xc.shape[3:])
-    out = flat.new_zeros((num_tokens + 1,) + flat.shape[1:])
-    out.index_copy_(0, index.reshape(-1), flat)  # every real token appears once; padding -> row T
-    return out[:num_tokens]
+@triton.jit
+def _reverse_state_kernel(
+    q, k, W, G, Aqk, do,  # (T, H, K), (T, H, K), (T, H, K) fp32, (T, H) fp32, (NC, H, BC, BC) fp32, (T, H, V)
+    dht, dh_last,  # (N, H, K, V) fp32: gradients of the final states and of each sequence's last chunk start
+    chunk_bos, chunk_len, seq_chunks,
+    dS_end, dUp, dh0,  # out: (NC, H, K, V) fp32, (T, H, V) fp32, (N, H, K, V) fp32
+    scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_c = tl.arange(0, BC)
+    o_k = tl.arange(0, BK)  # BK covers all of K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_h * K * V + o_k[:, None] * V + o_v[None, :]
+    p_seq = i_n.to(tl.int64) * H * K * V + p_kv
+    b_dS = tl.load(dht + p_seq, mask=m_kv, other=0.0)
+    b_last = tl.load(dh_last + p_seq, mask=m_kv, other=0.0)
+    c_begin = tl.load(seq_chunks + i_n)
+    c_end = tl.load(seq_chunks + i_n + 1)
+    for i in range(0, c_end - c_begin):
+        i_c = tl.cast(c_end - 1 - i, tl.int64)
+        tl.store(dS_end + i_c * H * K * V + p_kv, b_dS, mask=m_kv)
+        bos = tl.load(chunk_bos + i_c).to(tl.int64)
+        n = tl.load(chunk_len + i_c)
+        m_c = o_c < n
+        o_t = (bos + o_c) * H + i_h
+        b_G = tl.load(G + o_t, mask=m_c, other=0.0)
+        G_last = tl.load(G + (bos + n - 1) * H + i_h)
+        m_ck = m_c[:, None] & m_k[None, :]
+        m_kc = m_k[:, None] & m_c[None, :]
+        p_cv = o_t[:, None] * V + o_v[None, :]
+        m_cv = m_c[:, None] & m_v[None, :]
+        b_do = tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32)
+        # Aqk^T: element (j, i) = Aqk[i, j], loaded transposed
+        b_At = tl.load(Aqk + (i_c * H + i_h) * BC * BC + o_c[None, :] * BC + o_c[:, None])
+        b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)
+        b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
+        b_dU = scale * tl.dot(b_At, b_do) + tl.dot(b_k, b_dS) * b_e[:, None]
+        tl.store(dUp + p_cv, b_dU, mask=m_cv)
+        b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0).to(tl.float32)
+        b_qt = b_qt * (scale * tl.where(m_c, tl.exp(b_G), 0.0))[None, :]
+        b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
+        b_dS = b_dS * tl.exp(G_last) + tl.dot(b_qt, b_do) - tl.dot(b_Wt, b_dU)
+        b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
+    tl.store(dh0 + p_seq, b_dS, mask=m_kv)
 
 
-class _UnitLowerInverse(torch.autograd.Function):
-    """``(I + L)^-1`` given as computed by the forward kernel; backward ``dL = -T^T dT T^T``."""
+@triton.jit
+def _intra_bwd_kernel(
+    q, k, v, G, beta, lam, Tinv, Up, dUp, do,  # tokens (T, H, ·); Tinv (NC, H, BC, BC); Up, dUp fp32
+    chunk_bos, chunk_len,
+    dR_out, dv, dP_out, dA_out, dG_out, dbeta_out,  # (T,H,V) fp32, (T,H,V), (NC,H,BC,BC) fp32 x2, (T,H) fp32 x2
+    scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < n
+    o_t = (bos + o_c) * H + i_h
+    b_G = tl.load(G + o_t, mask=m_c, other=0.0)
+    b_beta = tl.load(beta + o_t, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_LAM:
+        b_lam = tl.load(lam + o_t, mask=m_c, other=0.0).to(tl.float32)
+    else:
+        b_lam = tl.zeros([BC], dtype=tl.float32)
+    p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
 
-    @staticmethod
-    def forward(ctx, L, inverse):
-        ctx.save_for_backward(inverse)
-        return inverse.clone()
+    b_dLacc = tl.zeros([BC, BC], dtype=tl.float32)  # dR U'^T
+    b_dAacc = tl.zeros([BC, BC], dtype=tl.float32)  # dO U'^T
+    b_dbeta = tl.zeros([BC], dtype=tl.float32)
+    b_Tt = tl.load(Tinv + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[None, :] * BC + o_c[:, None])
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_cv = m_c[:, None] & (o_v < V)[None, :]
+        p_cv = o_t[:, None] * V + o_v[None, :]
+        b_dR = tl.dot(b_Tt, tl.load(dUp + p_cv, mask=m_cv, other=0.0))
+        tl.store(dR_out + p_cv, b_dR, mask=m_cv)
+        b_v = tl.load(v + p_cv, mask=m_cv, other=0.0).to(tl.float32)
+        tl.store(dv + p_cv, (b_dR * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_cv)
+        b_dbeta += tl.sum(b_dR * b_v, 1)
+        m_vc = (o_v < V)[:, None] & m_c[None, :]
+        b_Upt = tl.load(Up + o_t[None, :] * V + o_v[:, None], mask=m_vc, other=0.0)
+        b_dLacc += tl.dot(b_dR, b_Upt)
+        b_dAacc += tl.dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_Upt)
 
-    @staticmethod
-    def backward(ctx, d_inverse):
-        (T,) = ctx.saved_tensors
-        Tt = T.transpose(-1, -2)
-        return -(Tt @ d_inverse @ Tt), None
+    b_P = tl.zeros([BC, BC], dtype=tl.float32)
+    b_QK = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_c[:, None] & (o_k < K)[None, :]
+        mt = (o_k < K)[:, None] & m_c[None, :]
+        b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+        b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+        b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
+        b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
+        b_QK += tl.dot(b_q, b_kt)
+        if OFFICIAL:
+            b_P += tl.dot(b_k, b_kt + b_lam[None, :] * b_qt)  # <k_i, x_j>
+        else:
+            b_P += tl.dot(b_k + b_lam[:, None] * b_q, b_kt)  # <x_i, k_j>
+    m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
+    m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
+    b_Gam = tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_dL = tl.where(m_strict, -b_dLacc, 0.0)
+    b_PG = b_P * b_Gam
+    b_dLPG = b_dL * b_PG  # d(L)_ij L_ij / beta_i
+    b_dbeta += tl.sum(b_dLPG, 1)
+    b_ML = b_dLPG * b_beta[:, None]
+    b_dA = tl.where(m_incl, scale * b_dAacc, 0.0)
+    b_MA = b_dA * b_QK * b_Gam
+    b_dG = tl.sum(b_ML + b_MA, 1) - tl.sum(b_ML + b_MA, 0)
+    tl.store(dP_out + p_cc, b_dL * b_Gam * b_beta[:, None])
+    tl.store(dA_out + p_cc, b_dA * b_Gam)
+    tl.store(dG_out + o_t, b_dG, mask=m_c)
+    tl.store(dbeta_out + o_t, b_dbeta, mask=m_c)
 
 
-def chunk_function(q, k, v, g, beta, lam, S0, scale, official, inverse):
-    """All chunks at once. q, k (NC, H, C, K); v (NC, H, C, V); g, beta, lam (NC, H, C); S0 (NC, H, K, V);
-    inverse (NC, H, C, C) = (I + L)^-1 from the forward kernel (exact triangular solve, fp32).
+@triton.jit
+def _kq_bwd_kernel(
+    q, k, G, beta, lam, h, dS_end, Up, dR, do, dP, dA,  # see _intra_bwd_kernel; h, dS_end (NC, H, K, V) fp32
+    chunk_bos, chunk_len,
+    dq, dk, dG_part, dbeta_part, dlam_part,  # (T,H,K) x2, (NK, T, H) fp32 x3
+    scale,
+    T_total, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+):
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < n
+    o_t = (bos + o_c) * H + i_h
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_ck = m_c[:, None] & m_k[None, :]
+    b_G = tl.load(G + o_t, mask=m_c, other=0.0)
+    G_last = tl.load(G + (bos + n - 1) * H + i_h)
+    b_gam = tl.where(m_c, tl.exp(b_G), 0.0)
+    b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
+    b_beta = tl.load(beta + o_t, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_LAM:
+        b_lam = tl.load(lam + o_t, mask=m_c, other=0.0).to(tl.float32)
+    else:
+        b_lam = tl.zeros([BC], dtype=tl.float32)
 
-    Returns o (NC, H, C, V), U' (NC, H, C, V), and W, A, gam, to_end for the state recurrence; the
-    end state ``S_C = gam_C S0 + K^T diag(to_end) U'`` is left to :func:`chunk_backward`.
+    # the three products with the K x V states: dO S0^T, dR S0^T, U' dS_C^T; and <dS_C, S0>
+    b_dOS = tl.zeros([BC, BK], dtype=tl.float32)
+    b_dRS = tl.zeros([BC, BK], dtype=tl.float32)
+    b_UdS = tl.zeros([BC, BK], dtype=tl.float32)
+    b_sdot = tl.zeros([BK], dtype=tl.float32)
+    p_state = tl.cast(i_c, tl.int64) * H * K * V + i_h * K * V
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_vk = m_v[:, None] & m_k[None, :]
+        p_vk = p_state + o_k[None, :] * V + o_v[:, None]  # state^T tile: (BV, BK)
+        b_St = tl.load(h + p_vk, mask=m_vk, other=0.0)
+        b_dSt = tl.load(dS_end + p_vk, mask=m_vk, other=0.0)
+        b_sdot += tl.sum(b_St * b_dSt, 0)
+        p_cv = o_t[:, None] * V + o_v[None, :]
+        m_cv = m_c[:, None] & m_v[None, :]
+        b_dOS += tl.dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_St)
+        b_dRS += tl.dot(tl.load(dR + p_cv, mask=m_cv, other=0.0), b_St)
+        b_UdS += tl.dot(tl.load(Up + p_cv, mask=m_cv, other=0.0), b_dSt)
+
+    p_ck = o_t[:, None] * K + o_k[None, :]
+    b_q = tl.load(q + p_ck, mask=m_ck, other=0.0).to(tl.float32)
+    b_k = tl.load(k + p_ck, mask=m_ck, other=0.0).to(tl.float32)
+    b_x = b_k + b_lam[:, None] * b_q
+    b_dq = b_dOS * (scale * b_gam)[:, None]  # from diag(gam) Q S0
+    b_dx = b_dRS * (-b_beta * b_gam)[:, None]  # from R = beta V - beta gam X S0
+    b_dk = b_UdS * b_e[:, None]  # from S_C = ... + K^T diag(e) U'
+    t_e = tl.sum(b_dk * b_k, 1)  # e_i d(e_i)
+    b_dGp = tl.sum(b_dq * b_q, 1) + tl.sum(b_dx * b_x, 1) - t_e
+    b_dbeta = -b_gam * tl.sum(b_dRS * b_x, 1)
+    b_dGp += tl.where(o_c == n - 1, tl.sum(t_e, 0) + tl.exp(G_last) * tl.sum(b_sdot, 0), 0.0)
+
+    p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC
+    b_dP = tl.load(dP + p_cc + o_c[:, None] * BC + o_c[None, :])
+    b_dPt = tl.load(dP + p_cc + o_c[None, :] * BC + o_c[:, None])
+    b_dA = tl.load(dA + p_cc + o_c[:, None] * BC + o_c[None, :])
+    b_dAt = tl.load(dA + p_cc + o_c[None, :] * BC + o_c[:, None])
+    if OFFICIAL:  # P = K X^T
+        b_dk += tl.dot(b_dP, b_x)
+        b_dx += tl.dot(b_dPt, b_k)
+    else:  # P = X K^T
+        b_dx += tl.dot(b_dP, b_k)
+        b_dk += tl.dot(b_dPt, b_x)
+    b_dq += tl.dot(b_dA, b_k) + b_lam[:, None] * b_dx
+    b_dk += tl.dot(b_dAt, b_q) + b_dx
+    tl.store(dq + p_ck, b_dq.to(dq.dtype.element_ty), mask=m_ck)
+    tl.store(dk + p_ck, b_dk.to(dk.dtype.element_ty), mask=m_ck)
+    p_part = tl.cast(i_k, tl.int64) * T_total * H + o_t
+    tl.store(dG_part + p_part, b_dGp, mask=m_c)
+    tl.store(dbeta_part + p_part, b_dbeta, mask=m_c)
+    tl.store(dlam_part + p_part, tl.sum(b_dx * b_q, 1), mask=m_c)
+
+
+@triton.jit
+def _gate_bwd_kernel(
+    dG_intra, dbeta_intra, dG_part, dbeta_part, dlam_part,  # (T, H) fp32 x2, (NK, T, H) fp32 x3
+    chunk_bos, chunk_len,
+    dg, dbeta, dlam,  # (T, H) in the inputs' dtypes
+    T_total, NK: tl.constexpr, H: tl.constexpr, BC: tl.constexpr, HAS_G: tl.constexpr, HAS_LAM: tl.constexpr,
+):
+    """Sum the per-K-block parts; dg = reverse cumsum of dG inside the chunk (G is the in-chunk cumsum of g)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < n
+    o_t = (bos + o_c) * H + i_h
+    b_dG = tl.load(dG_intra + o_t, mask=m_c, other=0.0)
+    b_dbeta = tl.load(dbeta_intra + o_t, mask=m_c, other=0.0)
+    b_dlam = tl.zeros([BC], dtype=tl.float32)
+    for i_k in range(NK):
+        p = i_k * T_total * H + o_t
+        b_dG += tl.load(dG_part + p, mask=m_c, other=0.0)
+        b_dbeta += tl.load(dbeta_part + p, mask=m_c, other=0.0)
+        b_dlam += tl.load(dlam_part + p, mask=m_c, other=0.0)
+    tl.store(dbeta + o_t, b_dbeta.to(dbeta.dtype.element_ty), mask=m_c)
+    if HAS_LAM:
+        tl.store(dlam + o_t, b_dlam.to(dlam.dtype.element_ty), mask=m_c)
+    if HAS_G:
+        # reverse cumsum as a masked row sum: dg_j = sum_{i >= j} dG_i
+        b_dg = tl.sum(tl.where(o_c[:, None] >= o_c[None, :], b_dG[:, None], 0.0), 0)
+        tl.store(dg + o_t, b_dg.to(dg.dtype.element_ty), mask=m_c)
+
+
+def _p2(n: int, least: int = 16) -> int:
+    return max(least, triton.next_power_of_2(n))
+
+
+def chunk_backward(saved, do, dht, dh_last):
+    """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0); tokens laid out (T, H, ·), states fp32.
+
+    ``saved``: the inputs q, k, v, g (or None), beta, lam (or None), the forward's fp32 G, W, U',
+    Aqk, T and chunk-start states h, the chunk table, scale and variant.
     """
-    C = q.shape[2]
-    x = k + lam[..., None] * q
-    G = g.cumsum(-1)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    Gam = torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
-    gam = G.exp()[..., None]
-    pairing = k @ x.transpose(-1, -2) if official else x @ k.transpose(-1, -2)
-    L = (beta[..., None] * pairing * Gam).tril(-1)
-    rhs = torch.cat([beta[..., None] * v, (beta[..., None] * gam) * x], -1)
-    sol = _UnitLowerInverse.apply(L, inverse) @ rhs
-    U, W = sol[..., : v.shape[-1]], sol[..., v.shape[-1]:]
-    Up = U - W @ S0
-    A = (q @ k.transpose(-1, -2)) * Gam
-    o = scale * (gam * (q @ S0) + A @ Up)
-    to_end = (G[..., -1:] - G).exp()[..., None]
-    return o, Up, W, A, gam, to_end
+    q, k, v, g, beta, lam = saved["inputs"]
+    G, W, Up, Aqk, Tinv, h = saved["forward"]
+    table, scale, official = saved["table"], saved["scale"], saved["official"]
+    T, H, K = q.shape
+    V = v.shape[-1]
+    NC, N = table.num_chunks, table.num_sequences
+    BC = Tinv.shape[-1]
+    dev, f32 = q.device, torch.float32
+    do = do.contiguous()
 
+    dS_end = torch.empty(NC, H, K, V, dtype=f32, device=dev)
+    dUp = torch.empty(T, H, V, dtype=f32, device=dev)
+    dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev)
+    BKF = _p2(K)
+    BVS = min(32 if BKF >= 256 else 64, _p2(V))
+    _reverse_state_kernel[(triton.cdiv(V, BVS), N, H)](
+        q, k, W, G, Aqk, do, dht.contiguous(), dh_last.contiguous(),
+        table.bos, table.len, table.seq_chunks, dS_end, dUp, dh0, scale,
+        H=H, K=K, V=V, BC=BC, BK=BKF, BV=BVS,
+        num_warps=8 if BKF >= 256 else 4, num_stages=1 if BKF >= 128 else 2,
+    )
 
-def reverse_state_pass(chunks, W, A, gam, to_end, dO, dfinal, dh_last, seq_chunks, scale):
-    """dS_end for every chunk and d(initial state), by the Triton reverse state kernel."""
-    with torch.no_grad():
-        q, k = chunks[0], chunks[1]
-        r = scale * (gam * q).transpose(-1, -2) @ dO - W.transpose(-1, -2) @ (scale * A.transpose(-1, -2) @ dO)
-        NC, H, C, K = q.shape
-        V = dO.shape[-1]
-        N = dfinal.shape[0]
-        dS_end = torch.empty(NC, H, K, V, dtype=torch.float32, device=q.device)
-        dh0 = torch.empty_like(dfinal)
-        BK = max(16, triton.next_power_of_2(K))
-        BV = min(32 if BK >= 256 else 64, max(16, triton.next_power_of_2(V)))
-        _reverse_state_kernel[(triton.cdiv(V, BV), N, H)](
-            k.contiguous(), W.contiguous(), r.contiguous(), gam[..., -1, 0].contiguous(),
-            to_end[..., 0].contiguous(), dfinal.contiguous(), dh_last.contiguous(), seq_chunks, dS_end, dh0,
-            H=H, K=K, V=V, C=C, BC=max(16, triton.next_power_of_2(C)), BK=BK, BV=BV,
-            num_warps=8 if BK >= 256 else 4, num_stages=1 if BK >= 256 else 3,
-        )
-    return dS_end, dh0
+    BK, BV = min(64, _p2(K)), min(64, _p2(V))
+    dR = torch.empty(T, H, V, dtype=f32, device=dev)
+    dv = torch.empty_like(v)
+    dP = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
+    dA = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
+    dG_intra = torch.empty(T, H, dtype=f32, device=dev)
+    dbeta_intra = torch.empty(T, H, dtype=f32, device=dev)
+    _intra_bwd_kernel[(NC, H)](
+        q, k, v, G, beta, q if lam is None else lam, Tinv, Up, dUp, do,
+        table.bos, table.len, dR, dv, dP, dA, dG_intra, dbeta_intra, scale,
+        H=H, K=K, V=V, BC=BC, BK=BK, BV=BV, HAS_LAM=lam is not None, OFFICIAL=official,
+    )
 
+    NK = triton.cdiv(K, BK)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    parts = torch.empty(3, NK, T, H, dtype=f32, device=dev)
+    _kq_bwd_kernel[(NK, NC, H)](
+        q, k, G, beta, q if lam is None else lam, h, dS_end, Up, dR, do, dP, dA,
+        table.bos, table.len, dq, dk, parts[0], parts[1], parts[2], scale,
+        T, H=H, K=K, V=V, BC=BC, BK=BK, BV=BV, HAS_LAM=lam is not None, OFFICIAL=official,
+    )
 
-@contextlib.contextmanager
-def _tf32_matmuls():
-    """The backward's fp32 matmuls on tf32 tensor cores (as the forward kernels' dots); restored after."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
-def chunk_backward(saved, do, dfinal, dh_last):
-    """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0) for tokens laid out (T, H, ·); see the module doc."""
-    q, k, v, g, beta, lam, h, inverse = saved["tensors"]
-    index, seq_chunks, scale, official = saved["index"], saved["seq_chunks"], saved["scale"], saved["official"]
-    T = q.shape[0]
-    C = index.shape[1]
-    chunks = [gather_chunks(t.to(torch.float32), index) for t in (q, k, v, g, beta, lam)]
-    dO = gather_chunks(do.to(torch.float32), index)
-    with torch.enable_grad(), _tf32_matmuls():
-        leaves = [t.requires_grad_(True) for t in chunks]
-        o, Up, W, A, gam, to_end = chunk_function(*leaves, h, scale, official, inverse[..., :C, :C])
-        parts = [t.detach() for t in (W, A, gam, to_end)]
-        dS_end, dh0 = reverse_state_pass(chunks, *parts, dO, dfinal, dh_last, seq_chunks, scale)
-        # <dS_end, S_end> without building S_end (NC, H, K, V) in the graph:
-        #   <dS_end, gam_C S0> + sum((K dS_end) * diag(to_end) U'), with dS_end and S0 held fixed
-        with torch.no_grad():
-            c0 = torch.einsum("nhkv,nhkv->nh", dS_end, h)
-        k_leaf = leaves[1]
-        surrogate = ((o * dO).sum() + (gam[..., -1, 0] * c0).sum()
-                     + ((k_leaf @ dS_end) * (to_end * Up)).sum())
-        grads = torch.autograd.grad(surrogate, leaves)
-    return [scatter_chunks(gr, index, T) for gr in grads] + [dh0]
+    dg = None if g is None else torch.empty_like(g)
+    dbeta = torch.empty_like(beta)
+    dlam = None if lam is None else torch.empty_like(lam)
+    _gate_bwd_kernel[(NC, H)](
+        dG_intra, dbeta_intra, parts[0], parts[1], parts[2], table.bos, table.len,
+        dbeta if dg is None else dg, dbeta, dbeta if dlam is None else dlam,
+        T, NK=NK, H=H, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None,
+    )
+    return dq, dk, dv, dg, dbeta, dlam, dh0
