@@ -1,4 +1,4 @@
-"""Run a grid of small trainings at once on one machine (the MQAR protocol on one GPU).
+"""Run a grid of small trainings at once on one machine (the MQAR protocol on one or more GPUs).
 
 A grid file is a base training config plus axes::
 
@@ -14,11 +14,18 @@ Jobs are ordered by priority: d_models in the given order, then learning rates, 
 types, so a wall-clock budget cuts whole (d_model, lr) cells, never the steps of a run. Each of
 ``--workers`` processes takes the next job, trains it to the end (same steps for every job), and
 writes its run folder; jobs not started, or still running when ``--budget-s`` runs out, are
-listed as cut in ``grid.json``. ``--records-tar`` packs the run records (no weights).
+listed as cut in ``grid.json``. ``--records-tar`` packs the run records (no weights), the
+partial ``train_log.jsonl`` of a cut run included.
+
+With ``--gpus N`` (N >= 2; default: every visible GPU) worker ``i`` (and probe ``i``) runs on GPU
+``i % N``: it is started with ``CUDA_VISIBLE_DEVICES`` naming that one GPU, so ``train.device:
+auto`` lands there. N = 0 or 1 leaves the environment as it is. ``grid.json`` records ``gpus``
+and, per job, the worker's ``gpu`` and the ``CUDA_VISIBLE_DEVICES`` the worker saw.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -28,7 +35,7 @@ import tarfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
@@ -59,7 +66,59 @@ def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:
     return jobs
 
 
-def _worker(jobs, results, out_dir: str, index: int) -> None:
+def gpu_for_worker(index: int, gpus: int) -> Optional[int]:
+    """The GPU (0 .. gpus-1) that worker or probe ``index`` runs on; None where the grid leaves
+    device choice alone (gpus 0 or 1)."""
+    if gpus < 0:
+        raise ValueError(f"gpus: expected >= 0, got {gpus}; pass 0 for CPU or the number of GPUs to use")
+    return index % gpus if gpus >= 2 else None
+
+
+def visible_devices_for(gpu: Optional[int], parent: Optional[str] = None) -> Optional[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value that puts a worker on grid GPU ``gpu`` (None: unchanged).
+
+    Where the parent already restricts the GPUs (``parent`` = its CUDA_VISIBLE_DEVICES, e.g.
+    "2,3"), grid GPU i is the i-th of those, so the grid never escapes the parent's choice.
+    """
+    if gpu is None:
+        return None
+    if parent:
+        entries = [e.strip() for e in parent.split(",") if e.strip()]
+        if gpu >= len(entries):
+            raise ValueError(f"--gpus: GPU {gpu} asked for, but CUDA_VISIBLE_DEVICES={parent!r} names only "
+                             f"{len(entries)}; pass --gpus {len(entries)} or less")
+        return entries[gpu]
+    return str(gpu)
+
+
+@contextlib.contextmanager
+def _child_environment(gpu: Optional[int]) -> Iterator[None]:
+    """Set CUDA_VISIBLE_DEVICES while a spawn child starts: the child inherits it from birth, so it
+    is in place before the child imports torch (importing this module imports torch)."""
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    value = visible_devices_for(gpu, parent)
+    if value is None:
+        yield
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = value
+    try:
+        yield
+    finally:
+        if parent is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = parent
+
+
+def _start(ctx, target, args, gpu: Optional[int]):
+    proc = ctx.Process(target=target, args=args, daemon=True)
+    with _child_environment(gpu):
+        proc.start()
+    return proc
+
+
+def _worker(jobs, results, out_dir: str, index: int, gpu: Optional[int] = None) -> None:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by the parent at spawn (see _start)
     import torch
 
     torch.set_num_threads(1)
@@ -72,15 +131,16 @@ def _worker(jobs, results, out_dir: str, index: int) -> None:
         except queue.Empty:
             return
         run_dir = Path(out_dir) / job["name"]
-        results.put(("start", job["name"], index, time.time()))
+        where = {"gpu": gpu, "cuda_visible_devices": visible}
+        results.put(("start", job["name"], index, time.time(), where))
         try:
             config = load_config(data={**job, "output_dir": str(run_dir)})
             train(config, progress=False)
-            results.put(("done", job["name"], index, time.time()))
+            results.put(("done", job["name"], index, time.time(), where))
         except Exception:  # one broken job must not stop the grid; the error goes into its folder
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.txt").write_text(traceback.format_exc())
-            results.put(("error", job["name"], index, time.time()))
+            results.put(("error", job["name"], index, time.time(), where))
 
 
 def _probe_worker(job, steps_per_setting: int, results) -> None:
@@ -111,23 +171,39 @@ def _probe_worker(job, steps_per_setting: int, results) -> None:
         log.error("probe of %s failed:\n%s", job["name"], traceback.format_exc())
 
 
-def probe_step_time(jobs: List[Dict[str, Any]], workers: int, steps_per_setting: int = 2) -> Dict[str, float]:
+def probe_step_time(jobs: List[Dict[str, Any]], workers: int, steps_per_setting: int = 2,
+                    gpus: int = 0) -> Dict[str, float]:
     """Mean seconds per training step (over the data settings) of the first ``workers`` jobs, all
-    measured at once, so the number includes the contention of a full machine."""
+    measured at once (probe i on GPU i % gpus, as the workers), so the number includes the
+    contention of a full machine."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_probe_worker, args=(job, steps_per_setting, results), daemon=True)
-             for job in jobs[:workers]]
-    for p in procs:
-        p.start()
+    procs = [_start(ctx, _probe_worker, (job, steps_per_setting, results), gpu_for_worker(i, gpus))
+             for i, job in enumerate(jobs[:workers])]
     times = dict(results.get() for _ in procs)
     for p in procs:
         p.join()
     return times
 
 
-def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: float) -> Dict[str, Any]:
-    """Run the grid's jobs on ``workers`` processes within ``budget_s`` seconds; returns the summary."""
+def _record(status: Dict[str, Dict[str, Any]], message, started: float) -> None:
+    kind, name, worker, when, where = message
+    entry = status[name]
+    if kind == "start":
+        entry["started_s"] = round(when - started, 1)
+    entry.update(state={"start": "running", "done": "done", "error": "error"}[kind], worker=worker,
+                 at_s=round(when - started, 1), **where)
+
+
+def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: float,
+             gpus: int = 0) -> Dict[str, Any]:
+    """Run the grid's jobs on ``workers`` processes within ``budget_s`` seconds, worker i on GPU
+    i % gpus where gpus >= 2; returns the summary (also written to ``out_dir/grid.json``)."""
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    gpu_for_worker(0, gpus)  # checks gpus >= 0
+    for i in range(min(workers, gpus)):  # fail here, not in a child, on a bad --gpus
+        visible_devices_for(gpu_for_worker(i, gpus), os.environ.get("CUDA_VISIBLE_DEVICES"))
     jobs = expand_grid(grid)
     out_dir.mkdir(parents=True, exist_ok=True)
     probe = None
@@ -135,7 +211,7 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
         # steps from a probe, so that the first wave of jobs ends in auto_steps.wave_fraction of the budget
         auto = grid["auto_steps"]
         t0 = time.time()
-        probe = probe_step_time(jobs, workers)
+        probe = probe_step_time(jobs, workers, gpus=gpus)
         slowest = max(t for t in probe.values() if t is not None)
         remaining = budget_s - (time.time() - t0)
         steps = int(auto.get("wave_fraction", 0.4) * remaining / slowest) // 100 * 100
@@ -149,48 +225,59 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
     for job in jobs:
         job_queue.put(job)
     started = time.time()
-    procs = [ctx.Process(target=_worker, args=(job_queue, results, str(out_dir), i), daemon=True)
+    procs = [_start(ctx, _worker, (job_queue, results, str(out_dir), i, gpu_for_worker(i, gpus)),
+                    gpu_for_worker(i, gpus))
              for i in range(workers)]
-    for p in procs:
-        p.start()
     status: Dict[str, Dict[str, Any]] = {job["name"]: {"state": "not started"} for job in jobs}
     while any(p.is_alive() for p in procs) and time.time() - started < budget_s:
         try:
-            kind, name, worker, when = results.get(timeout=1.0)
+            message = results.get(timeout=1.0)
         except queue.Empty:
             continue
-        status[name] = {"state": {"start": "running", "done": "done", "error": "error"}[kind], "worker": worker,
-                        "at_s": round(when - started, 1)}
-        log.info("%s %s (worker %d, %.0f s)", kind, name, worker, when - started)
+        _record(status, message, started)
+        kind, name, worker, when, where = message
+        log.info("%s %s (worker %d, gpu %s, %.0f s)", kind, name, worker, where["gpu"], when - started)
     while True:  # drain messages sent just before the deadline
         try:
-            kind, name, worker, when = results.get_nowait()
+            _record(status, results.get_nowait(), started)
         except queue.Empty:
             break
-        status[name] = {"state": {"start": "running", "done": "done", "error": "error"}[kind], "worker": worker,
-                        "at_s": round(when - started, 1)}
     for p in procs:
         if p.is_alive():
             p.terminate()
+    deadline = time.time() + 30
+    for p in procs:  # a cut run's log is flushed line by line; wait for the processes to be gone
+        p.join(timeout=max(0.1, deadline - time.time()))
     for name, s in status.items():
         if s["state"] in ("not started", "running"):
             s["state"] = "cut: " + s["state"]
     summary = {"probe_s_per_step": probe, "steps": jobs[0].get("train", {}).get("steps"),
                "jobs": len(jobs), "done": sum(s["state"] == "done" for s in status.values()),
                "wall_s": round(time.time() - started, 1), "workers": workers, "budget_s": budget_s,
-               "status": status}
-    (out_dir / "grid.json").write_text(json.dumps(summary, indent=2) + "\n")
+               "gpus": gpus, "status": status}
+    tmp = out_dir / "grid.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out_dir / "grid.json")
     return summary
 
 
 def pack_records(out_dir: Path, tar_path: Path) -> None:
-    """Tar the run records (and errors) of every run folder, never the weights."""
+    """Tar the run records (and errors) of every run folder, never the weights; a run cut by the
+    budget contributes what it has (its config and the partial ``train_log.jsonl``)."""
     with tarfile.open(tar_path, "w:gz") as tar:
-        tar.add(out_dir / "grid.json", arcname="grid.json")
+        if (out_dir / "grid.json").is_file():
+            tar.add(out_dir / "grid.json", arcname="grid.json")
         for run in sorted(p for p in out_dir.iterdir() if p.is_dir()):
             for name in RECORD_FILES + ("error.txt",):
                 if (run / name).is_file():
                     tar.add(run / name, arcname=f"runs/{run.name}/{name}")
+
+
+def default_gpus() -> int:
+    """Every visible GPU, or 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def main(argv=None) -> int:
@@ -200,6 +287,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--budget-s", type=float, default=300.0)
     parser.add_argument("--records-tar", default=None)
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="spread workers over this many GPUs, worker i on GPU i %% N (default: every "
+                             "visible GPU; 0 or 1 leaves CUDA_VISIBLE_DEVICES alone)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a grid field, e.g. base.train.steps=2000")
     args = parser.parse_args(argv)
@@ -212,7 +302,12 @@ def main(argv=None) -> int:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(raw)
-    summary = run_grid(grid, Path(args.out_dir), workers=args.workers, budget_s=args.budget_s)
+    visible = default_gpus()
+    gpus = visible if args.gpus is None else args.gpus
+    if gpus > max(visible, 1):
+        raise ValueError(f"--gpus: {gpus} asked for, but {visible} GPU(s) are visible; pass --gpus {visible} "
+                         "or leave it out to use every visible GPU")
+    summary = run_grid(grid, Path(args.out_dir), workers=args.workers, budget_s=args.budget_s, gpus=gpus)
     print(json.dumps({k: v for k, v in summary.items() if k != "status"}))
     if args.records_tar:
         pack_records(Path(args.out_dir), Path(args.records_tar))
