@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# How the committed MQAR run records and the shipped checkpoints were produced: one call on one
-# GPU (the `run` device tool; $OUT is the folder whose files come back). From the repo root:
-#   BUDGET=280 WORKERS=12 bash results/mqar/run_on_device.sh
+# How the committed MQAR run records and the shipped checkpoints were produced: one call on a GPU
+# machine (the `run` device tool; $OUT is the folder whose files come back). From the repo root:
+#   BUDGET=280 WORKERS=12 bash results/mqar/run_on_device.sh               # first run: 1 GPU, grid + ckpt
+#   GPUS=4 WORKERS=32 BUDGET=480 PARTS=grid GRID=results/configs/mqar_grid_long.yaml \
+#     bash results/mqar/run_on_device.sh                                   # long grid on 4 GPUs
 # In parallel: the MQAR grid (python -m qdelta.harness.train_grid, priority-ordered, cut by the
-# wall-clock budget) and the three text-recall checkpoints of results/configs/recall_*.yaml.
+# wall-clock budget; worker i on GPU i % GPUS) and the three text-recall checkpoints of
+# results/configs/recall_*.yaml. Environment: BUDGET (s), WORKERS, PARTS ("grid ckpt"), GRID (grid
+# YAML), GPUS (default: every visible GPU), MPS=1 (start the CUDA MPS daemon for the grid when
+# nvidia-cuda-mps-control exists and a CUDA client works under it), GRID_SET (extra --set KEY=VALUE
+# words for the grid, e.g. for a CPU smoke test), INSTALL=0 (skip the editable install where qdelta
+# is already importable). Comes back in $OUT: mqar_records.tgz, grid.log,
+# gpu_util.txt and one ckpt_<model>.tgz per checkpoint.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 OUT=${OUT:-/tmp/qdelta-out}; mkdir -p "$OUT" /tmp/ckpt
 BUDGET=${BUDGET:-280}; WORKERS=${WORKERS:-12}; PARTS=${PARTS:-"grid ckpt"}
-python3 -m pip install --no-deps -e . -q 2>&1 | tail -1 || true
+GRID=${GRID:-results/configs/mqar_grid.yaml}; GRID_DIR=${GRID_DIR:-/tmp/grid}; MPS=${MPS:-0}
+if [ "${INSTALL:-1}" = 1 ]; then python3 -m pip install --no-deps -e . -q 2>&1 | tail -1 || true; fi
 python3 -c "import qdelta" 2>/dev/null || python3 -m pip install --no-deps --no-build-isolation -e . -q 2>&1 | tail -1
 # the task generators return `datasets` objects; where the package is missing, a list-backed
 # stand-in is enough for training (only Dataset.from_list and DatasetDict are used)
 if ! python3 -c "import datasets" 2>/dev/null; then
   mkdir -p /tmp/shim/datasets
   printf 'class Dataset(list):\n    @classmethod\n    def from_list(cls, rows):\n        return cls(rows)\n\n\nclass DatasetDict(dict):\n    pass\n' > /tmp/shim/datasets/__init__.py
-  export PYTHONPATH=/tmp/shim; echo "datasets missing: using the list stand-in"
+  export PYTHONPATH=/tmp/shim${PYTHONPATH:+:$PYTHONPATH}; echo "datasets missing: using the list stand-in"
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
+HAVE_SMI=0; command -v nvidia-smi > /dev/null && HAVE_SMI=1
+if [ "$HAVE_SMI" = 1 ]; then
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__, 'GPUs', torch.cuda.device_count())"
 if [[ " $PARTS " == *" ckpt "* ]]; then
   for m in qdelta gated_deltanet transformer; do
     timeout $((BUDGET + 15)) python3 -m qdelta.harness.cli train --config results/configs/recall_$m.yaml \
@@ -26,8 +39,45 @@ if [[ " $PARTS " == *" ckpt "* ]]; then
   done
 fi
 if [[ " $PARTS " == *" grid "* ]]; then
-  python3 -m qdelta.harness.train_grid results/configs/mqar_grid.yaml /tmp/grid --workers "$WORKERS" \
-    --budget-s "$BUDGET" --records-tar "$OUT/mqar_records.tgz" > "$OUT/grid.log" 2>&1
+  MPS_ON=0
+  if [ "$MPS" = 1 ]; then
+    if command -v nvidia-cuda-mps-control > /dev/null; then
+      export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps} CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/nvidia-mps-log}
+      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+      if nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+        MPS_ON=1; echo "MPS: daemon started, a CUDA client works under it"
+      else
+        echo "MPS: daemon start or first CUDA client failed; stopping it, running without MPS"
+        echo quit | nvidia-cuda-mps-control 2>/dev/null; sleep 2
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      fi
+    else
+      echo "MPS: nvidia-cuda-mps-control not on PATH; running without MPS"
+    fi
+  fi
+  EXTRA=(); [ -n "${GPUS:-}" ] && EXTRA=(--gpus "$GPUS")
+  read -ra SET_WORDS <<< "${GRID_SET:-}"  # no globbing of words such as d_models=[64]
+  for kv in ${SET_WORDS[@]+"${SET_WORDS[@]}"}; do EXTRA+=(--set "$kv"); done
+  SNAP_PID=
+  if [ "$HAVE_SMI" = 1 ]; then  # are the GPUs busy? one snapshot ~60 s in, one at half the budget
+    ( trap 'kill $nap 2>/dev/null; exit 0' TERM
+      sleep 60 & nap=$!; wait $nap; echo "== $(date +%T) ~60 s into the grid"
+      nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
+      sleep $((BUDGET / 2 > 60 ? BUDGET / 2 - 60 : 1)) & nap=$!; wait $nap; echo "== $(date +%T) ~half of the budget"
+      nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv ) > "$OUT/gpu_util.txt" 2>&1 &
+    SNAP_PID=$!
+  fi
+  # the grid stops its runs at the budget; the timeout only guards against a hang before packing
+  timeout $((BUDGET + 90)) python3 -m qdelta.harness.train_grid "$GRID" "$GRID_DIR" --workers "$WORKERS" \
+    --budget-s "$BUDGET" --records-tar "$OUT/mqar_records.tgz" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/grid.log" 2>&1
+  echo "grid exit status $?"
+  if [ ! -s "$OUT/mqar_records.tgz" ] && [ -d "$GRID_DIR" ]; then  # killed before packing: pack by hand
+    (cd "$GRID_DIR" && tar czf "$OUT/mqar_records.tgz" $(ls grid.json 2>/dev/null) \
+      $(ls -d */metrics.json */train_config.yaml */train_log.jsonl */error.txt 2>/dev/null))
+    echo "packed the run folders by hand"
+  fi
+  [ "$MPS_ON" = 1 ] && { echo quit | nvidia-cuda-mps-control; echo "MPS: daemon stopped"; }
+  [ -n "$SNAP_PID" ] && { kill "$SNAP_PID" 2>/dev/null; wait "$SNAP_PID" 2>/dev/null; cat "$OUT/gpu_util.txt"; }
   grep -v "^INFO\|Writing" "$OUT/grid.log" | tail -40
 fi
 wait
