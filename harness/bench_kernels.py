@@ -8,6 +8,7 @@ measured device-to-device copy bandwidth. Results go to ``results/bench/`` as JS
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -15,7 +16,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 
@@ -75,6 +76,7 @@ class Report:
     rows: List[Row] = field(default_factory=list)
     decode: List[DecodeRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    fla_note: Optional[str] = None  # set where fla's backward guard was lifted for timing
 
 
 def _bench(fn) -> float:
@@ -139,13 +141,47 @@ def fla_version() -> Optional[str]:
     return getattr(fla, "__version__", "unknown")
 
 
-def time_fla(B, T, H, K, V):
+FLA_GUARD_NOTE = "fla's Hopper/Triton<3.7.1 backward guard lifted for timing; its gradients are not trusted here"
+
+
+@contextlib.contextmanager
+def fla_backward_guard_lifted() -> Iterator[bool]:
+    """Lift, for the block only, fla's refusal of its gated backward on Hopper with Triton in
+    [3.4, 3.7.1) (fla 0.6: ``chunk_bwd_dqkwg`` in ``fla.ops.common.chunk_o`` raises RuntimeError,
+    fla issue #640: those Triton versions miscompile it there). FOR TIMING ONLY: the kernels then
+    run, their gradients are not trusted. Patches that module's ``TRITON_ABOVE_3_7_1`` flag (read
+    only by that guard) and restores it on exit. Yields whether the guard was active here, i.e.
+    whether lifting it changed anything.
+    """
+    import fla.ops.common.chunk_o as chunk_o
+
+    for name in ("IS_NVIDIA_HOPPER", "TRITON_ABOVE_3_4_0", "TRITON_ABOVE_3_7_1"):
+        if not hasattr(chunk_o, name):
+            raise RuntimeError(f"fla.ops.common.chunk_o has no {name}: this fla version guards its backward "
+                               "differently; update fla_backward_guard_lifted in harness/bench_kernels.py")
+    saved = chunk_o.TRITON_ABOVE_3_7_1
+    active = bool(chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not saved)
+    chunk_o.TRITON_ABOVE_3_7_1 = True
+    try:
+        yield active
+    finally:
+        chunk_o.TRITON_ABOVE_3_7_1 = saved
+
+
+def time_fla(B, T, H, K, V, report: Optional[Report] = None):
+    """fla's ``chunk_gated_delta_rule`` (Gated DeltaNet = Q-Delta with lam = 0), fwd and fwd+bwd ms.
+    The backward runs with fla's Hopper/Triton guard lifted; ``report.fla_note`` says so where
+    the guard was active."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     q, k, v, g, beta, _ = _inputs(B, T, H, K, V, requires_grad=True)
     do = torch.randn(B, T, H, V, device="cuda").bfloat16()
     with torch.no_grad():
         fwd = _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta))
-    return fwd, _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0].backward(do))
+    with fla_backward_guard_lifted() as lifted:
+        if lifted and report is not None:
+            report.fla_note = FLA_GUARD_NOTE
+        fwdbwd = _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0].backward(do))
+    return fwd, fwdbwd
 
 
 def time_decode(config, variant, copy_gbps):
@@ -208,7 +244,7 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS)) -> Report:
             row = Row(config, T, B, *ours, *sdpa)
             if report.fla != "not installed":
                 row.fla_fwd_ms, row.fla_fwdbwd_ms = _guarded(report, f"fla {config} T={T}",
-                                                             lambda: time_fla(B, T, H, K, V))
+                                                             lambda: time_fla(B, T, H, K, V, report))
             log.info("%s", row)
             row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((config, T), (None, None))
             report.rows.append(row)
@@ -237,6 +273,8 @@ def to_markdown(r: Report) -> str:
                      f"{_fmt(w.fla_fwd_ms) if r.fla != 'not installed' else 'not installed'} | "
                      f"{_fmt(w.fla_fwdbwd_ms) if r.fla != 'not installed' else 'not installed'} | "
                      f"{_fmt(w.authors_fwd_ms)} | {_fmt(w.authors_fwdbwd_ms)} |")
+    if r.fla_note:
+        lines += ["", r.fla_note + "."]
     lines += ["", f"Decode step (one token, {DECODE_SEQUENCES} sequences, state updated in place); "
               f"measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write).", "",
               "GB/s and share of copy use the kernel time.", "",
