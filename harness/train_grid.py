@@ -245,7 +245,7 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
     for p in procs:
         if p.is_alive():
             p.terminate()
-    deadline = time.time() + 30
+    deadline = time.time() + 15
     for p in procs:  # a cut run's log is flushed line by line; wait for the processes to be gone
         p.join(timeout=max(0.1, deadline - time.time()))
     for name, s in status.items():

@@ -44,7 +44,7 @@ if [[ " $PARTS " == *" grid "* ]]; then
     if command -v nvidia-cuda-mps-control > /dev/null; then
       export CUDA_MPS_PIPE_DIRECTORY=${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps} CUDA_MPS_LOG_DIRECTORY=${CUDA_MPS_LOG_DIRECTORY:-/tmp/nvidia-mps-log}
       mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-      if nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+      if nvidia-cuda-mps-control -d && timeout 30 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
         MPS_ON=1; echo "MPS: daemon started, a CUDA client works under it"
       else
         echo "MPS: daemon start or first CUDA client failed; stopping it, running without MPS"
@@ -68,7 +68,7 @@ if [[ " $PARTS " == *" grid "* ]]; then
     SNAP_PID=$!
   fi
   # the grid stops its runs at the budget; the timeout only guards against a hang before packing
-  timeout $((BUDGET + 90)) python3 -m qdelta.harness.train_grid "$GRID" "$GRID_DIR" --workers "$WORKERS" \
+  timeout $((BUDGET + 60)) python3 -m qdelta.harness.train_grid "$GRID" "$GRID_DIR" --workers "$WORKERS" \
     --budget-s "$BUDGET" --records-tar "$OUT/mqar_records.tgz" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/grid.log" 2>&1
   echo "grid exit status $?"
   if [ ! -s "$OUT/mqar_records.tgz" ] && [ -d "$GRID_DIR" ]; then  # killed before packing: pack by hand
