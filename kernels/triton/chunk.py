@@ -24,6 +24,7 @@ from ..chunk import _chunk
 from ..state import OfficialState
 from . import chunk_fwd
 from .chunk_bwd import chunk_backward
+from .launch import p2 as _p2, settings
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ def supports(inp: Inputs, chunk_size: int) -> bool:
     return not (isinstance(s, OfficialState) and not _official_state_at_boundary(s))
 
 
-def _p2(n: int, least: int = 16) -> int:
-    return max(least, triton.next_power_of_2(n))
-
-
 class ChunkTable:
     """Every chunk's first token and length over the flattened tokens; built on the host."""
 
@@ -87,11 +84,12 @@ class ChunkTable:
 
 def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool,
                   store_inverse: bool = False):
-    """Launch the three forward kernels. Tokens laid out (T, H, ·), contiguous.
+    """Launch the forward kernels. Tokens laid out (T, H, ·), contiguous.
 
-    Returns o (T, H, V), h (NC, H, K, V) chunk-start states, ht (N, H, K, V) final states and,
-    with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, h) with T the per-chunk
-    ``(I + L)^-1`` (NC, H, BC, BC); else None.
+    Returns o (T, H, V), h (NC, H, K, V) chunk-start states (None when neither the backward nor
+    the official final state needs them and the output is fused), ht (N, H, K, V) final states
+    and, with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, h) with T the
+    per-chunk ``(I + L)^-1`` (NC, H, BC, BC); else None.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -100,32 +98,34 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     G = torch.empty(T, H, dtype=f32, device=dev)
     W = torch.empty(T, H, K, dtype=f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
-    BC, BK, BV = _p2(chunk_size), min(64, _p2(K)), min(64, _p2(V))
+    BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
+    cfg = settings("intra", K, V)
     chunk_fwd._intra_kernel[(NC, H)](
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
         table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,
-        H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
-        HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official, STORE_T=store_inverse,
+        H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
+        STORE_T=store_inverse, **cfg,
     )
-    h = torch.empty(NC, H, K, V, dtype=f32, device=dev)
-    Up = torch.empty(T, H, V, dtype=f32, device=dev)
+    cfg = settings("state", K, V)
+    fuse = cfg.pop("FUSE_OUTPUT")
+    store_h = store_inverse or official or not fuse
+    h = torch.empty(NC, H, K, V, dtype=f32, device=dev) if store_h else None
+    Up = torch.empty(T, H, V, dtype=f32, device=dev) if store_inverse or not fuse else None
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
-    BKF = _p2(K)
-    BVS = min(32 if BKF >= 256 else 64, _p2(V))
-    chunk_fwd._state_kernel[(triton.cdiv(V, BVS), N, H)](
-        k, W, U, G, h if h0 is None else h0,
-        table.bos, table.len, table.seq_chunks, h, Up, ht,
-        H=H, K=K, V=V, BC=BC, BK=BKF, BV=BVS, HAS_H0=h0 is not None,
-        num_warps=8 if BKF >= 256 else 4,
-        num_stages=1 if BKF >= 256 else 3,  # K = 256 with deeper pipelining needs > 227 KB of shared memory
-    )
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
-    chunk_fwd._output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, Aqk, G, h, Up, o, table.bos, table.len, scale,
-        H=H, K=K, V=V, BC=BC, BK=BK, BV=BV,
+    chunk_fwd._state_kernel[(triton.cdiv(V, cfg["BV"]), N, H)](
+        k, W, U, G, ht if h0 is None else h0, q, Aqk, o,
+        table.bos, table.len, table.seq_chunks, ht if h is None else h, U if Up is None else Up, ht, scale,
+        H=H, K=K, V=V, BC=BC, BK=_p2(K), HAS_H0=h0 is not None,
+        FUSE_OUTPUT=fuse, STORE_H=store_h, STORE_UP=Up is not None, **cfg,
     )
+    if not fuse:
+        cfg = settings("output", K, V)
+        chunk_fwd._output_kernel[(triton.cdiv(V, cfg["BV"]), NC, H)](
+            q, Aqk, G, h, Up, o, table.bos, table.len, scale, H=H, K=K, V=V, BC=BC, **cfg,
+        )
     return o, h, ht, ((G, W, Up, Aqk, Tinv, h) if store_inverse else None)
 
 
@@ -137,7 +137,8 @@ class _ChunkQDelta(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:7])
         o, h, ht, for_backward = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official,
                                                store_inverse=needs_grad)
-        h_last = h[table.last]
+        # the official final state is rebuilt from h_last; h is not kept in a fused no-grad paper call
+        h_last = h[table.last] if h is not None else ht.new_empty(0)
         if needs_grad:
             ctx.save_for_backward(q, k, v, g, beta, lam, *for_backward)
         ctx.meta = (table, scale, official, h0 is None)

@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import p2 as _p2, settings
+
 
 @triton.jit
 def _reverse_state_kernel(
@@ -265,10 +267,6 @@ def _gate_bwd_kernel(
         tl.store(dg + o_t, b_dg.to(dg.dtype.element_ty), mask=m_c)
 
 
-def _p2(n: int, least: int = 16) -> int:
-    return max(least, triton.next_power_of_2(n))
-
-
 def chunk_backward(saved, do, dht, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0); tokens laid out (T, H, ·), states fp32.
 
@@ -288,16 +286,13 @@ def chunk_backward(saved, do, dht, dh_last):
     dS_end = torch.empty(NC, H, K, V, dtype=f32, device=dev)
     dUp = torch.empty(T, H, V, dtype=f32, device=dev)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev)
-    BKF = _p2(K)
-    BVS = min(32 if BKF >= 256 else 64, _p2(V))
-    _reverse_state_kernel[(triton.cdiv(V, BVS), N, H)](
+    cfg = settings("reverse", K, V)
+    _reverse_state_kernel[(triton.cdiv(V, cfg["BV"]), N, H)](
         q, k, W, G, Aqk, do, dht.contiguous(), dh_last.contiguous(),
         table.bos, table.len, table.seq_chunks, dS_end, dUp, dh0, scale,
-        H=H, K=K, V=V, BC=BC, BK=BKF, BV=BVS,
-        num_warps=8 if BKF >= 256 else 4, num_stages=1 if BKF >= 128 else 2,
+        H=H, K=K, V=V, BC=BC, BK=_p2(K), **cfg,
     )
 
-    BK, BV = min(64, _p2(K)), min(64, _p2(V))
     dR = torch.empty(T, H, V, dtype=f32, device=dev)
     dv = torch.empty_like(v)
     dP = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
@@ -307,16 +302,17 @@ def chunk_backward(saved, do, dht, dh_last):
     _intra_bwd_kernel[(NC, H)](
         q, k, v, G, beta, q if lam is None else lam, Tinv, Up, dUp, do,
         table.bos, table.len, dR, dv, dP, dA, dG_intra, dbeta_intra, scale,
-        H=H, K=K, V=V, BC=BC, BK=BK, BV=BV, HAS_LAM=lam is not None, OFFICIAL=official,
+        H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official, **settings("intra_bwd", K, V),
     )
 
-    NK = triton.cdiv(K, BK)
+    cfg = settings("kq_bwd", K, V)
+    NK = triton.cdiv(K, cfg["BK"])
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     parts = torch.empty(3, NK, T, H, dtype=f32, device=dev)
     _kq_bwd_kernel[(NK, NC, H)](
         q, k, G, beta, q if lam is None else lam, h, dS_end, Up, dR, do, dP, dA,
         table.bos, table.len, dq, dk, parts[0], parts[1], parts[2], scale,
-        T, H=H, K=K, V=V, BC=BC, BK=BK, BV=BV, HAS_LAM=lam is not None, OFFICIAL=official,
+        T, H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official, **cfg,
     )
 
     dg = None if g is None else torch.empty_like(g)

@@ -8,7 +8,8 @@ Per chunk of C tokens from state S0 (``G`` the in-chunk cumulative gate, ``gam =
     T  = (I + L)^-1 ;  W = T diag(beta gam) X ;  U = T diag(beta) V          (1) _intra_kernel
     U' = U - W S0 ;    S_C = gam_C S0 + K^T diag(gam_C / gam) U'             (2) _state_kernel
     O  = scale ( diag(gam) Q S0 + ((Q K^T) * Gam * lower_incl) U' )          (3) _output_kernel
-    dS0 = r + gam_C dS_C - W^T diag(gam_C / gam) K dS_C   (backward, last chunk first) _reverse_state_kernel
+                                                    (or fused into (2): launch.py FUSE_OUTPUT)
+The backward is in :mod:`.chunk_bwd`.
 
 Chunks come from a host-built table (first token, length), so packed sequences
 (``cu_seqlens``) and the official variant's chunking from every sequence start need no special
@@ -108,11 +109,15 @@ def _intra_kernel(
 @triton.jit
 def _state_kernel(
     k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
+    q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) fp32 (Q K^T) * Gam, (T, H, V) out
     chunk_bos, chunk_len, seq_chunks,  # (NC,), (NC,), (N + 1,) int32
     h_out, Up_out, ht_out,  # (NC, H, K, V) fp32 chunk-start states, (T, H, V) fp32 U', (N, H, K, V) fp32
+    scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
+    FUSE_OUTPUT: tl.constexpr, STORE_H: tl.constexpr, STORE_UP: tl.constexpr,
 ):
+    """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched)."""
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)  # BK covers all of K
@@ -127,7 +132,8 @@ def _state_kernel(
     c_begin = tl.load(seq_chunks + i_n)
     c_end = tl.load(seq_chunks + i_n + 1)
     for i_c in range(c_begin, c_end):
-        tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
+        if STORE_H:
+            tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
         bos = tl.load(chunk_bos + i_c).to(tl.int64)
         n = tl.load(chunk_len + i_c)
         m_c = o_c < n
@@ -136,9 +142,15 @@ def _state_kernel(
         p_u = o_t[:, None] * V + o_v[None, :]
         m_u = m_c[:, None] & m_v[None, :]
         b_U = tl.load(U + p_u, mask=m_u, other=0.0) - tl.dot(b_W, b_S)
-        tl.store(Up_out + p_u, b_U, mask=m_u)
+        if STORE_UP:
+            tl.store(Up_out + p_u, b_U, mask=m_u)
         b_G = tl.load(G + o_t, mask=m_c, other=0.0)
         G_last = tl.load(G + (bos + n - 1) * H + i_h)
+        if FUSE_OUTPUT:
+            b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
+            b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
+            b_o = tl.dot(b_q.to(tl.float32), b_S) * tl.exp(b_G)[:, None] + tl.dot(b_A, b_U)
+            tl.store(o + p_u, (scale * b_o).to(o.dtype.element_ty), mask=m_u)
         # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md)
         b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
         b_kt = b_kt.to(tl.float32) * tl.where(m_c, tl.exp(G_last - b_G), 0.0)[None, :]
@@ -176,39 +188,3 @@ def _output_kernel(
     b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
     b_o = scale * (b_o * tl.exp(b_G)[:, None] + tl.dot(b_A, b_U))
     tl.store(o + p_u, b_o.to(o.dtype.element_ty), mask=m_u)
-
-
-@triton.jit
-def _reverse_state_kernel(
-    k, W, r, gam_last, to_end, dht, dh_last,  # padded chunks: (NC, H, C, K) x2, (NC, H, K, V), (NC, H), (NC, H, C)
-    seq_chunks,  # (N + 1,) int32
-    dS_end, dh0,  # (NC, H, K, V) fp32 gradient at every chunk's end state, (N, H, K, V) fp32
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-):
-    """Backward of the state pass: dS0_c = r_c + gam_C dS_c - W_c^T diag(gam_C / gam) K_c dS_c, last chunk first."""
-    i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_c = tl.arange(0, BC)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_c, m_k, m_v = o_c < C, o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = i_h * K * V + o_k[:, None] * V + o_v[None, :]
-    p_seq = i_n.to(tl.int64) * H * K * V + p_kv
-    b_dS = tl.load(dht + p_seq, mask=m_kv, other=0.0)
-    b_last = tl.load(dh_last + p_seq, mask=m_kv, other=0.0)
-    c_begin = tl.load(seq_chunks + i_n)
-    c_end = tl.load(seq_chunks + i_n + 1)
-    for i in range(0, c_end - c_begin):
-        i_c = tl.cast(c_end - 1 - i, tl.int64)
-        tl.store(dS_end + i_c * H * K * V + p_kv, b_dS, mask=m_kv)
-        p_ck = (i_c * H + i_h) * C * K
-        b_k = tl.load(k + p_ck + o_c[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
-        b_e = tl.load(to_end + (i_c * H + i_h) * C + o_c, mask=m_c, other=0.0)
-        b_dU = tl.dot(b_k, b_dS, input_precision="tf32x3") * b_e[:, None]
-        b_Wt = tl.load(W + p_ck + o_c[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
-        b_r = tl.load(r + i_c * H * K * V + p_kv, mask=m_kv, other=0.0)
-        g_last = tl.load(gam_last + i_c * H + i_h)
-        b_dS = b_r + g_last * b_dS - tl.dot(b_Wt, b_dU, input_precision="tf32x3")
-        b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
-    tl.store(dh0 + p_seq, b_dS, mask=m_kv)

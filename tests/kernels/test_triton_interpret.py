@@ -25,6 +25,9 @@ CASES = {
     "paper-batch-chunk16-no-gates": ("paper", 32, 16, 16, "batch", False),
     "official-batch-no-gates": ("official", 17, 33, 64, "batch", False),
     "paper-varlen-fp16": ("paper", 20, 24, 64, "varlen", True),  # fp16 inputs: INTERPRET_FP16 tolerances
+    # the output computed inside the state pass (launch.py FUSE_OUTPUT), both variants
+    "paper-varlen-fused-output": ("paper", 20, 24, 64, "varlen", True),
+    "official-batch-fused-output": ("official", 17, 33, 64, "batch", True),
 }
 
 
@@ -48,10 +51,21 @@ def _check_chunk(name, torch, ops, rel):
         return [o] + parts, {n: t.grad for n, t in leaves.items()}
 
     dtype = torch.float16 if name.endswith("fp16") else torch.float32
-    outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
+    from qdelta.kernels.triton import launch
+    launch.OVERRIDES["state"] = {"FUSE_OUTPUT": name.endswith("fused-output")}
+    try:
+        outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
+        if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
+            with torch.no_grad():
+                o_nograd, _ = ops.chunk_qdelta(**{n: t.to(torch.float32) for n, t in x.items()}, use_qk_l2norm=True,
+                                               cu_seqlens=cu, variant=variant, chunk_size=chunk)
+    finally:
+        launch.OVERRIDES.pop("state")
     ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
     errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
     errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
+    if name.endswith("fused-output"):
+        errors["forward:no-grad"] = rel(o_nograd, ref_outs[0])
     return errors
 
 
@@ -145,7 +159,8 @@ def test_matches_fp64_reference(interpreted, name):
 
 def test_triton_path_was_used(interpreted):
     """The chunk calls went through the Triton kernels (not the reference fallback)."""
-    assert interpreted["chunk_calls"] == len(CASES) + 2  # + one prefill per decode check
+    fused = sum(name.endswith("fused-output") for name in CASES)  # + one no-grad call each
+    assert interpreted["chunk_calls"] == len(CASES) + fused + 2  # + one prefill per decode check
     assert interpreted["recurrent_calls"] == 8
 
 

@@ -1,0 +1,44 @@
+"""Tile sizes and launch settings of the chunk kernels, in one place.
+
+``settings(kernel, K, V)`` gives the defaults below (chosen with ``kernels/triton/tune.py`` on an
+H200; see NOTES.md), updated by ``OVERRIDES[kernel]``, which the tuning script sets to try
+other values without editing the launchers. Every tile size is a power of two >= 16; the state
+kernels hold all of K in one tile (``BK`` is K padded).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import triton
+
+OVERRIDES: Dict[str, Dict[str, Any]] = {}
+
+
+def p2(n: int, least: int = 16) -> int:
+    """The next power of two >= n, at least ``least`` (Triton tiles)."""
+    return max(least, triton.next_power_of_2(n))
+
+
+def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
+    BKF = p2(K)
+    wide = BKF >= 256
+    if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+    if kernel == "state":  # _state_kernel (forward, sequential over chunks)
+        # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
+        return dict(BV=min(32 if wide else 64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3,
+                    FUSE_OUTPUT=False)
+    if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+    if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
+        return dict(BV=min(32 if wide else 64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2)
+    if kernel == "intra_bwd":
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+    if kernel == "kq_bwd":
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+    raise KeyError(f"no launch settings for kernel {kernel!r}")
+
+
+def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
+    """Launch settings of one kernel for head sizes K, V (defaults, then ``OVERRIDES``)."""
+    return {**_defaults(kernel, K, V), **OVERRIDES.get(kernel, {})}
