@@ -10,8 +10,9 @@
 # YAML), GPUS (default: every visible GPU), MPS=1 (start the CUDA MPS daemon for the grid when
 # nvidia-cuda-mps-control exists and a CUDA client works under it), GRID_SET (extra --set KEY=VALUE
 # words for the grid, e.g. for a CPU smoke test), INSTALL=0 (skip the editable install where qdelta
-# is already importable). Comes back in $OUT: mqar_records.tgz, grid.log,
-# gpu_util.txt and one ckpt_<model>.tgz per checkpoint.
+# is already importable), PACK_WEIGHTS (run names whose final weights come back, one
+# weights_<run>.tgz each). Comes back in $OUT: mqar_records.tgz, grid.log, gpu_util.txt, the
+# weights_<run>.tgz files and one ckpt_<model>.tgz per checkpoint.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 OUT=${OUT:-/tmp/qdelta-out}; mkdir -p "$OUT" /tmp/ckpt
@@ -76,6 +77,20 @@ if [[ " $PARTS " == *" grid "* ]]; then
       $(ls -d */metrics.json */train_config.yaml */train_log.jsonl */error.txt 2>/dev/null))
     echo "packed the run folders by hand"
   fi
+  # PACK_WEIGHTS="run run ...": the final weights of those finished runs (model.safetensors, config,
+  # tokenizer, train_config; no optimizer state) as $OUT/weights_<run>.tgz, one file each, since a
+  # d_model 128 model at vocab 8192 is ~10 MB in fp32; a file over 15 MB, or one past the 8 files
+  # that come back, is dropped with a message
+  for run in ${PACK_WEIGHTS:-}; do
+    if [ ! -f "$GRID_DIR/$run/metrics.json" ] || [ ! -f "$GRID_DIR/$run/model.safetensors" ]; then
+      echo "weights: $run did not finish; not packed"; continue
+    fi
+    if [ "$(ls "$OUT" | wc -l)" -ge 7 ]; then echo "weights: $run skipped (8-file limit of \$OUT)"; continue; fi
+    tar czf "$OUT/weights_$run.tgz" -C "$GRID_DIR" --exclude=checkpoints --exclude=trainer_state.pt "$run"
+    size=$(stat -c %s "$OUT/weights_$run.tgz")
+    if [ "$size" -gt $((15 * 1024 * 1024)) ]; then rm -f "$OUT/weights_$run.tgz"; echo "weights: $run is $size bytes packed; dropped"
+    else echo "weights: $run packed, $size bytes"; fi
+  done
   [ "$MPS_ON" = 1 ] && { echo quit | nvidia-cuda-mps-control; echo "MPS: daemon stopped"; }
   [ -n "$SNAP_PID" ] && { kill "$SNAP_PID" 2>/dev/null; wait "$SNAP_PID" 2>/dev/null; cat "$OUT/gpu_util.txt"; }
   grep -v "^INFO\|Writing" "$OUT/grid.log" | tail -40
