@@ -2,16 +2,20 @@
 
 ``settings(kernel, K, V)`` gives the defaults below (chosen with ``kernels/triton/tune.py`` on an
 H200; see NOTES.md), updated by ``OVERRIDES[kernel]``, which the tuning script sets to try
-other values without editing the launchers. Every tile size is a power of two >= 16; the state
-kernels hold all of K in one tile (``BK`` is K padded).
+other values without editing the launchers. ``OVERRIDES`` starts from the environment variable
+``QDELTA_TRITON_LAUNCH`` (JSON, e.g. ``{"reverse": {"BV": 64}}``) for trying settings on a
+machine without editing code. Every tile size is a power of two >= 16; the state kernels hold
+all of K in one tile (``BK`` is K padded).
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict
 
 import triton
 
-OVERRIDES: Dict[str, Dict[str, Any]] = {}
+OVERRIDES: Dict[str, Dict[str, Any]] = json.loads(os.environ.get("QDELTA_TRITON_LAUNCH") or "{}")
 
 
 def p2(n: int, least: int = 16) -> int:
@@ -23,13 +27,12 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
-    if kernel == "state":  # _state_kernel (forward, sequential over chunks)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2)
+    if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
-        return dict(BV=min(32 if wide else 64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3,
-                    FUSE_OUTPUT=False)
+        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+        return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(BV=min(32 if wide else 64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2)
     if kernel == "intra_bwd":
@@ -41,4 +44,10 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
 
 def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
     """Launch settings of one kernel for head sizes K, V (defaults, then ``OVERRIDES``)."""
-    return {**_defaults(kernel, K, V), **OVERRIDES.get(kernel, {})}
+    cfg = {**_defaults(kernel, K, V), **OVERRIDES.get(kernel, {})}
+    if kernel in ("state", "reverse") and p2(K) >= 256 and cfg["BV"] < 32:
+        # seen on an H200 with Triton 3.6: both state passes at K = 256 with 16-column V tiles
+        # (8 warps) fault with an illegal memory access; never launch that
+        raise ValueError(f"launch settings for {kernel!r}: BV={cfg['BV']} with K={K} faults on Hopper "
+                         f"(Triton 3.6); use BV >= 32")
+    return cfg

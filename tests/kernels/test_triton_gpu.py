@@ -82,6 +82,12 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
         print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd {name}: {e:.3e} (tol {tol_f})")
         if not e <= tol_f:
             failures.append((name, e))
+    with torch.no_grad():  # no gradients: the paper variant keeps no chunk states (output fused in the state pass)
+        o_nograd, _ = triton_op(x, variant, cu)
+    e = rel(o_nograd, ref_outs[0])
+    print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd o (no grad): {e:.3e} (tol {tol_f})")
+    if not e <= tol_f:
+        failures.append(("o (no grad)", e))
     for name in x:
         e = rel(grads[name], ref_grads[name])
         print(f"ERR chunk {heads} {dtype_name} {variant} T={T} grad d{name}: {e:.3e} (tol {tol_g})")
