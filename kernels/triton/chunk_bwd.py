@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .chunk_fwd import dot
 from .launch import p2 as _p2, settings
 
 
@@ -41,6 +42,7 @@ def _reverse_state_kernel(
     dS_end, dUp, dh0,  # out: (NC, H, K, V) fp32, (T, H, V) fp32, (N, H, K, V) fp32
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_c = tl.arange(0, BC)
@@ -72,12 +74,12 @@ def _reverse_state_kernel(
         b_At = tl.load(Aqk + (i_c * H + i_h) * BC * BC + o_c[None, :] * BC + o_c[:, None])
         b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)
         b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
-        b_dU = scale * tl.dot(b_At, b_do) + tl.dot(b_k, b_dS) * b_e[:, None]
+        b_dU = scale * dot(b_At, b_do, k, LOWP) + dot(b_k, b_dS, k, LOWP) * b_e[:, None]
         tl.store(dUp + p_cv, b_dU, mask=m_cv)
         b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0).to(tl.float32)
         b_qt = b_qt * (scale * tl.where(m_c, tl.exp(b_G), 0.0))[None, :]
         b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
-        b_dS = b_dS * tl.exp(G_last) + tl.dot(b_qt, b_do) - tl.dot(b_Wt, b_dU)
+        b_dS = b_dS * tl.exp(G_last) + dot(b_qt, b_do, k, LOWP) - dot(b_Wt, b_dU, k, LOWP)
         b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
     tl.store(dh0 + p_seq, b_dS, mask=m_kv)
 
@@ -163,6 +165,7 @@ def _kq_bwd_kernel(
     scale,
     T_total, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos = tl.load(chunk_bos + i_c).to(tl.int64)
@@ -199,9 +202,9 @@ def _kq_bwd_kernel(
         b_sdot += tl.sum(b_St * b_dSt, 0)
         p_cv = o_t[:, None] * V + o_v[None, :]
         m_cv = m_c[:, None] & m_v[None, :]
-        b_dOS += tl.dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_St)
-        b_dRS += tl.dot(tl.load(dR + p_cv, mask=m_cv, other=0.0), b_St)
-        b_UdS += tl.dot(tl.load(Up + p_cv, mask=m_cv, other=0.0), b_dSt)
+        b_dOS += dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_St, k, LOWP)
+        b_dRS += dot(tl.load(dR + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP)
+        b_UdS += dot(tl.load(Up + p_cv, mask=m_cv, other=0.0), b_dSt, k, LOWP)
 
     p_ck = o_t[:, None] * K + o_k[None, :]
     b_q = tl.load(q + p_ck, mask=m_ck, other=0.0).to(tl.float32)
@@ -221,13 +224,13 @@ def _kq_bwd_kernel(
     b_dA = tl.load(dA + p_cc + o_c[:, None] * BC + o_c[None, :])
     b_dAt = tl.load(dA + p_cc + o_c[None, :] * BC + o_c[:, None])
     if OFFICIAL:  # P = K X^T
-        b_dk += tl.dot(b_dP, b_x)
-        b_dx += tl.dot(b_dPt, b_k)
+        b_dk += dot(b_dP, b_x, k, LOWP)
+        b_dx += dot(b_dPt, b_k, k, LOWP)
     else:  # P = X K^T
-        b_dx += tl.dot(b_dP, b_k)
-        b_dk += tl.dot(b_dPt, b_x)
-    b_dq += tl.dot(b_dA, b_k) + b_lam[:, None] * b_dx
-    b_dk += tl.dot(b_dAt, b_q) + b_dx
+        b_dx += dot(b_dP, b_k, k, LOWP)
+        b_dk += dot(b_dPt, b_x, k, LOWP)
+    b_dq += dot(b_dA, b_k, k, LOWP) + b_lam[:, None] * b_dx
+    b_dk += dot(b_dAt, b_q, k, LOWP) + b_dx
     tl.store(dq + p_ck, b_dq.to(dq.dtype.element_ty), mask=m_ck)
     tl.store(dk + p_ck, b_dk.to(dk.dtype.element_ty), mask=m_ck)
     p_part = tl.cast(i_k, tl.int64) * T_total * H + o_t

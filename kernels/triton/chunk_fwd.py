@@ -32,6 +32,17 @@ import triton.language as tl
 
 
 @triton.jit
+def dot(a, b, like, LOWP: tl.constexpr):
+    """``a @ b`` with fp32 accumulation; with LOWP both operands are first rounded to the element type
+    of the pointer ``like`` (the inputs' dtype: bf16/fp16 operands run at the full tensor-core rate;
+    for fp32 inputs nothing changes)."""
+    if LOWP:
+        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty))
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
@@ -115,7 +126,7 @@ def _state_kernel(
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-    FUSE_OUTPUT: tl.constexpr, STORE_H: tl.constexpr, STORE_UP: tl.constexpr,
+    FUSE_OUTPUT: tl.constexpr, STORE_H: tl.constexpr, STORE_UP: tl.constexpr, LOWP: tl.constexpr,
 ):
     """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched)."""
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -141,7 +152,7 @@ def _state_kernel(
         b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
         p_u = o_t[:, None] * V + o_v[None, :]
         m_u = m_c[:, None] & m_v[None, :]
-        b_U = tl.load(U + p_u, mask=m_u, other=0.0) - tl.dot(b_W, b_S)
+        b_U = tl.load(U + p_u, mask=m_u, other=0.0) - dot(b_W, b_S, k, LOWP)
         if STORE_UP:
             tl.store(Up_out + p_u, b_U, mask=m_u)
         b_G = tl.load(G + o_t, mask=m_c, other=0.0)
@@ -149,12 +160,12 @@ def _state_kernel(
         if FUSE_OUTPUT:
             b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
             b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
-            b_o = tl.dot(b_q.to(tl.float32), b_S) * tl.exp(b_G)[:, None] + tl.dot(b_A, b_U)
+            b_o = dot(b_q.to(tl.float32), b_S, k, LOWP) * tl.exp(b_G)[:, None] + dot(b_A, b_U, k, LOWP)
             tl.store(o + p_u, (scale * b_o).to(o.dtype.element_ty), mask=m_u)
         # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md)
         b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
         b_kt = b_kt.to(tl.float32) * tl.where(m_c, tl.exp(G_last - b_G), 0.0)[None, :]
-        b_S = b_S * tl.exp(G_last) + tl.dot(b_kt, b_U)
+        b_S = b_S * tl.exp(G_last) + dot(b_kt, b_U, k, LOWP)
     tl.store(ht_out + i_n.to(tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
 
 

@@ -5,7 +5,9 @@ H200; see NOTES.md), updated by ``OVERRIDES[kernel]``, which the tuning script s
 other values without editing the launchers. ``OVERRIDES`` starts from the environment variable
 ``QDELTA_TRITON_LAUNCH`` (JSON, e.g. ``{"reverse": {"BV": 64}}``) for trying settings on a
 machine without editing code. Every tile size is a power of two >= 16; the state kernels hold
-all of K in one tile (``BK`` is K padded).
+all of K in one tile (``BK`` is K padded). ``LOWP`` (state, reverse, kq_bwd): the dots' operands are
+rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operands; accumulation
+and the states stay fp32.
 """
 from __future__ import annotations
 
@@ -30,15 +32,17 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
-        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True)
+        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,
+                    LOWP=False)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
         return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
-        return dict(BV=min(32 if wide else 64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2)
+        return dict(BV=min(32 if wide else 64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2,
+                    LOWP=False)
     if kernel == "intra_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "kq_bwd":
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=False)
     raise KeyError(f"no launch settings for kernel {kernel!r}")
 
 

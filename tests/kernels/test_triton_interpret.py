@@ -28,6 +28,8 @@ CASES = {
     # the output computed inside the state pass (launch.py FUSE_OUTPUT), both variants
     "paper-varlen-fused-output": ("paper", 20, 24, 64, "varlen", True),
     "official-batch-fused-output": ("official", 17, 33, 64, "batch", True),
+    # 16-bit dot operands in the state passes and the K-block backward (launch.py LOWP)
+    "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
 }
 
 
@@ -50,9 +52,11 @@ def _check_chunk(name, torch, ops, rel):
         loss.backward()
         return [o] + parts, {n: t.grad for n, t in leaves.items()}
 
-    dtype = torch.float16 if name.endswith("fp16") else torch.float32
+    dtype = torch.float16 if "fp16" in name else torch.float32
     from qdelta.kernels.triton import launch
-    launch.OVERRIDES["state"] = {"FUSE_OUTPUT": name.endswith("fused-output")}
+    lowp = name.endswith("-lowp")
+    launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp},
+                            reverse={"LOWP": lowp}, kq_bwd={"LOWP": lowp})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
@@ -60,7 +64,7 @@ def _check_chunk(name, torch, ops, rel):
                 o_nograd, _ = ops.chunk_qdelta(**{n: t.to(torch.float32) for n, t in x.items()}, use_qk_l2norm=True,
                                                cu_seqlens=cu, variant=variant, chunk_size=chunk)
     finally:
-        launch.OVERRIDES.pop("state")
+        launch.OVERRIDES.clear()
     ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
     errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
     errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
@@ -152,7 +156,7 @@ def test_matches_fp64_reference(interpreted, name):
     assert errors, "no checks ran"
     for key, err in errors.items():
         kind = key.split(":")[0]
-        table = TOL["INTERPRET_FP16"] if name.endswith("fp16") else TOL["INTERPRET_FP32"]
+        table = TOL["INTERPRET_FP16"] if "fp16" in name else TOL["INTERPRET_FP32"]
         limit = 0.0 if kind == "offset" else table[kind]
         assert err <= limit, f"{name} {key}: relative error {err:.3e} > {limit}"
 
