@@ -263,7 +263,7 @@ def to_markdown(r: Report) -> str:
     lines = [f"# Kernel benchmark ({r.card})", "",
              f"torch {r.torch}, Triton {r.triton}, flash-linear-attention: {r.fla}, {r.date}. "
              f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
-             "Ours = Triton forward + recompute-based PyTorch backward (kernels/triton/NOTES.md). "
+             "Ours = Triton forward and Triton backward (kernels/triton/NOTES.md; launch settings in launch.py). "
              "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none).", "",
              "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
              "| authors fwd | authors fwd+bwd |", "|" + "---|" * 11]

@@ -98,8 +98,8 @@ def chunk_qdelta(
             every chunk size; ``variant="official"`` is defined by 64-token chunks and accepts
             only ``chunk_size=64``.
 
-    CUDA tensors run the Triton kernels of :mod:`qdelta.kernels.triton` (forward in Triton,
-    recompute-based PyTorch backward); so do CPU tensors when ``TRITON_INTERPRET=1``. float64
+    CUDA tensors run the Triton kernels of :mod:`qdelta.kernels.triton` (forward and
+    backward); so do CPU tensors when ``TRITON_INTERPRET=1``. float64
     inputs, K > 256, V > 512, chunk_size > 64 and an official state in the middle of a chunk
     run the PyTorch reference on any device.
 
