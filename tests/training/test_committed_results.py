@@ -13,7 +13,11 @@ MQAR = ROOT / "results" / "mqar"
 CHECKPOINTS = ROOT / "results" / "checkpoints"
 
 
-@pytest.mark.parametrize("folder", [MQAR, MQAR / "cpu_small"], ids=["reference", "cpu_small"])
+REFERENCE = MQAR / "long"  # the reference run (3500 steps); short400/ is the first, too-short attempt
+
+
+@pytest.mark.parametrize("folder", [REFERENCE, MQAR / "short400", MQAR / "cpu_small"],
+                         ids=["reference", "short400", "cpu_small"])
 def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     written = train_report.generate(folder / "runs", tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
@@ -26,9 +30,9 @@ def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
 
 
 def test_mqar_leaderboard_reflects_the_records(tmp_path):
-    records = train_report.load_records(MQAR / "runs")
+    records = train_report.load_records(REFERENCE / "runs")
     best = train_report.best_per_model(records)
-    table = (MQAR / "leaderboard.md").read_text()
+    table = (REFERENCE / "leaderboard.md").read_text()
     for r in best:  # each row's numbers come from the best-lr record of that (model, d_model)
         assert f"| {r['d_model']} | {r['lr']:g} | {r['params']} |" in table
         assert f"| {r['mean']:.3f} |" in table
@@ -36,13 +40,13 @@ def test_mqar_leaderboard_reflects_the_records(tmp_path):
     # a changed record changes the leaderboard
     import shutil
     copy = tmp_path / "runs"
-    shutil.copytree(MQAR / "runs", copy)
+    shutil.copytree(REFERENCE / "runs", copy)
     target = copy / best[0]["run"] / "metrics.json"
     metrics = json.loads(target.read_text())
     metrics["eval"] = {k: 0.5 for k in metrics["eval"]}
     target.write_text(json.dumps(metrics))
     train_report.generate(copy, tmp_path / "out", plots=False)
-    assert (tmp_path / "out" / "leaderboard.md").read_bytes() != (MQAR / "leaderboard.md").read_bytes()
+    assert (tmp_path / "out" / "leaderboard.md").read_bytes() != (REFERENCE / "leaderboard.md").read_bytes()
 
 
 def _shipped():
