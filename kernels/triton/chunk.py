@@ -24,7 +24,7 @@ from ..chunk import _chunk
 from ..state import OfficialState
 from . import chunk_fwd
 from .chunk_bwd import chunk_backward
-from .launch import p2 as _p2, settings
+from .launch import launch, p2 as _p2, settings
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,11 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
-    cfg = settings("intra", K, V)
-    chunk_fwd._intra_kernel[(NC, H)](
+    launch(chunk_fwd._intra_kernel, (NC, H), settings("intra", K, V),
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
         table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,
         H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
-        STORE_T=store_inverse, **cfg,
+        STORE_T=store_inverse,
     )
     cfg = settings("state", K, V)
     fuse = cfg.pop("FUSE_OUTPUT")
@@ -115,17 +114,16 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     Up = torch.empty(T, H, V, dtype=f32, device=dev) if store_inverse or not fuse else None
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
-    chunk_fwd._state_kernel[(triton.cdiv(V, cfg["BV"]), N, H)](
+    launch(chunk_fwd._state_kernel, (triton.cdiv(V, cfg["BV"]), N, H), cfg,
         k, W, U, G, ht if h0 is None else h0, q, Aqk, o,
         table.bos, table.len, table.seq_chunks, ht if h is None else h, U if Up is None else Up, ht, scale,
         H=H, K=K, V=V, BC=BC, BK=_p2(K), HAS_H0=h0 is not None,
-        FUSE_OUTPUT=fuse, STORE_H=store_h, STORE_UP=Up is not None, **cfg,
+        FUSE_OUTPUT=fuse, STORE_H=store_h, STORE_UP=Up is not None,
     )
     if not fuse:
         cfg = settings("output", K, V)
-        chunk_fwd._output_kernel[(triton.cdiv(V, cfg["BV"]), NC, H)](
-            q, Aqk, G, h, Up, o, table.bos, table.len, scale, H=H, K=K, V=V, BC=BC, **cfg,
-        )
+        launch(chunk_fwd._output_kernel, (triton.cdiv(V, cfg["BV"]), NC, H), cfg,
+               q, Aqk, G, h, Up, o, table.bos, table.len, scale, H=H, K=K, V=V, BC=BC)
     return o, h, ht, ((G, W, Up, Aqk, Tinv, h) if store_inverse else None)
 
 

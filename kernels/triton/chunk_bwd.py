@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import dot
-from .launch import p2 as _p2, settings
+from .launch import launch, p2 as _p2, settings
 
 
 @triton.jit
@@ -290,10 +290,10 @@ def chunk_backward(saved, do, dht, dh_last):
     dUp = torch.empty(T, H, V, dtype=f32, device=dev)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev)
     cfg = settings("reverse", K, V)
-    _reverse_state_kernel[(triton.cdiv(V, cfg["BV"]), N, H)](
+    launch(_reverse_state_kernel, (triton.cdiv(V, cfg["BV"]), N, H), cfg,
         q, k, W, G, Aqk, do, dht.contiguous(), dh_last.contiguous(),
         table.bos, table.len, table.seq_chunks, dS_end, dUp, dh0, scale,
-        H=H, K=K, V=V, BC=BC, BK=_p2(K), **cfg,
+        H=H, K=K, V=V, BC=BC, BK=_p2(K),
     )
 
     dR = torch.empty(T, H, V, dtype=f32, device=dev)
@@ -302,20 +302,20 @@ def chunk_backward(saved, do, dht, dh_last):
     dA = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
     dG_intra = torch.empty(T, H, dtype=f32, device=dev)
     dbeta_intra = torch.empty(T, H, dtype=f32, device=dev)
-    _intra_bwd_kernel[(NC, H)](
+    launch(_intra_bwd_kernel, (NC, H), settings("intra_bwd", K, V),
         q, k, v, G, beta, q if lam is None else lam, Tinv, Up, dUp, do,
         table.bos, table.len, dR, dv, dP, dA, dG_intra, dbeta_intra, scale,
-        H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official, **settings("intra_bwd", K, V),
+        H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official,
     )
 
     cfg = settings("kq_bwd", K, V)
     NK = triton.cdiv(K, cfg["BK"])
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     parts = torch.empty(3, NK, T, H, dtype=f32, device=dev)
-    _kq_bwd_kernel[(NK, NC, H)](
+    launch(_kq_bwd_kernel, (NK, NC, H), cfg,
         q, k, G, beta, q if lam is None else lam, h, dS_end, Up, dR, do, dP, dA,
         table.bos, table.len, dq, dk, parts[0], parts[1], parts[2], scale,
-        T, H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official, **cfg,
+        T, H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official,
     )
 
     dg = None if g is None else torch.empty_like(g)

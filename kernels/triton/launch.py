@@ -12,10 +12,13 @@ and the states stay fp32.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict
 
 import triton
+
+log = logging.getLogger(__name__)
 
 OVERRIDES: Dict[str, Dict[str, Any]] = json.loads(os.environ.get("QDELTA_TRITON_LAUNCH") or "{}")
 
@@ -55,3 +58,31 @@ def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
         raise ValueError(f"launch settings for {kernel!r}: BV={cfg['BV']} with K={K} faults on Hopper "
                          f"(Triton 3.6); use BV >= 32")
     return cfg
+
+
+try:
+    from triton.runtime.errors import OutOfResources
+except ImportError:  # pragma: no cover - older/newer Triton layouts
+    OutOfResources = RuntimeError
+
+_STAGES_CAP: Dict[tuple, int] = {}
+
+
+def launch(kernel, grid, cfg: Dict[str, Any], *args, **constexprs) -> None:
+    """``kernel[grid](*args, **constexprs, **cfg)``; if the settings ask for more shared memory than
+    the card has (e.g. fp32 inputs double the operand tiles of a bf16-tuned setting), retry with
+    fewer pipeline stages and remember the cap for this kernel and these compile-time values."""
+    key = (getattr(kernel, "__name__", str(kernel)), tuple(sorted(cfg.items())),
+           tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, (bool, int)))),
+           tuple(str(a.dtype) for a in args if hasattr(a, "dtype")))
+    stages = min(cfg.get("num_stages", 1), _STAGES_CAP.get(key, 1 << 30))
+    while True:
+        try:
+            kernel[grid](*args, **constexprs, **{**cfg, "num_stages": stages})
+            return
+        except OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1
+            _STAGES_CAP[key] = stages
+            log.info("%s: out of shared memory with these settings; retrying with num_stages=%d", key[0], stages)

@@ -34,3 +34,31 @@ def test_inplace_official_needs_an_official_state():
     x = random_inputs(1, 2, 1, 4, 4, seed=2)
     with pytest.raises(ValueError, match="OfficialState"):
         fused_recurrent_qdelta(**x, inplace=True, variant="official")
+
+
+def test_launch_retries_with_fewer_stages_when_out_of_shared_memory():
+    """A setting tuned for bf16 can ask too much shared memory for fp32 operands: the launcher
+    retries with fewer pipeline stages, remembers the cap, and re-raises at one stage."""
+    from qdelta.kernels.triton import launch as L
+
+    class FakeKernel:
+        __name__ = "fake"
+
+        def __init__(self, fits):
+            self.fits, self.calls = fits, []
+
+        def __getitem__(self, grid):
+            def run(*args, **kw):
+                self.calls.append(kw["num_stages"])
+                if kw["num_stages"] > self.fits:
+                    raise L.OutOfResources(1, 2, "shared memory")
+            return run
+
+    k = FakeKernel(fits=1)
+    L.launch(k, (1,), {"num_stages": 3, "BV": 64}, 0, H=2)
+    assert k.calls == [3, 2, 1]
+    L.launch(k, (1,), {"num_stages": 3, "BV": 64}, 0, H=2)  # the cap is remembered
+    assert k.calls == [3, 2, 1, 1]
+    never = FakeKernel(fits=0)
+    with pytest.raises(L.OutOfResources):
+        L.launch(never, (1,), {"num_stages": 2, "BV": 32}, 0, H=2)
