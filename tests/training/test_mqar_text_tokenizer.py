@@ -1,0 +1,40 @@
+"""The bridge tokenizer of results/mqar/text_tokenizer.py: a qd_mqar text doc, tokenized with it,
+is exactly the token-level MQAR sequence (and answer) the MQAR checkpoints were trained on."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from qdelta.tasks.mqar import make_mqar
+from qdelta.tasks.synthetic import build_mqar
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("mqar_text_tokenizer", ROOT / "results" / "mqar" / "text_tokenizer.py")
+bridge = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bridge)
+
+
+def test_qd_mqar_docs_tokenize_to_the_training_ids():
+    settings = [[16, 2], [32, 4]]
+    tok = bridge.build_text_mqar_tokenizer(64)
+    docs = list(build_mqar(vocab_size=64, settings=settings, num_examples=3, seed=2)["test"])
+    assert len(docs) == 3 * (2 + 4)
+    for d in docs:
+        i = settings.index([d["seq_len"], d["num_kv_pairs"]])
+        inputs, labels = make_mqar(64, d["seq_len"], d["num_kv_pairs"], 3, seed=2 * 1000 + i, power_a=0.01)
+        ids = tok(d["context"])["input_ids"]
+        t = len(ids) - 1
+        assert ids == inputs[d["example"], :t + 1].tolist()
+        assert tok(d["target"])["input_ids"] == [int(labels[d["example"], t])]
+
+
+def test_committed_tokenizer_matches_the_builder():
+    tok = AutoTokenizer.from_pretrained(ROOT / "results" / "mqar" / "long" / "text_tokenizer")
+    assert tok.get_vocab() == bridge.text_symbol_vocab(8192)
+
+
+@pytest.mark.parametrize("bad", [0, 7, "8", True])
+def test_bad_vocab_size(bad):
+    with pytest.raises(ValueError, match="vocab_size"):
+        bridge.text_symbol_vocab(bad)
