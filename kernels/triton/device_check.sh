@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call (GPU machine, see NOTES.md): make `import qdelta.kernels` work, then run the
-# steps named: tests (GPU tests), profile (where one 1.3B fwd+bwd goes), bench (the benchmark),
-# tune (kernels/triton/tune.py; TUNE_ARGS), all (= tests profile bench). Logs and result files land
+# steps named: pick (the first of CANDIDATES, launch overrides as JSON separated by ';', that passes
+# the bf16 chunk GPU tests becomes QDELTA_TRITON_LAUNCH for the later steps), tests (GPU tests),
+# profile (where one fwd+bwd goes), bench (the benchmark), tune (kernels/triton/tune.py; TUNE_ARGS),
+# all (= tests profile bench). Logs and result files land
 # in $OUT, named with $TAG when set (e.g. a run under QDELTA_TRITON_LAUNCH overrides). If .whl/ holds
 # wheels (fla-core, einops), they are installed first. Usage: bash kernels/triton/device_check.sh STEP...
 set -o pipefail
@@ -26,6 +28,16 @@ echo "QDELTA_TRITON_LAUNCH=${QDELTA_TRITON_LAUNCH:-}" | tee -a "$OUT/env.log"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$OUT/env.log"
 for step in $steps; do
   case $step in
+  pick)
+    IFS=';' read -ra cands <<< "${CANDIDATES:-}"
+    for c in "${cands[@]}"; do
+      if QDELTA_TRITON_LAUNCH="$c" timeout 200 python3 -m pytest -q -m gpu -x -s -p no:cacheprovider \
+           tests/kernels/test_triton_gpu.py -k "forward_and_gradients and bfloat16" > "$OUT/pick.log" 2>&1; then
+        export QDELTA_TRITON_LAUNCH="$c"; echo "picked: $c"; grep ERR "$OUT/pick.log" | sort -t: -k2 -g | tail -3; break
+      fi
+      echo "failed: $c"; grep -E "^E |ERR" "$OUT/pick.log" | tail -3
+    done
+    echo "QDELTA_TRITON_LAUNCH=${QDELTA_TRITON_LAUNCH:-}" | tee -a "$OUT/env.log" ;;
   tests)
     timeout 330 python3 -m pytest -q -m gpu -s -rA -p no:cacheprovider tests/kernels/test_triton_gpu.py ${TEST_ARGS:-} 2>&1 \
       | tee "$OUT/gpu_tests$tag.log" | grep -E "ERR|passed|failed|Error" ;;
