@@ -77,6 +77,7 @@ class Report:
     decode: List[DecodeRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     fla_note: Optional[str] = None  # set where fla's backward guard was lifted for timing
+    launch_overrides: str = ""  # QDELTA_TRITON_LAUNCH of the run (kernels/triton/launch.py), "" for the defaults
 
 
 def _bench(fn) -> float:
@@ -224,15 +225,18 @@ def card_family(name: str) -> Optional[str]:
     return "H200" if "H200" in name else ("H100" if "H100" in name else None)
 
 
-def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS)) -> Report:
-    """All timings of issue 3 on the current CUDA device."""
+def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None) -> Report:
+    """All timings of issue 3 on the current CUDA device; ``on_progress(report)`` after every row
+    (the CLI writes the files then, so a run cut short keeps what it measured)."""
     if not torch.cuda.is_available():
         raise ValueError("qdelta bench kernels needs a CUDA GPU (none is visible); run it on the GPU machine")
     import triton
     name = torch.cuda.get_device_name()
     report = Report(card=name, torch=torch.__version__, triton=triton.__version__,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    fla=fla_version() or "not installed", copy_gbps=copy_bandwidth_gbps())
+                    fla=fla_version() or "not installed", copy_gbps=copy_bandwidth_gbps(),
+                    launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""))
+    progress = on_progress or (lambda r: None)
     anchors = AUTHORS.get(card_family(name), {})
     for config in configs:
         H, K, V = HEAD_CONFIGS[config]
@@ -248,10 +252,12 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS)) -> Report:
             log.info("%s", row)
             row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((config, T), (None, None))
             report.rows.append(row)
+            progress(report)
             torch.cuda.empty_cache()
         for variant in ("paper", "official"):
             report.decode.append(time_decode(config, variant, report.copy_gbps))
             log.info("%s", report.decode[-1])
+            progress(report)
     return report
 
 
@@ -264,7 +270,9 @@ def to_markdown(r: Report) -> str:
              f"torch {r.torch}, Triton {r.triton}, flash-linear-attention: {r.fla}, {r.date}. "
              f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
              "Ours = Triton forward and Triton backward (kernels/triton/NOTES.md; launch settings in launch.py). "
-             "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none).", "",
+             "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none)."
+             + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}." if r.launch_overrides else ""),
+             "",
              "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
              "| authors fwd | authors fwd+bwd |", "|" + "---|" * 11]
     for w in r.rows:

@@ -25,7 +25,8 @@ def run(args) -> int:
         if T <= 0 or bench_kernels.TOKENS % T:
             raise ValueError(f"--lengths: each T must divide {bench_kernels.TOKENS} tokens, got {T}")
     report = bench_kernels.run_benchmark(lengths=tuple(args.lengths or bench_kernels.LENGTHS),
-                                         configs=tuple(args.configs or bench_kernels.HEAD_CONFIGS))
+                                         configs=tuple(args.configs or bench_kernels.HEAD_CONFIGS),
+                                         on_progress=lambda r: bench_kernels.write_report(r, args.out))
     paths = bench_kernels.write_report(report, args.out)
     print(bench_kernels.to_markdown(report))
     print(f"wrote {paths['json']} and {paths['md']}")
