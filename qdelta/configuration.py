@@ -115,6 +115,8 @@ class _RecurrentConfig(BaseLMConfig):
         conv_bias: bool = False,
         allow_neg_eigval: bool = False,
         attn_mode: str = "chunk",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
         **kwargs,
     ):
         self.head_dim = head_dim
@@ -126,6 +128,10 @@ class _RecurrentConfig(BaseLMConfig):
         self.conv_bias = conv_bias
         self.allow_neg_eigval = allow_neg_eigval
         self.attn_mode = attn_mode
+        # initial decay rate range (Mamba-2 / fla: dt ~ logU(dt_min, dt_max), g = -A * dt, A ~ U(1, 16));
+        # only the initialisation reads it
+        self.dt_min = dt_min
+        self.dt_max = dt_max
         super().__init__(**kwargs)
 
     @property
@@ -153,6 +159,8 @@ class _RecurrentConfig(BaseLMConfig):
         _require(not self.conv_bias, "conv_bias", "false", self.conv_bias, "short convolutions have no bias here")
         _require(isinstance(self.conv_size, int) and self.conv_size >= 1, "conv_size", "an int >= 1",
                  self.conv_size, "fix config.json")
+        _require(0 < self.dt_min <= self.dt_max, "dt_min/dt_max", "0 < dt_min <= dt_max",
+                 (self.dt_min, self.dt_max), "fix config.json")
 
 
 class QDeltaConfig(_RecurrentConfig):

@@ -33,12 +33,13 @@ DELTA_KINDS = ("qdelta", "gated_deltanet", "delta_net")
 KINDS = DELTA_KINDS + ("linear_attn",)
 
 
-def init_decay_parameters(A_log: torch.Tensor, dt_bias: torch.Tensor, generator=None) -> None:
-    """Mamba-2 style: ``A ~ U(1, 16)``, ``dt ~ logU(1e-3, 1e-1)`` stored as softplus^-1(dt)."""
+def init_decay_parameters(A_log: torch.Tensor, dt_bias: torch.Tensor, generator=None,
+                          dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
+    """Mamba-2 style: ``A ~ U(1, 16)``, ``dt ~ logU(dt_min, dt_max)`` stored as softplus^-1(dt)."""
     with torch.no_grad():
         A = torch.empty(A_log.shape, dtype=torch.float32).uniform_(1, 16, generator=generator)
-        dt = torch.exp(torch.rand(dt_bias.shape, generator=generator) * (math.log(0.1) - math.log(1e-3))
-                       + math.log(1e-3)).clamp(min=1e-4)
+        dt = torch.exp(torch.rand(dt_bias.shape, generator=generator) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=min(1e-4, dt_min))
         A_log.copy_(A.log())
         dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
@@ -65,7 +66,8 @@ class RecurrentMixer(nn.Module):
             self.a_proj = nn.Linear(d, HV, bias=False)
             self.A_log = nn.Parameter(torch.empty(HV))
             self.dt_bias = nn.Parameter(torch.empty(HV))
-            init_decay_parameters(self.A_log, self.dt_bias)
+            init_decay_parameters(self.A_log, self.dt_bias, dt_min=getattr(config, "dt_min", 1e-3),
+                                  dt_max=getattr(config, "dt_max", 1e-1))
         if self.use_beta:
             self.b_proj = nn.Linear(d, HV, bias=False)
         if kind == "qdelta":
