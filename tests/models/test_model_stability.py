@@ -85,3 +85,18 @@ def test_stability_cli_reads_text_with_the_checkpoint_tokenizer_and_mqar(tmp_pat
     text.write_text("150 3 4")
     assert main(["stability", str(folder), "--text", str(text), "--tokenizer", str(tmp_path / "big")]) == 2
     assert "vocab_size is 96" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", ["qdelta", "gated_deltanet"])
+def test_initial_decay_range_follows_dt_min_dt_max(model_type):
+    """dt = softplus(dt_bias) is drawn from [dt_min, dt_max]; the default keeps Mamba-2's (1e-3, 1e-1)."""
+    import torch.nn.functional as F
+    from qdelta.testing import tiny_model
+
+    for dt_min, dt_max in ((1e-3, 1e-1), (1e-4, 1e-3)):
+        model = tiny_model(model_type, dt_min=dt_min, dt_max=dt_max, num_heads=4, head_dim=8)
+        dts = torch.cat([F.softplus(m.dt_bias.detach()) for m in model.modules() if hasattr(m, "dt_bias")])
+        assert dts.numel() >= 8
+        assert dts.min() >= dt_min * (1 - 1e-5) and dts.max() <= dt_max * (1 + 1e-5)
+    with pytest.raises(ValueError, match="dt_min"):
+        tiny_model(model_type, dt_min=1e-2, dt_max=1e-3)
