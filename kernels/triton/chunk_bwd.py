@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import dot
+from .chunk_fwd import chunk_rows, dot, row_values
 from .launch import launch, p2 as _p2, settings
 
 
@@ -94,17 +94,10 @@ def _intra_bwd_kernel(
     HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos = tl.load(chunk_bos + i_c).to(tl.int64)
-    n = tl.load(chunk_len + i_c)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < n
-    o_t = (bos + o_c) * H + i_h
+    bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)
-    b_beta = tl.load(beta + o_t, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_LAM:
-        b_lam = tl.load(lam + o_t, mask=m_c, other=0.0).to(tl.float32)
-    else:
-        b_lam = tl.zeros([BC], dtype=tl.float32)
+    b_beta = row_values(beta, o_t, m_c, True, BC)
+    b_lam = row_values(lam, o_t, m_c, HAS_LAM, BC)
     p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
 
     b_dLacc = tl.zeros([BC, BC], dtype=tl.float32)  # dR U'^T
@@ -168,11 +161,7 @@ def _kq_bwd_kernel(
     LOWP: tl.constexpr,
 ):
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(chunk_bos + i_c).to(tl.int64)
-    n = tl.load(chunk_len + i_c)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < n
-    o_t = (bos + o_c) * H + i_h
+    bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_ck = m_c[:, None] & m_k[None, :]
@@ -180,11 +169,8 @@ def _kq_bwd_kernel(
     G_last = tl.load(G + (bos + n - 1) * H + i_h)
     b_gam = tl.where(m_c, tl.exp(b_G), 0.0)
     b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
-    b_beta = tl.load(beta + o_t, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_LAM:
-        b_lam = tl.load(lam + o_t, mask=m_c, other=0.0).to(tl.float32)
-    else:
-        b_lam = tl.zeros([BC], dtype=tl.float32)
+    b_beta = row_values(beta, o_t, m_c, True, BC)
+    b_lam = row_values(lam, o_t, m_c, HAS_LAM, BC)
 
     # the three products with the K x V states: dO S0^T, dR S0^T, U' dS_C^T; and <dS_C, S0>
     b_dOS = tl.zeros([BC, BK], dtype=tl.float32)
@@ -248,11 +234,7 @@ def _gate_bwd_kernel(
 ):
     """Sum the per-K-block parts; dg = reverse cumsum of dG inside the chunk (G is the in-chunk cumsum of g)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos = tl.load(chunk_bos + i_c).to(tl.int64)
-    n = tl.load(chunk_len + i_c)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < n
-    o_t = (bos + o_c) * H + i_h
+    bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     b_dG = tl.load(dG_intra + o_t, mask=m_c, other=0.0)
     b_dbeta = tl.load(dbeta_intra + o_t, mask=m_c, other=0.0)
     b_dlam = tl.zeros([BC], dtype=tl.float32)

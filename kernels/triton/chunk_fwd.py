@@ -43,6 +43,26 @@ def dot(a, b, like, LOWP: tl.constexpr):
 
 
 @triton.jit
+def chunk_rows(chunk_bos, chunk_len, i_c, i_h, H: tl.constexpr, BC: tl.constexpr):
+    """Chunk ``i_c`` of the table: first token, length, in-chunk positions, their mask, and the
+    token-head row index ``(token) * H + head`` of each position."""
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < n
+    return bos, n, o_c, m_c, (bos + o_c) * H + i_h
+
+
+@triton.jit
+def row_values(x, o_t, m_c, PRESENT: tl.constexpr, BC: tl.constexpr):
+    """A per-token scalar (beta, lam, ...) of the chunk's rows as fp32; zeros where ``PRESENT`` is off."""
+    if PRESENT:
+        return tl.load(x + o_t, mask=m_c, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros([BC], dtype=tl.float32)
+
+
+@triton.jit
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
@@ -52,21 +72,14 @@ def _intra_kernel(
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos = tl.load(chunk_bos + i_c).to(tl.int64)
-    n = tl.load(chunk_len + i_c)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < n
-    o_t = (bos + o_c) * H + i_h  # token-head row index
+    bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     if HAS_G:
         b_G = tl.cumsum(tl.load(g + o_t, mask=m_c, other=0.0).to(tl.float32), 0)
     else:
         b_G = tl.zeros([BC], dtype=tl.float32)
     tl.store(G_out + o_t, b_G, mask=m_c)
-    b_beta = tl.load(beta + o_t, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_LAM:
-        b_lam = tl.load(lam + o_t, mask=m_c, other=0.0).to(tl.float32)
-    else:
-        b_lam = tl.zeros([BC], dtype=tl.float32)
+    b_beta = row_values(beta, o_t, m_c, True, BC)
+    b_lam = row_values(lam, o_t, m_c, HAS_LAM, BC)
 
     # pairing matrix and Q K^T over K blocks
     b_A = tl.zeros([BC, BC], dtype=tl.float32)
@@ -177,11 +190,7 @@ def _output_kernel(
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(chunk_bos + i_c).to(tl.int64)
-    n = tl.load(chunk_len + i_c)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < n
-    o_t = (bos + o_c) * H + i_h
+    bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     b_o = tl.zeros([BC, BV], dtype=tl.float32)
