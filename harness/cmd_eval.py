@@ -194,6 +194,11 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
     writer = lm.rank == 0
     seeds = list(cfg.seed) if cfg.seed else [None] * 4
     leaf_tasks = list(loaded["tasks"].items())
+    if record.summary().get("status") == "done" and all(record.is_finished(n) for n, _ in leaf_tasks):
+        # nothing to evaluate: leave the record as it was written (its commit, times, device)
+        log.info("%s: every task is already in the run record; nothing to do", run_id)
+        merged = json.loads((record.path / records.RESULTS).read_text()) if writer else {}
+        return {"run_id": run_id, "failed": [], "merged": merged, "writer": writer, "path": record.path}
     if writer:
         header = {
             "command": command, "model": cfg.model, "model_args": cfg.model_args, "model_label": run_id.rsplit("-", 1)[0],

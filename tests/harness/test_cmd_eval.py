@@ -125,6 +125,9 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
         assert path.read_bytes() == content and path.stat().st_mtime_ns == stamps[name], f"{name} was recomputed"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done" and len(summary["tasks"]) == 5
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*.json")}
+    assert cli.main(["eval", "--runs-dir", str(runs), *argv]) == 0  # all done: the record is left untouched
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*.json")} == before
 
     fresh = tmp_path / "fresh"
     assert cli.main(["eval", "--runs-dir", str(fresh), *argv]) == 0
