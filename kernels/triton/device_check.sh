@@ -61,7 +61,7 @@ for K, V in ((128, 256), (256, 512)):
 PY
     ;;
   bench)
-    timeout 330 python3 -m qdelta.harness.cli bench kernels --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench$tag.log" | grep -v "^INFO" ;;
+    timeout 480 python3 -m qdelta.harness.cli bench kernels --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench$tag.log" | grep -v "^INFO" ;;
   tune)
     timeout 400 python3 -m qdelta.kernels.triton.tune --out "$OUT/tune$tag.json" ${TUNE_ARGS:-} 2>&1 | grep -v Warning ;;
   esac
