@@ -62,3 +62,22 @@ def test_launch_retries_with_fewer_stages_when_out_of_shared_memory():
     never = FakeKernel(fits=0)
     with pytest.raises(L.OutOfResources):
         L.launch(never, (1,), {"num_stages": 2, "BV": 32}, 0, H=2)
+
+
+def test_launch_settings_defaults_overrides_and_refusals(monkeypatch):
+    """Defaults per head size, OVERRIDES on top, and the settings seen to fault on Triton 3.6 refused."""
+    from qdelta.kernels.triton import launch as L
+
+    monkeypatch.setattr(L, "OVERRIDES", {})
+    wide, narrow = L.settings("reverse", 256, 512), L.settings("reverse", 128, 256)
+    assert wide["BV"] == 64 and wide["num_warps"] == 8 and narrow["num_warps"] == 4
+    assert L.settings("state", 100, 40)["BV"] == 64  # V = 40 pads to a 64-wide tile
+    monkeypatch.setattr(L, "OVERRIDES", {"state": {"BV": 32, "LOWP": False}})
+    assert L.settings("state", 256, 512)["BV"] == 32 and not L.settings("state", 256, 512)["LOWP"]
+    for kernel, overrides in (("state", {"BV": 16}), ("reverse", {"BV": 32, "LOWP": True})):
+        monkeypatch.setattr(L, "OVERRIDES", {kernel: overrides})
+        with pytest.raises(ValueError, match="faults on Hopper"):
+            L.settings(kernel, 256, 512)
+        L.settings(kernel, 128, 256)  # the narrower head is fine
+    with pytest.raises(KeyError, match="no launch settings"):
+        L.settings("nonexistent", 64, 64)
