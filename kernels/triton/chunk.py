@@ -96,12 +96,16 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     NC, N = table.num_chunks, table.num_sequences
     dev, f32 = q.device, torch.float32
     G = torch.empty(T, H, dtype=f32, device=dev)
-    W = torch.empty(T, H, K, dtype=f32, device=dev)
+    # W in the inputs' 16-bit dtype (launch.py W_LOWP) only where both of its readers round it to that
+    # dtype anyway (LOWP in the state and reverse passes): then the same numbers, half the bytes
+    cfg = settings("intra", K, V)
+    w16 = cfg.pop("W_LOWP") and q.dtype != f32 and settings("state", K, V)["LOWP"] and settings("reverse", K, V)["LOWP"]
+    W = torch.empty(T, H, K, dtype=q.dtype if w16 else f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
-    launch(chunk_fwd._intra_kernel, (NC, H), settings("intra", K, V),
+    launch(chunk_fwd._intra_kernel, (NC, H), cfg,
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
         table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,
         H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,

@@ -78,7 +78,7 @@ def _reverse_state_kernel(
         tl.store(dUp + p_cv, b_dU, mask=m_cv)
         b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0).to(tl.float32)
         b_qt = b_qt * (scale * tl.where(m_c, tl.exp(b_G), 0.0))[None, :]
-        b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
+        b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0).to(tl.float32)
         b_dS = b_dS * tl.exp(G_last) + dot(b_qt, b_do, k, LOWP) - dot(b_Wt, b_dU, k, LOWP)
         b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
     tl.store(dh0 + p_seq, b_dS, mask=m_kv)

@@ -162,7 +162,7 @@ def _state_kernel(
         n = tl.load(chunk_len + i_c)
         m_c = o_c < n
         o_t = (bos + o_c) * H + i_h
-        b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
+        b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0).to(tl.float32)
         p_u = o_t[:, None] * V + o_v[None, :]
         m_u = m_c[:, None] & m_v[None, :]
         b_U = tl.load(U + p_u, mask=m_u, other=0.0) - dot(b_W, b_S, k, LOWP)

@@ -7,7 +7,8 @@ other values without editing the launchers. ``OVERRIDES`` starts from the enviro
 machine without editing code. Every tile size is a power of two >= 16; the state kernels hold
 all of K in one tile (``BK`` is K padded). ``LOWP`` (state, reverse, kq_bwd): the dots' operands are
 rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operands; accumulation
-and the states stay fp32.
+and the states stay fp32. ``W_LOWP`` (intra; not yet timed on a GPU): store W in the inputs' 16-bit
+dtype where both its readers use LOWP (the same numbers, half the bytes).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=False)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,

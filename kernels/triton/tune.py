@@ -23,7 +23,7 @@ from . import launch
 
 HEADS = {"340M": (6, 128, 256), "1.3B": (6, 256, 512)}
 TRIALS = {  # risky settings (faults, out of shared memory) last: a fault ends its group
-    "intra": [{"num_warps": 4}, {"num_warps": 8}, {"BK": 32}, {"BK": 128}, {"BV": 32}, {"BV": 128}],
+    "intra": [{"W_LOWP": True}, {"num_warps": 4}, {"num_warps": 8}, {"BK": 32}, {"BK": 128}, {"BV": 32}, {"BV": 128}],
     "state": [{"LOWP": True}, {"LOWP": True, "BV": 32}, {"BV": 32}, {"num_warps": 4}, {"num_warps": 8},
               {"FUSE_OUTPUT": False}, {"num_stages": 2}],
     "output": [{"BK": 64}, {"BK": 128}, {"BV": 32}, {"BV": 128}, {"num_warps": 8}, {"num_stages": 3}],

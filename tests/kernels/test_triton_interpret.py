@@ -59,7 +59,7 @@ def _check_chunk(name, torch, ops, rel):
     from qdelta.kernels.triton import launch
     lowp = name.endswith("-lowp")
     launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp},
-                            reverse={"LOWP": lowp}, kq_bwd={"LOWP": lowp})
+                            reverse={"LOWP": lowp}, kq_bwd={"LOWP": lowp}, intra={"W_LOWP": lowp})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
