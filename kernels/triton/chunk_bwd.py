@@ -22,7 +22,8 @@ chunk-start states ``h``; nothing is recomputed in PyTorch.
 
 Transposed operands are loaded transposed through pointer arithmetic (no ``tl.trans`` of a dot
 result: the Triton 3.4-3.7.0 Hopper hazard, DESIGN §5). fp32 accumulation and state throughout;
-``tl.dot`` of fp32 operands is tf32 on Hopper, as in the forward.
+``tl.dot`` of fp32 operands is tf32 on Hopper, as in the forward; with ``LOWP`` (launch.py) the
+reverse pass and the K-block kernel round their dot operands to the inputs' 16-bit dtype.
 """
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ def _reverse_state_kernel(
     LOWP: tl.constexpr,
 ):
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)  # BK covers all of K
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -59,10 +59,7 @@ def _reverse_state_kernel(
     for i in range(0, c_end - c_begin):
         i_c = tl.cast(c_end - 1 - i, tl.int64)
         tl.store(dS_end + i_c * H * K * V + p_kv, b_dS, mask=m_kv)
-        bos = tl.load(chunk_bos + i_c).to(tl.int64)
-        n = tl.load(chunk_len + i_c)
-        m_c = o_c < n
-        o_t = (bos + o_c) * H + i_h
+        bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
         b_G = tl.load(G + o_t, mask=m_c, other=0.0)
         G_last = tl.load(G + (bos + n - 1) * H + i_h)
         m_ck = m_c[:, None] & m_k[None, :]

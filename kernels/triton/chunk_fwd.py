@@ -143,7 +143,6 @@ def _state_kernel(
 ):
     """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched)."""
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)  # BK covers all of K
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -158,10 +157,7 @@ def _state_kernel(
     for i_c in range(c_begin, c_end):
         if STORE_H:
             tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
-        bos = tl.load(chunk_bos + i_c).to(tl.int64)
-        n = tl.load(chunk_len + i_c)
-        m_c = o_c < n
-        o_t = (bos + o_c) * H + i_h
+        bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
         b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0).to(tl.float32)
         p_u = o_t[:, None] * V + o_v[None, :]
         m_u = m_c[:, None] & m_v[None, :]
