@@ -1,0 +1,125 @@
+"""Compile every chunk kernel for Hopper (sm_90) on a machine without a GPU.
+
+Runs one small ``chunk_qdelta`` forward and backward under ``TRITON_INTERPRET=1`` at the given
+head sizes with the committed launch settings, records each kernel launch (arguments,
+compile-time values, warps, stages), and compiles each one with Triton's own compiler and ptxas
+for ``GPUTarget("cuda", 90, 32)``. It reports the shared memory each kernel asks for against the
+H100/H200 limit (227 KB), which is where a setting tuned for one dtype or head size fails first.
+Triton on the CPU machine (3.9) is not the GPU machine's (3.6): a kernel that compiles here can
+still fail there, but one that fails here needs a look before any device time is spent.
+
+    python -m qdelta.kernels.triton.compile_check [--heads 128x256 256x512] [--dtype bfloat16]
+
+(the launches are recorded in a child process under TRITON_INTERPRET=1; this process compiles).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+SHARED_LIMIT = 232448  # bytes of shared memory per block on sm_90 (H100 / H200)
+_TRITON_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16",
+                 "torch.int32": "i32", "torch.int64": "i64"}
+
+
+def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
+    """The kernel launches of one forward + backward (tiny T, real head sizes), recorded under the
+    interpreter (this process must have TRITON_INTERPRET=1) as plain, JSON-able descriptions."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("record_launches runs under TRITON_INTERPRET=1 (the launches happen on the CPU)")
+    import torch
+
+    from qdelta.kernels import chunk_qdelta
+    from qdelta.kernels.testing import random_inputs
+
+    from . import chunk, chunk_bwd, launch
+
+    seen: List[dict] = []
+    real = launch.launch
+
+    def recording(kernel, grid, cfg, *args, **constexprs):
+        cfg = dict(cfg)
+        options = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 2)}
+        names = [n for n in kernel.arg_names if n not in constexprs and n not in cfg]
+        signature = {}
+        for name, arg in zip(names, args):
+            if hasattr(arg, "dtype"):
+                signature[name] = "*" + _TRITON_TYPES[str(arg.dtype)]
+            else:
+                signature[name] = "fp32" if isinstance(arg, float) else "i32"
+        seen.append({"module": kernel.fn.__module__, "name": kernel.fn.__name__, "signature": signature,
+                     "constexprs": {**constexprs, **cfg}, "options": options})
+        return real(kernel, grid, {**cfg, **options}, *args, **constexprs)
+
+    chunk.launch = chunk_bwd.launch = recording
+    try:
+        x = random_inputs(1, 70, 1, K, V, dtype=getattr(torch, dtype_name), seed=0)
+        leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
+        o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
+        o.float().sum().backward()
+    finally:
+        chunk.launch = chunk_bwd.launch = real
+    return seen
+
+
+def compile_for_hopper(desc: dict) -> Dict[str, object]:
+    """Compile one recorded launch for sm_90 (this process must NOT be interpreting)."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    jit = getattr(importlib.import_module(desc["module"]), desc["name"])
+    names = jit.arg_names
+    signature = {n: desc["signature"].get(n, "constexpr") for n in names}
+    values = {(names.index(n),): v for n, v in desc["constexprs"].items()}
+    options = dict(desc["options"])
+    while True:  # as launch.launch does at run time: fewer pipeline stages until it fits
+        compiled = triton.compile(ASTSource(jit, signature, constexprs=values), target=GPUTarget("cuda", 90, 32),
+                                  options=options)
+        shared = compiled.metadata.shared
+        if shared <= SHARED_LIMIT or options["num_stages"] <= 1:
+            break
+        options["num_stages"] -= 1
+    return {"kernel": desc["name"], "shared": shared, "num_warps": options["num_warps"],
+            "num_stages_asked": desc["options"]["num_stages"], "num_stages_used": options["num_stages"],
+            "fits": shared <= SHARED_LIMIT}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads", nargs="+", default=["128x256", "256x512"], help="KxV head sizes")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--variant", default="paper", choices=["paper", "official"])
+    parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # child: print the launches
+    args = parser.parse_args(argv)
+    if args.record:
+        out = {h: record_launches(*(int(x) for x in h.split("x")), args.dtype, args.variant) for h in args.heads}
+        print("LAUNCHES " + json.dumps(out))
+        return 0
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("run without TRITON_INTERPRET (the recording runs in a child process that sets it)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    child = subprocess.run([sys.executable, "-m", "qdelta.kernels.triton.compile_check", "--record", "--heads",
+                            *args.heads, "--dtype", args.dtype, "--variant", args.variant],
+                           capture_output=True, text=True, env=env)
+    lines = [ln for ln in child.stdout.splitlines() if ln.startswith("LAUNCHES ")]
+    if child.returncode or not lines:
+        raise SystemExit(f"recording the launches failed:\n{child.stderr[-3000:]}")
+    ok = True
+    for heads, launches in json.loads(lines[-1][len("LAUNCHES "):]).items():
+        for desc in launches:
+            row = {"heads": heads, "dtype": args.dtype, **compile_for_hopper(desc)}
+            ok &= row["fits"]
+            print(json.dumps(row), flush=True)
+    print("all fit" if ok else "SOME KERNELS ASK MORE SHARED MEMORY THAN sm_90 HAS")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
