@@ -66,8 +66,7 @@ class RecurrentMixer(nn.Module):
             self.a_proj = nn.Linear(d, HV, bias=False)
             self.A_log = nn.Parameter(torch.empty(HV))
             self.dt_bias = nn.Parameter(torch.empty(HV))
-            init_decay_parameters(self.A_log, self.dt_bias, dt_min=getattr(config, "dt_min", 1e-3),
-                                  dt_max=getattr(config, "dt_max", 1e-1))
+            init_decay_parameters(self.A_log, self.dt_bias, dt_min=config.dt_min, dt_max=config.dt_max)
         if self.use_beta:
             self.b_proj = nn.Linear(d, HV, bias=False)
         if kind == "qdelta":

@@ -95,8 +95,7 @@ class QDeltaPreTrainedModel(PreTrainedModel):
             init.uniform_(module.weight, -bound, bound)
         elif isinstance(module, RecurrentMixer) and module.use_decay:
             A_log, dt_bias = torch.empty_like(module.A_log, device="cpu"), torch.empty_like(module.dt_bias, device="cpu")
-            init_decay_parameters(A_log, dt_bias, dt_min=getattr(self.config, "dt_min", 1e-3),
-                                  dt_max=getattr(self.config, "dt_max", 1e-1))
+            init_decay_parameters(A_log, dt_bias, dt_min=self.config.dt_min, dt_max=self.config.dt_max)
             init.copy_(module.A_log, A_log.to(module.A_log.device))
             init.copy_(module.dt_bias, dt_bias.to(module.dt_bias.device))
 

@@ -74,10 +74,14 @@ def launch(kernel, grid, cfg: Dict[str, Any], *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs, **cfg)``; if the settings ask for more shared memory than
     the card has (e.g. fp32 inputs double the operand tiles of a bf16-tuned setting), retry with
     fewer pipeline stages and remember the cap for this kernel and these compile-time values."""
-    key = (getattr(kernel, "__name__", str(kernel)), tuple(sorted(cfg.items())),
-           tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, (bool, int)))),
-           tuple(str(a.dtype) for a in args if hasattr(a, "dtype")))
-    stages = min(cfg.get("num_stages", 1), _STAGES_CAP.get(key, 1 << 30))
+    def key() -> tuple:  # built only once some launch has needed a cap (off the common path)
+        return (getattr(kernel, "__name__", str(kernel)), tuple(sorted(cfg.items())),
+                tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, (bool, int)))),
+                tuple(str(a.dtype) for a in args if hasattr(a, "dtype")))
+
+    stages = cfg.get("num_stages", 1)
+    if _STAGES_CAP:
+        stages = min(stages, _STAGES_CAP.get(key(), stages))
     while True:
         try:
             kernel[grid](*args, **constexprs, **{**cfg, "num_stages": stages})
@@ -86,5 +90,6 @@ def launch(kernel, grid, cfg: Dict[str, Any], *args, **constexprs) -> None:
             if stages <= 1:
                 raise
             stages -= 1
-            _STAGES_CAP[key] = stages
-            log.info("%s: out of shared memory with these settings; retrying with num_stages=%d", key[0], stages)
+            _STAGES_CAP[key()] = stages
+            log.info("%s: out of shared memory with these settings; retrying with num_stages=%d",
+                     getattr(kernel, "__name__", kernel), stages)

@@ -24,25 +24,35 @@ def _input(d, seed=0):
     return torch.randn(1, T, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def _qkv(mixer, h, H, K, V):
+    """The mixer's q, k, v by hand: projection, causal short conv, SiLU; (1, T, heads, dim)."""
+    q = _conv_silu(mixer.q_proj(h), mixer.q_conv1d).view(1, T, H, K)
+    k = _conv_silu(mixer.k_proj(h), mixer.k_conv1d).view(1, T, H, K)
+    v = _conv_silu(mixer.v_proj(h), mixer.v_conv1d).view(1, T, H, V)
+    return q, k, v
+
+
+def _assert_mixer_output(mixer, h, o, H, V):
+    """o (1, T, H, V) through the gated per-head RMSNorm and o_proj equals the mixer on h."""
+    o = _rms(o, mixer.o_norm.weight, 1e-6) * F.silu(mixer.g_proj(h).view(1, T, H, V))
+    expected = mixer.o_proj(o.reshape(1, T, H * V))
+    with torch.no_grad():
+        got, _ = mixer(h, Packing.from_mask(None, 1, T, h.device))
+    torch.testing.assert_close(got, expected.detach(), atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("variant", ["paper", "official"])
 def test_qdelta_layer_matches_design(variant):
     model = tiny_model("qdelta", seed=1, variant=variant, dtype=torch.float64)
     mixer = model.model.layers[0].attn
     h = _input(32)
     H, K, V = 2, 16, 32
-    q = _conv_silu(mixer.q_proj(h), mixer.q_conv1d).view(1, T, H, K)
-    k = _conv_silu(mixer.k_proj(h), mixer.k_conv1d).view(1, T, H, K)
-    v = _conv_silu(mixer.v_proj(h), mixer.v_conv1d).view(1, T, H, V)
+    q, k, v = _qkv(mixer, h, H, K, V)
     beta = torch.sigmoid(mixer.b_proj(h))
     lam = torch.sigmoid(mixer.lamb_proj(h) - 0.9)
     g = -mixer.A_log.exp() * F.softplus(mixer.a_proj(h) + mixer.dt_bias)
     o, _ = naive_recurrent_qdelta(q, k, v, g, beta, lam, use_qk_l2norm=True, variant=variant)
-    gate = mixer.g_proj(h).view(1, T, H, V)
-    o = _rms(o, mixer.o_norm.weight, 1e-6) * F.silu(gate)
-    expected = mixer.o_proj(o.reshape(1, T, H * V))
-    with torch.no_grad():
-        got, _ = mixer(h, Packing.from_mask(None, 1, T, h.device))
-    torch.testing.assert_close(got, expected.detach(), atol=1e-10, rtol=1e-10)
+    _assert_mixer_output(mixer, h, o, H, V)
 
 
 def test_linear_attention_layer_matches_token_loop():
@@ -50,9 +60,7 @@ def test_linear_attention_layer_matches_token_loop():
     mixer = model.model.layers[0].attn
     h = _input(32, seed=1)
     H, K, V = 2, 16, 16
-    q = _conv_silu(mixer.q_proj(h), mixer.q_conv1d).view(T, H, K)
-    k = _conv_silu(mixer.k_proj(h), mixer.k_conv1d).view(T, H, K)
-    v = _conv_silu(mixer.v_proj(h), mixer.v_conv1d).view(T, H, V)
+    q, k, v = (x[0] for x in _qkv(mixer, h, H, K, V))  # (T, heads, dim)
     q = q / (q.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
     k = k / (k.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
     g = (-mixer.A_log.exp() * F.softplus(mixer.a_proj(h) + mixer.dt_bias))[0]  # (T, H)
@@ -61,11 +69,7 @@ def test_linear_attention_layer_matches_token_loop():
     for t in range(T):
         S = g[t].exp()[:, None, None] * S + k[t][:, :, None] * v[t][:, None, :]
         outs.append(K ** -0.5 * torch.einsum("hk,hkv->hv", q[t], S))
-    o = _rms(torch.stack(outs)[None], mixer.o_norm.weight, 1e-6) * F.silu(mixer.g_proj(h).view(1, T, H, V))
-    expected = mixer.o_proj(o.reshape(1, T, H * V))
-    with torch.no_grad():
-        got, _ = mixer(h, Packing.from_mask(None, 1, T, h.device))
-    torch.testing.assert_close(got, expected.detach(), atol=1e-10, rtol=1e-10)
+    _assert_mixer_output(mixer, h, torch.stack(outs)[None], H, V)
 
 
 def test_attention_layer_matches_explicit_softmax_with_rotary():
