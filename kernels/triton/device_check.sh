@@ -2,7 +2,7 @@
 # One device call (GPU machine, see NOTES.md): make `import qdelta.kernels` work, then run the
 # steps named: pick (the first of CANDIDATES, launch overrides as JSON separated by ';', that passes
 # the bf16 chunk GPU tests becomes QDELTA_TRITON_LAUNCH for the later steps), tests (GPU tests),
-# profile (where one fwd+bwd goes), bench (the benchmark), tune (kernels/triton/tune.py; TUNE_ARGS),
+# profile (where one fwd+bwd goes), bench (the benchmark), tune (kernels/triton/tune.py; TUNE_ARGS, TUNE_TRIALS: JSON for --trials),
 # all (= tests profile bench). Logs and result files land
 # in $OUT, named with $TAG when set (e.g. a run under QDELTA_TRITON_LAUNCH overrides). If .whl/ holds
 # wheels (fla-core, einops), they are installed first. Usage: bash kernels/triton/device_check.sh STEP...
@@ -63,6 +63,7 @@ PY
   bench)
     timeout 480 python3 -m qdelta.harness.cli bench kernels --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench$tag.log" | grep -v "^INFO" ;;
   tune)
-    timeout 400 python3 -m qdelta.kernels.triton.tune --out "$OUT/tune$tag.json" ${TUNE_ARGS:-} 2>&1 | grep -v Warning ;;
+    timeout ${TUNE_TIMEOUT:-400} python3 -m qdelta.kernels.triton.tune --out "$OUT/tune$tag.json" ${TUNE_ARGS:-} \
+      ${TUNE_TRIALS:+--trials "$TUNE_TRIALS"} 2>&1 | grep -v Warning ;;
   esac
 done

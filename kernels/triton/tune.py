@@ -1,7 +1,7 @@
 """Try launch settings of the chunk kernels on a GPU: one setting changed at a time, forward and
 forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tokens.
 
-    python -m qdelta.kernels.triton.tune [--configs 340M 1.3B] [--out tune.json]
+    python -m qdelta.kernels.triton.tune [--configs 340M 1.3B] [--kernels state ...] [--trials JSON] [--out tune.json]
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
 unusable), against that process's own baseline (best of three). Prints one line per trial and, last, the best setting per kernel (forward kernels judged by the
@@ -101,11 +101,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(HEADS))
     parser.add_argument("--kernels", nargs="+", default=list(TRIALS))
+    parser.add_argument("--trials", default=None,
+                        help='JSON {kernel: [overrides, ...]} replacing the built-in trials of those kernels')
     parser.add_argument("--out", default=None)
     parser.add_argument("--best-json", default=None, help="write the best overrides of the last config here")
     parser.add_argument("--group", nargs=2, metavar=("CONFIG", "KERNEL"), help=argparse.SUPPRESS)
     parser.add_argument("--combined", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.trials:
+        TRIALS.update(json.loads(args.trials))
     if args.group:  # child process: one group, JSON on the last line
         name, kernel = args.group
         if kernel == "combined":
@@ -121,6 +125,8 @@ def main(argv=None) -> int:
 
     def child(name, kernel, combined=None):
         cmd = [sys.executable, "-m", "qdelta.kernels.triton.tune", "--group", name, kernel]
+        if args.trials:
+            cmd += ["--trials", args.trials]
         if combined is not None:
             cmd += ["--combined", json.dumps(combined)]
         t0 = time.time()
