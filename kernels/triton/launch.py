@@ -8,7 +8,9 @@ machine without editing code. Every tile size is a power of two >= 16; the state
 all of K in one tile (``BK`` is K padded). ``LOWP`` (state, reverse, kq_bwd): the dots' operands are
 rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operands; accumulation
 and the states stay fp32. ``W_LOWP`` (intra; not yet timed on a GPU): store W in the inputs' 16-bit
-dtype where both its readers use LOWP (the same numbers, half the bytes).
+dtype where both its readers use LOWP (the same numbers, half the bytes). ``BLOCK_INV`` (intra; not
+yet timed on a GPU): ``(I + L)^-1`` from 16 x 16 diagonal blocks and a Neumann series (tensor-core
+dots, 15 + C/16 dependent steps) instead of C - 1 row-by-row substitution steps.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=False)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=False, BLOCK_INV=False)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,

@@ -30,6 +30,8 @@ CASES = {
     "official-batch-fused-output": ("official", 17, 33, 64, "batch", True),
     # 16-bit dot operands in the state passes and the K-block backward (launch.py LOWP)
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
+    # (I + L)^-1 from 16 x 16 diagonal blocks and a Neumann series (launch.py BLOCK_INV); also in -lowp
+    "paper-varlen-block-inverse": ("paper", 20, 24, 64, "varlen", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
@@ -59,7 +61,8 @@ def _check_chunk(name, torch, ops, rel):
     from qdelta.kernels.triton import launch
     lowp = name.endswith("-lowp")
     launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp},
-                            reverse={"LOWP": lowp}, kq_bwd={"LOWP": lowp}, intra={"W_LOWP": lowp})
+                            reverse={"LOWP": lowp}, kq_bwd={"LOWP": lowp},
+                            intra={"W_LOWP": lowp, "BLOCK_INV": lowp or name.endswith("block-inverse")})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
