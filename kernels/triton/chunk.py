@@ -114,7 +114,11 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     cfg = settings("state", K, V)
     fuse = cfg.pop("FUSE_OUTPUT")
     store_h = store_inverse or official or not fuse
-    h = torch.empty(NC, H, K, V, dtype=f32, device=dev) if store_h else None
+    # H_LOWP: chunk-start states kept in the inputs' 16-bit dtype (half the bytes of the largest tensor,
+    # written here and read by the backward); the official variant keeps fp32 (its final state is rebuilt
+    # from the last chunk's start state)
+    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official
+    h = torch.empty(NC, H, K, V, dtype=q.dtype if h16 else f32, device=dev) if store_h else None
     Up = torch.empty(T, H, V, dtype=f32, device=dev) if store_inverse or not fuse else None
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)

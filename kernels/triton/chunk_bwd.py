@@ -40,7 +40,7 @@ def _reverse_state_kernel(
     q, k, W, G, Aqk, do,  # (T, H, K), (T, H, K), (T, H, K) fp32, (T, H) fp32, (NC, H, BC, BC) fp32, (T, H, V)
     dht, dh_last,  # (N, H, K, V) fp32: gradients of the final states and of each sequence's last chunk start
     chunk_bos, chunk_len, seq_chunks,
-    dS_end, dUp, dh0,  # out: (NC, H, K, V) fp32, (T, H, V) fp32, (N, H, K, V) fp32
+    dS_end, dUp, dh0,  # out: (NC, H, K, V) fp32 (16-bit: H_LOWP), (T, H, V) fp32, (N, H, K, V) fp32
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     LOWP: tl.constexpr,
@@ -58,7 +58,7 @@ def _reverse_state_kernel(
     c_end = tl.load(seq_chunks + i_n + 1)
     for i in range(0, c_end - c_begin):
         i_c = tl.cast(c_end - 1 - i, tl.int64)
-        tl.store(dS_end + i_c * H * K * V + p_kv, b_dS, mask=m_kv)
+        tl.store(dS_end + i_c * H * K * V + p_kv, b_dS.to(dS_end.dtype.element_ty), mask=m_kv)
         bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
         b_G = tl.load(G + o_t, mask=m_c, other=0.0)
         G_last = tl.load(G + (bos + n - 1) * H + i_h)
@@ -149,7 +149,7 @@ def _intra_bwd_kernel(
 
 @triton.jit
 def _kq_bwd_kernel(
-    q, k, G, beta, lam, h, dS_end, Up, dR, do, dP, dA,  # see _intra_bwd_kernel; h, dS_end (NC, H, K, V) fp32
+    q, k, G, beta, lam, h, dS_end, Up, dR, do, dP, dA,  # see _intra_bwd_kernel; h, dS_end (NC, H, K, V) fp32/16-bit
     chunk_bos, chunk_len,
     dq, dk, dG_part, dbeta_part, dlam_part,  # (T,H,K) x2, (NK, T, H) fp32 x3
     scale,
@@ -180,8 +180,8 @@ def _kq_bwd_kernel(
         m_v = o_v < V
         m_vk = m_v[:, None] & m_k[None, :]
         p_vk = p_state + o_k[None, :] * V + o_v[:, None]  # state^T tile: (BV, BK)
-        b_St = tl.load(h + p_vk, mask=m_vk, other=0.0)
-        b_dSt = tl.load(dS_end + p_vk, mask=m_vk, other=0.0)
+        b_St = tl.load(h + p_vk, mask=m_vk, other=0.0).to(tl.float32)
+        b_dSt = tl.load(dS_end + p_vk, mask=m_vk, other=0.0).to(tl.float32)
         b_sdot += tl.sum(b_St * b_dSt, 0)
         p_cv = o_t[:, None] * V + o_v[None, :]
         m_cv = m_c[:, None] & m_v[None, :]
@@ -265,10 +265,12 @@ def chunk_backward(saved, do, dht, dh_last):
     dev, f32 = q.device, torch.float32
     do = do.contiguous()
 
-    dS_end = torch.empty(NC, H, K, V, dtype=f32, device=dev)
+    cfg = settings("reverse", K, V)
+    # H_LOWP: the end-state gradients kept for the K-block kernel in the inputs' 16-bit dtype (as h is)
+    dS_dtype = q.dtype if cfg.pop("H_LOWP") and q.dtype != f32 else f32
+    dS_end = torch.empty(NC, H, K, V, dtype=dS_dtype, device=dev)
     dUp = torch.empty(T, H, V, dtype=f32, device=dev)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev)
-    cfg = settings("reverse", K, V)
     launch(_reverse_state_kernel, (triton.cdiv(V, cfg["BV"]), N, H), cfg,
         q, k, W, G, Aqk, do, dht.contiguous(), dh_last.contiguous(),
         table.bos, table.len, table.seq_chunks, dS_end, dUp, dh0, scale,

@@ -165,7 +165,7 @@ def _state_kernel(
     k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
     q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) fp32 (Q K^T) * Gam, (T, H, V) out
     chunk_bos, chunk_len, seq_chunks,  # (NC,), (NC,), (N + 1,) int32
-    h_out, Up_out, ht_out,  # (NC, H, K, V) fp32 chunk-start states, (T, H, V) fp32 U', (N, H, K, V) fp32
+    h_out, Up_out, ht_out,  # (NC, H, K, V) chunk-start states (fp32, or 16-bit: H_LOWP), (T, H, V) fp32 U', (N, H, K, V) fp32
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
@@ -186,7 +186,7 @@ def _state_kernel(
     c_end = tl.load(seq_chunks + i_n + 1)
     for i_c in range(c_begin, c_end):
         if STORE_H:
-            tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
+            tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S.to(h_out.dtype.element_ty), mask=m_kv)
         bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
         b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0).to(tl.float32)
         p_u = o_t[:, None] * V + o_v[None, :]
@@ -225,7 +225,7 @@ def _output_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
-        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
         b_o += tl.dot(b_q.to(tl.float32), b_h)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)
     b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])

@@ -10,7 +10,9 @@ rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operand
 and the states stay fp32. ``W_LOWP`` (intra; not yet timed on a GPU): store W in the inputs' 16-bit
 dtype where both its readers use LOWP (the same numbers, half the bytes). ``BLOCK_INV`` (intra; not
 yet timed on a GPU): ``(I + L)^-1`` from 16 x 16 diagonal blocks and a Neumann series (tensor-core
-dots, 15 + C/16 dependent steps) instead of C - 1 row-by-row substitution steps.
+dots, 15 + C/16 dependent steps) instead of C - 1 row-by-row substitution steps. ``H_LOWP`` (state /
+reverse; not yet timed): keep the chunk-start states / end-state gradients that the backward's K-block
+kernel reads in the inputs' 16-bit dtype (paper variant), half the bytes of the largest tensors.
 """
 from __future__ import annotations
 
@@ -39,11 +41,12 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,
-                    LOWP=True)
+                    LOWP=True, H_LOWP=False)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
         return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
-        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True)
+        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
+                    H_LOWP=False)
     if kernel == "intra_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "kq_bwd":

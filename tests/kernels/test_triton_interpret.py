@@ -28,8 +28,10 @@ CASES = {
     # the output computed inside the state pass (launch.py FUSE_OUTPUT), both variants
     "paper-varlen-fused-output": ("paper", 20, 24, 64, "varlen", True),
     "official-batch-fused-output": ("official", 17, 33, 64, "batch", True),
-    # 16-bit dot operands in the state passes and the K-block backward (launch.py LOWP)
+    # 16-bit dot operands in the state passes and the K-block backward (launch.py LOWP), with W and the
+    # kept states / state gradients stored in 16 bits (W_LOWP, H_LOWP; official keeps fp32 states)
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
+    "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
     # (I + L)^-1 from 16 x 16 diagonal blocks and a Neumann series (launch.py BLOCK_INV); also in -lowp
     "paper-varlen-block-inverse": ("paper", 20, 24, 64, "varlen", True),
     # no final state asked for (training): the final-state gradients arrive as None
@@ -60,8 +62,8 @@ def _check_chunk(name, torch, ops, rel):
     dtype = torch.float16 if "fp16" in name else torch.float32
     from qdelta.kernels.triton import launch
     lowp = name.endswith("-lowp")
-    launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp},
-                            reverse={"LOWP": lowp}, kq_bwd={"LOWP": lowp},
+    launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp, "H_LOWP": lowp},
+                            reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
                             intra={"W_LOWP": lowp, "BLOCK_INV": lowp or name.endswith("block-inverse")})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
