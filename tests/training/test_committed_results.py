@@ -16,8 +16,8 @@ CHECKPOINTS = ROOT / "results" / "checkpoints"
 REFERENCE = MQAR / "long"  # the reference run (3500 steps); short400/ is the first, too-short attempt
 
 
-@pytest.mark.parametrize("folder", [REFERENCE, MQAR / "short400", MQAR / "cpu_small"],
-                         ids=["reference", "short400", "cpu_small"])
+@pytest.mark.parametrize("folder", [REFERENCE, MQAR / "long_no_gate", MQAR / "short400", MQAR / "cpu_small"],
+                         ids=["reference", "long_no_gate", "short400", "cpu_small"])
 def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     written = train_report.generate(folder / "runs", tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
