@@ -63,33 +63,6 @@ def row_values(x, o_t, m_c, PRESENT: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def unit_lower_inverse_blocked(b_L, o_c, BC: tl.constexpr):
-    """``(I + L)^-1`` of a strictly lower ``L`` (BC x BC, BC a multiple of 16) in 15 + BC/16 dependent
-    steps instead of BC - 1: split ``L = Ld + Lo`` (16 x 16 diagonal blocks, the rest). Every diagonal
-    block is inverted at once by forward substitution on a stacked (BC, 16) tile ``Ds`` (row r holds
-    row r of its own block's inverse), one dot per step; then, with ``D = (I + Ld)^-1`` and
-    ``F = D Lo`` (strictly block-lower, so ``F^(BC/16) = 0``),
-    ``(I + L)^-1 = (I + F)^-1 D = (I - F + F^2 - ...) D``. Dots in ``tf32x3`` (about fp32)."""
-    o_s = tl.arange(0, 16)
-    same = (o_c // 16)[:, None] == (o_c // 16)[None, :]
-    b_Ld = tl.where(same, b_L, 0.0)
-    b_Ds = tl.where((o_c % 16)[:, None] == o_s[None, :], 1.0, 0.0)
-    for i in tl.static_range(1, 16):
-        row = (o_c % 16 == i)[:, None]
-        b_Ds = tl.where(row, b_Ds - tl.dot(tl.where(row, b_Ld, 0.0), b_Ds, input_precision="tf32x3"), b_Ds)
-    # back to (BC, BC): D[r, c] = Ds[r, c mod 16] inside r's block (a 0/1 matrix product, exact in ieee)
-    spread = tl.where(o_s[:, None] == (o_c % 16)[None, :], 1.0, 0.0)
-    b_D = tl.where(same, tl.dot(b_Ds, spread, input_precision="ieee"), 0.0)
-    b_F = tl.dot(b_D, tl.where(same, 0.0, b_L), input_precision="tf32x3")
-    b_T = b_D
-    b_P = b_D
-    for _ in tl.static_range(1, BC // 16):
-        b_P = -tl.dot(b_F, b_P, input_precision="tf32x3")
-        b_T += b_P
-    return b_T
-
-
-@triton.jit
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
@@ -97,7 +70,7 @@ def _intra_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
-    BLOCK_INV: tl.constexpr,
+    LT_SUBST: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
@@ -120,26 +93,29 @@ def _intra_kernel(
         b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
         b_x = b_k + b_lam[:, None] * b_q
         b_QK += tl.dot(b_q, tl.trans(b_k))
-        if OFFICIAL:
-            b_A += tl.dot(b_k, tl.trans(b_x))  # <k_i, x_j>
-        else:
-            b_A += tl.dot(b_x, tl.trans(b_k))  # <x_i, k_j>
+        if OFFICIAL != LT_SUBST:  # <k_i, x_j>: L (official) or L^T (paper)
+            b_A += tl.dot(b_k, tl.trans(b_x))
+        else:  # <x_i, k_j>
+            b_A += tl.dot(b_x, tl.trans(b_k))
     m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
-    b_Gam = tl.exp(tl.where(m_strict, b_G[:, None] - b_G[None, :], float("-inf")))
-    b_L = b_beta[:, None] * b_A * b_Gam
+    if LT_SUBST:  # b_L holds L^T: element (j, i) = L_ij
+        b_L = b_beta[None, :] * b_A * tl.exp(tl.where(tl.trans(m_strict), b_G[None, :] - b_G[:, None], float("-inf")))
+    else:
+        b_L = b_beta[:, None] * b_A * tl.exp(tl.where(m_strict, b_G[:, None] - b_G[None, :], float("-inf")))
     m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
     b_QK = b_QK * tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
     p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
     tl.store(A_out + p_cc, b_QK)  # (Q K^T) * Gam, causal incl. the diagonal: read by _output_kernel
 
-    if BLOCK_INV:
-        b_T = unit_lower_inverse_blocked(b_L, o_c, BC)
-    else:  # T = (I + L)^-1 by forward substitution: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
-        b_T = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
-        for i in range(1, BC):
+    # T = (I + L)^-1 by forward substitution: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
+    b_T = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+    for i in range(1, BC):
+        if LT_SUBST:  # row i of L from a column of L^T: a row-wise reduction, already laid out along j
+            l_i = tl.sum(tl.where(o_c[None, :] == i, b_L, 0.0), 1)
+        else:
             l_i = tl.sum(tl.where(o_c[:, None] == i, b_L, 0.0), 0)  # L[i, :]
-            r_i = tl.sum(l_i[:, None] * b_T, 0)  # sum_j L_ij T[j, :]
-            b_T = tl.where(o_c[:, None] == i, b_T - r_i[None, :], b_T)
+        r_i = tl.sum(l_i[:, None] * b_T, 0)  # sum_j L_ij T[j, :]
+        b_T = tl.where(o_c[:, None] == i, b_T - r_i[None, :], b_T)
     if STORE_T:  # for the backward (kernels/triton/chunk_bwd.py)
         tl.store(T_out + p_cc, b_T)
 

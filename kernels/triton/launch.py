@@ -7,12 +7,11 @@ other values without editing the launchers. ``OVERRIDES`` starts from the enviro
 machine without editing code. Every tile size is a power of two >= 16; the state kernels hold
 all of K in one tile (``BK`` is K padded). ``LOWP`` (state, reverse, kq_bwd): the dots' operands are
 rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operands; accumulation
-and the states stay fp32. ``W_LOWP`` (intra; not yet timed on a GPU): store W in the inputs' 16-bit
-dtype where both its readers use LOWP (the same numbers, half the bytes). ``BLOCK_INV`` (intra; not
-yet timed on a GPU): ``(I + L)^-1`` from 16 x 16 diagonal blocks and a Neumann series (tensor-core
-dots, 15 + C/16 dependent steps) instead of C - 1 row-by-row substitution steps. ``H_LOWP`` (state /
-reverse; not yet timed): keep the chunk-start states / end-state gradients that the backward's K-block
-kernel reads in the inputs' 16-bit dtype (paper variant), half the bytes of the largest tensors.
+and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where both its
+readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the chunk-start
+states / end-state gradients that the backward's K-block kernel reads in the inputs' 16-bit dtype
+(paper variant; half the bytes of the largest tensors). ``LT_SUBST`` (intra; not yet timed): the
+forward substitution reads L^T, so each step takes row i of L with a row-wise reduction.
 """
 from __future__ import annotations
 
@@ -37,16 +36,16 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=False, BLOCK_INV=False)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True, LT_SUBST=False)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,
-                    LOWP=True, H_LOWP=False)
+                    LOWP=True, H_LOWP=True)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
         return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
-                    H_LOWP=False)
+                    H_LOWP=True)
     if kernel == "intra_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "kq_bwd":

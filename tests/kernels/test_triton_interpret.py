@@ -32,8 +32,8 @@ CASES = {
     # kept states / state gradients stored in 16 bits (W_LOWP, H_LOWP; official keeps fp32 states)
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
-    # (I + L)^-1 from 16 x 16 diagonal blocks and a Neumann series (launch.py BLOCK_INV); also in -lowp
-    "paper-varlen-block-inverse": ("paper", 20, 24, 64, "varlen", True),
+    # the forward substitution reading L^T (launch.py LT_SUBST), both variants (also in -lowp)
+    "paper-varlen-lt-subst": ("paper", 20, 24, 64, "varlen", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
@@ -64,7 +64,7 @@ def _check_chunk(name, torch, ops, rel):
     lowp = name.endswith("-lowp")
     launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp, "H_LOWP": lowp},
                             reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
-                            intra={"W_LOWP": lowp, "BLOCK_INV": lowp or name.endswith("block-inverse")})
+                            intra={"W_LOWP": lowp, "LT_SUBST": lowp or name.endswith("lt-subst")})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
