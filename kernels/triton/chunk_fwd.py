@@ -137,6 +137,131 @@ def _intra_kernel(
 
 
 @triton.jit
+def _intra_halves_kernel(
+    q, k, v, g, beta, lam, chunk_bos, chunk_len, G_out, W_out, U_out, T_out, A_out,  # as _intra_kernel
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BC: tl.constexpr, HC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
+):
+    """:func:`_intra_kernel` on the chunk as two halves of ``HC = max(16, BC / 2)`` rows (for BC = 16
+    the second half is padding): ``T = [[T1, 0], [-T2 L21 T1, T2]]`` with T1, T2 the inverses of the
+    diagonal blocks, both by forward substitution in the same HC - 1 steps on HC x HC tiles (a quarter
+    of the elements of one BC x BC step), reading L^T so each step takes a row of L with a row-wise
+    reduction; ``L21`` and T1 meet in two fp32 ("ieee") dots."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos = tl.load(chunk_bos + i_c).to(tl.int64)
+    n = tl.load(chunk_len + i_c)
+    o_1 = tl.arange(0, HC)
+    o_2 = HC + o_1
+    m_1, m_2 = o_1 < n, o_2 < n
+    t_1, t_2 = (bos + o_1) * H + i_h, (bos + o_2) * H + i_h
+    if HAS_G:
+        g_1 = tl.load(g + t_1, mask=m_1, other=0.0).to(tl.float32)
+        b_G1 = tl.cumsum(g_1, 0)
+        b_G2 = tl.cumsum(tl.load(g + t_2, mask=m_2, other=0.0).to(tl.float32), 0) + tl.sum(g_1, 0)
+    else:
+        b_G1 = tl.zeros([HC], dtype=tl.float32)
+        b_G2 = tl.zeros([HC], dtype=tl.float32)
+    tl.store(G_out + t_1, b_G1, mask=m_1)
+    tl.store(G_out + t_2, b_G2, mask=m_2)
+    b_beta1, b_beta2 = row_values(beta, t_1, m_1, True, HC), row_values(beta, t_2, m_2, True, HC)
+    b_lam1, b_lam2 = row_values(lam, t_1, m_1, HAS_LAM, HC), row_values(lam, t_2, m_2, HAS_LAM, HC)
+
+    # pairing P (paper <x_i, k_j>, official <k_i, x_j>): the diagonal blocks transposed, P21 as is; Q K^T
+    b_P11t = tl.zeros([HC, HC], dtype=tl.float32)
+    b_P22t = tl.zeros([HC, HC], dtype=tl.float32)
+    b_P21 = tl.zeros([HC, HC], dtype=tl.float32)
+    b_QK11 = tl.zeros([HC, HC], dtype=tl.float32)
+    b_QK21 = tl.zeros([HC, HC], dtype=tl.float32)
+    b_QK22 = tl.zeros([HC, HC], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_1, p_2 = t_1[:, None] * K + o_k[None, :], t_2[:, None] * K + o_k[None, :]
+        mk_1, mk_2 = m_1[:, None] & m_k[None, :], m_2[:, None] & m_k[None, :]
+        b_q1 = tl.load(q + p_1, mask=mk_1, other=0.0).to(tl.float32)
+        b_k1 = tl.load(k + p_1, mask=mk_1, other=0.0).to(tl.float32)
+        b_q2 = tl.load(q + p_2, mask=mk_2, other=0.0).to(tl.float32)
+        b_k2 = tl.load(k + p_2, mask=mk_2, other=0.0).to(tl.float32)
+        b_x1, b_x2 = b_k1 + b_lam1[:, None] * b_q1, b_k2 + b_lam2[:, None] * b_q2
+        b_QK11 += tl.dot(b_q1, tl.trans(b_k1))
+        b_QK21 += tl.dot(b_q2, tl.trans(b_k1))
+        b_QK22 += tl.dot(b_q2, tl.trans(b_k2))
+        if OFFICIAL:
+            b_P11t += tl.dot(b_x1, tl.trans(b_k1))
+            b_P22t += tl.dot(b_x2, tl.trans(b_k2))
+            b_P21 += tl.dot(b_k2, tl.trans(b_x1))
+        else:
+            b_P11t += tl.dot(b_k1, tl.trans(b_x1))
+            b_P22t += tl.dot(b_k2, tl.trans(b_x2))
+            b_P21 += tl.dot(b_x2, tl.trans(b_k1))
+    # L^T of the diagonal blocks: element (j, i) = beta_i P_ij exp(G_i - G_j) for j < i
+    lower_t1 = (o_1[:, None] < o_1[None, :]) & m_1[:, None] & m_1[None, :]
+    lower_t2 = (o_1[:, None] < o_1[None, :]) & m_2[:, None] & m_2[None, :]
+    b_L11t = b_beta1[None, :] * b_P11t * tl.exp(tl.where(lower_t1, b_G1[None, :] - b_G1[:, None], float("-inf")))
+    b_L22t = b_beta2[None, :] * b_P22t * tl.exp(tl.where(lower_t2, b_G2[None, :] - b_G2[:, None], float("-inf")))
+    m_21 = m_2[:, None] & m_1[None, :]
+    b_Gam21 = tl.exp(tl.where(m_21, b_G2[:, None] - b_G1[None, :], float("-inf")))
+    b_L21 = b_beta2[:, None] * b_P21 * b_Gam21
+    incl_1 = (o_1[:, None] >= o_1[None, :]) & m_1[:, None] & m_1[None, :]
+    incl_2 = (o_1[:, None] >= o_1[None, :]) & m_2[:, None] & m_2[None, :]
+    b_QK11 *= tl.exp(tl.where(incl_1, b_G1[:, None] - b_G1[None, :], float("-inf")))
+    b_QK22 *= tl.exp(tl.where(incl_2, b_G2[:, None] - b_G2[None, :], float("-inf")))
+    b_QK21 *= b_Gam21
+    # (Q K^T) * Gam, causal incl. the diagonal, as one BC x BC tile per chunk (upper block zero)
+    p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC
+    in_2 = o_2 < BC  # the second half exists (BC > 16)
+    tl.store(A_out + p_cc + o_1[:, None] * BC + o_1[None, :], b_QK11)
+    tl.store(A_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_QK21, mask=in_2[:, None])
+    tl.store(A_out + p_cc + o_2[:, None] * BC + o_2[None, :], b_QK22, mask=in_2[:, None] & in_2[None, :])
+    tl.store(A_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32),
+             mask=in_2[None, :])
+
+    # T1, T2 by forward substitution, both halves per step: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
+    b_T1 = tl.where(o_1[:, None] == o_1[None, :], 1.0, 0.0)
+    b_T2 = tl.where(o_1[:, None] == o_1[None, :], 1.0, 0.0)
+    for i in range(1, HC):
+        l_1 = tl.sum(tl.where(o_1[None, :] == i, b_L11t, 0.0), 1)  # L11[i, :], laid out along j
+        l_2 = tl.sum(tl.where(o_1[None, :] == i, b_L22t, 0.0), 1)
+        r_1 = tl.sum(l_1[:, None] * b_T1, 0)
+        r_2 = tl.sum(l_2[:, None] * b_T2, 0)
+        b_T1 = tl.where(o_1[:, None] == i, b_T1 - r_1[None, :], b_T1)
+        b_T2 = tl.where(o_1[:, None] == i, b_T2 - r_2[None, :], b_T2)
+    b_T21 = -tl.dot(tl.dot(b_T2, b_L21, input_precision="ieee"), b_T1, input_precision="ieee")
+    if STORE_T:  # for the backward (kernels/triton/chunk_bwd.py)
+        tl.store(T_out + p_cc + o_1[:, None] * BC + o_1[None, :], b_T1)
+        tl.store(T_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_T21, mask=in_2[:, None])
+        tl.store(T_out + p_cc + o_2[:, None] * BC + o_2[None, :], b_T2, mask=in_2[:, None] & in_2[None, :])
+        tl.store(T_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32),
+                 mask=in_2[None, :])
+
+    # W = T diag(beta gam) X and U = T diag(beta) V, by halves
+    b_wx1, b_wx2 = b_beta1 * tl.exp(b_G1), b_beta2 * tl.exp(b_G2)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_1, p_2 = t_1[:, None] * K + o_k[None, :], t_2[:, None] * K + o_k[None, :]
+        mk_1, mk_2 = m_1[:, None] & m_k[None, :], m_2[:, None] & m_k[None, :]
+        b_q1 = tl.load(q + p_1, mask=mk_1, other=0.0).to(tl.float32)
+        b_k1 = tl.load(k + p_1, mask=mk_1, other=0.0).to(tl.float32)
+        b_q2 = tl.load(q + p_2, mask=mk_2, other=0.0).to(tl.float32)
+        b_k2 = tl.load(k + p_2, mask=mk_2, other=0.0).to(tl.float32)
+        b_x1 = (b_k1 + b_lam1[:, None] * b_q1) * b_wx1[:, None]
+        b_x2 = (b_k2 + b_lam2[:, None] * b_q2) * b_wx2[:, None]
+        tl.store(W_out + p_1, tl.dot(b_T1, b_x1).to(W_out.dtype.element_ty), mask=mk_1)
+        tl.store(W_out + p_2, (tl.dot(b_T21, b_x1) + tl.dot(b_T2, b_x2)).to(W_out.dtype.element_ty), mask=mk_2)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        p_1, p_2 = t_1[:, None] * V + o_v[None, :], t_2[:, None] * V + o_v[None, :]
+        mv_1, mv_2 = m_1[:, None] & m_v[None, :], m_2[:, None] & m_v[None, :]
+        b_v1 = tl.load(v + p_1, mask=mv_1, other=0.0).to(tl.float32) * b_beta1[:, None]
+        b_v2 = tl.load(v + p_2, mask=mv_2, other=0.0).to(tl.float32) * b_beta2[:, None]
+        tl.store(U_out + p_1, tl.dot(b_T1, b_v1), mask=mv_1)
+        tl.store(U_out + p_2, tl.dot(b_T21, b_v1) + tl.dot(b_T2, b_v2), mask=mv_2)
+
+
+@triton.jit
 def _state_kernel(
     k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
     q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) fp32 (Q K^T) * Gam, (T, H, V) out
