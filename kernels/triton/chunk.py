@@ -105,13 +105,11 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
-    lt_subst, halves = cfg.pop("LT_SUBST"), cfg.pop("HALVES")
-    variant_args = {"HC": max(16, BC // 2)} if halves else {"LT_SUBST": lt_subst}
-    launch(chunk_fwd._intra_halves_kernel if halves else chunk_fwd._intra_kernel, (NC, H), cfg,
+    launch(chunk_fwd._intra_kernel, (NC, H), cfg,
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
         table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,
         H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
-        STORE_T=store_inverse, **variant_args,
+        STORE_T=store_inverse, HC=max(16, BC // 2),
     )
     cfg = settings("state", K, V)
     fuse = cfg.pop("FUSE_OUTPUT")

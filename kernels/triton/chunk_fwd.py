@@ -66,84 +66,13 @@ def row_values(x, o_t, m_c, PRESENT: tl.constexpr, BC: tl.constexpr):
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
-    G_out, W_out, U_out, T_out, A_out,  # (T, H), (T, H, K), (T, H, V), (NC, H, BC, BC) x2; all fp32
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
-    LT_SUBST: tl.constexpr,
-):
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
-    if HAS_G:
-        b_G = tl.cumsum(tl.load(g + o_t, mask=m_c, other=0.0).to(tl.float32), 0)
-    else:
-        b_G = tl.zeros([BC], dtype=tl.float32)
-    tl.store(G_out + o_t, b_G, mask=m_c)
-    b_beta = row_values(beta, o_t, m_c, True, BC)
-    b_lam = row_values(lam, o_t, m_c, HAS_LAM, BC)
-
-    # pairing matrix and Q K^T over K blocks
-    b_A = tl.zeros([BC, BC], dtype=tl.float32)
-    b_QK = tl.zeros([BC, BC], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m = m_c[:, None] & (o_k < K)[None, :]
-        p = o_t[:, None] * K + o_k[None, :]
-        b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
-        b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
-        b_x = b_k + b_lam[:, None] * b_q
-        b_QK += tl.dot(b_q, tl.trans(b_k))
-        if OFFICIAL != LT_SUBST:  # <k_i, x_j>: L (official) or L^T (paper)
-            b_A += tl.dot(b_k, tl.trans(b_x))
-        else:  # <x_i, k_j>
-            b_A += tl.dot(b_x, tl.trans(b_k))
-    m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
-    if LT_SUBST:  # b_L holds L^T: element (j, i) = L_ij
-        b_L = b_beta[None, :] * b_A * tl.exp(tl.where(tl.trans(m_strict), b_G[None, :] - b_G[:, None], float("-inf")))
-    else:
-        b_L = b_beta[:, None] * b_A * tl.exp(tl.where(m_strict, b_G[:, None] - b_G[None, :], float("-inf")))
-    m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
-    b_QK = b_QK * tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
-    p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
-    tl.store(A_out + p_cc, b_QK)  # (Q K^T) * Gam, causal incl. the diagonal: read by _output_kernel
-
-    # T = (I + L)^-1 by forward substitution: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
-    b_T = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
-    for i in range(1, BC):
-        if LT_SUBST:  # row i of L from a column of L^T: a row-wise reduction, already laid out along j
-            l_i = tl.sum(tl.where(o_c[None, :] == i, b_L, 0.0), 1)
-        else:
-            l_i = tl.sum(tl.where(o_c[:, None] == i, b_L, 0.0), 0)  # L[i, :]
-        r_i = tl.sum(l_i[:, None] * b_T, 0)  # sum_j L_ij T[j, :]
-        b_T = tl.where(o_c[:, None] == i, b_T - r_i[None, :], b_T)
-    if STORE_T:  # for the backward (kernels/triton/chunk_bwd.py)
-        tl.store(T_out + p_cc, b_T)
-
-    b_wx = b_beta * tl.exp(b_G)  # beta * gam
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m = m_c[:, None] & (o_k < K)[None, :]
-        p = o_t[:, None] * K + o_k[None, :]
-        b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
-        b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
-        b_x = (b_k + b_lam[:, None] * b_q) * b_wx[:, None]
-        tl.store(W_out + p, tl.dot(b_T, b_x), mask=m)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m = m_c[:, None] & (o_v < V)[None, :]
-        p = o_t[:, None] * V + o_v[None, :]
-        b_v = tl.load(v + p, mask=m, other=0.0).to(tl.float32) * b_beta[:, None]
-        tl.store(U_out + p, tl.dot(b_T, b_v), mask=m)
-
-
-@triton.jit
-def _intra_halves_kernel(
-    q, k, v, g, beta, lam, chunk_bos, chunk_len, G_out, W_out, U_out, T_out, A_out,  # as _intra_kernel
+    G_out, W_out, U_out, T_out, A_out,  # (T, H) fp32, (T, H, K) fp32 or 16-bit (W_LOWP), (T, H, V) fp32, (NC, H, BC, BC) fp32 x2
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, HC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
 ):
-    """:func:`_intra_kernel` on the chunk as two halves of ``HC = max(16, BC / 2)`` rows (for BC = 16
+    """Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
+    one chunk and head. The chunk is handled as two halves of ``HC = max(16, BC / 2)`` rows (for BC = 16
     the second half is padding): ``T = [[T1, 0], [-T2 L21 T1, T2]]`` with T1, T2 the inverses of the
     diagonal blocks, both by forward substitution in the same HC - 1 steps on HC x HC tiles (a quarter
     of the elements of one BC x BC step), reading L^T so each step takes a row of L with a row-wise

@@ -10,10 +10,7 @@ rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operand
 and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where both its
 readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the chunk-start
 states / end-state gradients that the backward's K-block kernel reads in the inputs' 16-bit dtype
-(paper variant; half the bytes of the largest tensors). ``LT_SUBST`` (intra; not yet timed): the
-forward substitution reads L^T, so each step takes row i of L with a row-wise reduction. ``HALVES``
-(intra; not yet timed): ``_intra_halves_kernel``, the chunk as two halves (C/2 - 1 substitution
-steps on a quarter of the elements).
+(paper variant; half the bytes of the largest tensors).
 """
 from __future__ import annotations
 
@@ -38,8 +35,7 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True, LT_SUBST=False,
-                    HALVES=False)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,

@@ -32,11 +32,6 @@ CASES = {
     # kept states / state gradients stored in 16 bits (W_LOWP, H_LOWP; official keeps fp32 states)
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
-    # the forward substitution reading L^T (launch.py LT_SUBST), both variants (also in -lowp)
-    "paper-varlen-lt-subst": ("paper", 20, 24, 64, "varlen", True),
-    # the intra kernel on two halves of the chunk (launch.py HALVES); chunk 16: the second half is padding
-    "official-varlen-halves": ("official", 20, 24, 64, "varlen", True),
-    "paper-batch-chunk16-halves": ("paper", 32, 16, 16, "batch", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
@@ -67,8 +62,7 @@ def _check_chunk(name, torch, ops, rel):
     lowp = name.endswith("-lowp")
     launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp, "H_LOWP": lowp},
                             reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
-                            intra={"W_LOWP": lowp, "LT_SUBST": lowp or name.endswith("lt-subst"),
-                                   "HALVES": name.endswith("halves") or name == "paper-varlen-fp16-lowp"})
+                            intra={"W_LOWP": lowp})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
