@@ -1,12 +1,13 @@
-"""Rebuild kernels-h200.{json,md} from the log of a benchmark run that was cut before it wrote them.
+"""Rebuild the v7 table (kernels-h200-v7.{json,md}) from the log of a benchmark run that was cut before it wrote them.
 
 The 2026-11-27 run (kernels/triton/device_check.sh, step ``bench``) hit its 330 s step timeout
 during the 1.3B T=8192 row, before ``qdelta bench kernels`` wrote its files (it now writes after
-every row). Every measured row is in its log, ``bench-h200.log`` beside this file, as the
+every row). Every measured row is in its log, ``bench-h200-v7.log`` beside this file, as the
 dataclass it would have written; this script reads those rows back, adds the DESIGN §5 anchors as
 the benchmark does, and states what is missing. Run from the repo root:
 
-    python results/bench/recover_from_log.py results/bench/bench-h200.log results/bench
+    python results/bench/recover_from_log.py results/bench/bench-h200-v7.log /tmp/v7
+    (writes kernels-h200.{json,md} there; committed here renamed with the -v7 suffix)
 """
 import re
 import sys
@@ -28,7 +29,7 @@ def recover(log_text: str) -> bk.Report:
         row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((row.config, row.T), (None, None))
     done = {(r.config, r.T) for r in rows}
     missing = [f"{c} T={T}" for c in bk.HEAD_CONFIGS for T in bk.LENGTHS if (c, T) not in done]
-    report.notes.append("rebuilt from the run's log (bench-h200.log) by recover_from_log.py: the run hit its "
+    report.notes.append("rebuilt from the run's log (bench-h200-v7.log) by recover_from_log.py: the run hit its "
                         "330 s step timeout; not measured in it: " + ", ".join(missing)
                         + ("" if any(d.config == "1.3B" for d in decode) else ", 1.3B decode")
                         + " (see kernels/triton/NOTES.md for the earlier run of those rows)")
