@@ -225,6 +225,13 @@ def card_family(name: str) -> Optional[str]:
     return "H200" if "H200" in name else ("H100" if "H100" in name else None)
 
 
+def left_out(configs, lengths) -> List[str]:
+    """The table's shapes ("340M T=8192") and decode rows ("1.3B decode") a run limited to these
+    head configs and lengths does not measure (named in the report's notes)."""
+    shapes = [f"{c} T={T}" for c in HEAD_CONFIGS for T in LENGTHS if c not in configs or T not in lengths]
+    return shapes + [f"{c} decode" for c in HEAD_CONFIGS if c not in configs]
+
+
 def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None) -> Report:
     """All timings of issue 3 on the current CUDA device; ``on_progress(report)`` after every row
     (the CLI writes the files then, so a run cut short keeps what it measured)."""
@@ -236,6 +243,9 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     fla=fla_version() or "not installed", copy_gbps=copy_bandwidth_gbps(),
                     launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""))
+    skipped = left_out(configs, lengths)
+    if skipped:
+        report.notes.append("not run (left out by --configs / --lengths): " + ", ".join(skipped))
     progress = on_progress or (lambda r: None)
     anchors = AUTHORS.get(card_family(name), {})
     for config in configs:

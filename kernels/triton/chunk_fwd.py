@@ -63,6 +63,20 @@ def row_values(x, o_t, m_c, PRESENT: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
+def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constexpr):
+    """The q and k tiles (fp32) of K block ``i_k`` for both halves of a chunk, with their offsets and masks."""
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    p_1, p_2 = t_1[:, None] * K + o_k[None, :], t_2[:, None] * K + o_k[None, :]
+    mk_1, mk_2 = m_1[:, None] & m_k[None, :], m_2[:, None] & m_k[None, :]
+    b_q1 = tl.load(q + p_1, mask=mk_1, other=0.0).to(tl.float32)
+    b_k1 = tl.load(k + p_1, mask=mk_1, other=0.0).to(tl.float32)
+    b_q2 = tl.load(q + p_2, mask=mk_2, other=0.0).to(tl.float32)
+    b_k2 = tl.load(k + p_2, mask=mk_2, other=0.0).to(tl.float32)
+    return b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2
+
+
+@triton.jit
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
@@ -104,14 +118,7 @@ def _intra_kernel(
     b_QK21 = tl.zeros([HC, HC], dtype=tl.float32)
     b_QK22 = tl.zeros([HC, HC], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        p_1, p_2 = t_1[:, None] * K + o_k[None, :], t_2[:, None] * K + o_k[None, :]
-        mk_1, mk_2 = m_1[:, None] & m_k[None, :], m_2[:, None] & m_k[None, :]
-        b_q1 = tl.load(q + p_1, mask=mk_1, other=0.0).to(tl.float32)
-        b_k1 = tl.load(k + p_1, mask=mk_1, other=0.0).to(tl.float32)
-        b_q2 = tl.load(q + p_2, mask=mk_2, other=0.0).to(tl.float32)
-        b_k2 = tl.load(k + p_2, mask=mk_2, other=0.0).to(tl.float32)
+        b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1, b_x2 = b_k1 + b_lam1[:, None] * b_q1, b_k2 + b_lam2[:, None] * b_q2
         b_QK11 += tl.dot(b_q1, tl.trans(b_k1))
         b_QK21 += tl.dot(b_q2, tl.trans(b_k1))
@@ -167,14 +174,7 @@ def _intra_kernel(
     # W = T diag(beta gam) X and U = T diag(beta) V, by halves
     b_wx1, b_wx2 = b_beta1 * tl.exp(b_G1), b_beta2 * tl.exp(b_G2)
     for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        p_1, p_2 = t_1[:, None] * K + o_k[None, :], t_2[:, None] * K + o_k[None, :]
-        mk_1, mk_2 = m_1[:, None] & m_k[None, :], m_2[:, None] & m_k[None, :]
-        b_q1 = tl.load(q + p_1, mask=mk_1, other=0.0).to(tl.float32)
-        b_k1 = tl.load(k + p_1, mask=mk_1, other=0.0).to(tl.float32)
-        b_q2 = tl.load(q + p_2, mask=mk_2, other=0.0).to(tl.float32)
-        b_k2 = tl.load(k + p_2, mask=mk_2, other=0.0).to(tl.float32)
+        b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1 = (b_k1 + b_lam1[:, None] * b_q1) * b_wx1[:, None]
         b_x2 = (b_k2 + b_lam2[:, None] * b_q2) * b_wx2[:, None]
         tl.store(W_out + p_1, tl.dot(b_T1, b_x1).to(W_out.dtype.element_ty), mask=mk_1)

@@ -11,12 +11,18 @@ still fail there, but one that fails here needs a look before any device time is
     python -m qdelta.kernels.triton.compile_check [--heads 128x256 256x512] [--dtype bfloat16]
 
 (the launches are recorded in a child process under TRITON_INTERPRET=1; this process compiles).
+Each row also carries ``ptx_sha1``, a digest of the kernel's PTX without debug information, labels
+of inlined scopes, or the kernel's own name: equal digests before and after an edit mean the GPU
+runs the same code, which is how a refactor made after the last GPU run is shown to change nothing
+(run both versions with the same Triton and settings and compare).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Dict, List
@@ -66,6 +72,14 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
     return seen
 
 
+def ptx_digest(ptx: str, name: str) -> str:
+    """sha1 (12 hex digits) of PTX with debug info, inlined-scope labels and the kernel name removed."""
+    ptx = re.sub(r"\.section\s+\.debug.*", "", ptx, flags=re.S)
+    keep = [ln for ln in ptx.splitlines()
+            if not ln.strip().startswith((".loc", ".file", "//")) and not re.fullmatch(r"\$L__tmp\d+:", ln.strip())]
+    return hashlib.sha1("\n".join(keep).replace(name, "KERNEL").encode()).hexdigest()[:12]
+
+
 def compile_for_hopper(desc: dict) -> Dict[str, object]:
     """Compile one recorded launch for sm_90 (this process must NOT be interpreting)."""
     import importlib
@@ -88,7 +102,7 @@ def compile_for_hopper(desc: dict) -> Dict[str, object]:
         options["num_stages"] -= 1
     return {"kernel": desc["name"], "shared": shared, "num_warps": options["num_warps"],
             "num_stages_asked": desc["options"]["num_stages"], "num_stages_used": options["num_stages"],
-            "fits": shared <= SHARED_LIMIT}
+            "fits": shared <= SHARED_LIMIT, "ptx_sha1": ptx_digest(compiled.asm["ptx"], desc["name"])}
 
 
 def main(argv=None) -> int:

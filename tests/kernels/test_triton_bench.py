@@ -22,6 +22,13 @@ def test_without_gpu_says_so(capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+def test_a_limited_run_names_what_it_left_out():
+    assert bench_kernels.left_out(tuple(bench_kernels.HEAD_CONFIGS), bench_kernels.LENGTHS) == []
+    missing = bench_kernels.left_out(("1.3B",), (2048, 4096))
+    assert "1.3B T=8192" in missing and "340M T=2048" in missing and "340M decode" in missing
+    assert "1.3B T=2048" not in missing and "1.3B decode" not in missing
+
+
 def test_committed_results_render_and_cover_every_shape(tmp_path):
     files = sorted(RESULTS.glob("kernels-*.json"))
     assert files, f"no committed benchmark JSON under {RESULTS}"
