@@ -96,15 +96,19 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     NC, N = table.num_chunks, table.num_sequences
     dev, f32 = q.device, torch.float32
     G = torch.empty(T, H, dtype=f32, device=dev)
-    # W in the inputs' 16-bit dtype (launch.py W_LOWP) only where both of its readers round it to that
-    # dtype anyway (LOWP in the state and reverse passes): then the same numbers, half the bytes
+    # W and Aqk in the inputs' 16-bit dtype (launch.py W_LOWP, A_LOWP) only where every reader rounds
+    # them to that dtype anyway (LOWP in the state and reverse passes; Aqk: the output fused into the
+    # state pass, whose dot rounds it): then the same numbers, half the bytes
     cfg = settings("intra", K, V)
-    w16 = cfg.pop("W_LOWP") and q.dtype != f32 and settings("state", K, V)["LOWP"] and settings("reverse", K, V)["LOWP"]
+    state, reverse = settings("state", K, V), settings("reverse", K, V)
+    rounded = q.dtype != f32 and state["LOWP"] and reverse["LOWP"]
+    w16 = cfg.pop("W_LOWP") and rounded
+    a16 = cfg.pop("A_LOWP") and rounded and state["FUSE_OUTPUT"]
     W = torch.empty(T, H, K, dtype=q.dtype if w16 else f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
-    Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
+    Aqk = torch.empty(NC, H, BC, BC, dtype=q.dtype if a16 else f32, device=dev)
     launch(chunk_fwd._intra_kernel, (NC, H), cfg,
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
         table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,

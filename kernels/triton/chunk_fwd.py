@@ -80,7 +80,7 @@ def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constex
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
-    G_out, W_out, U_out, T_out, A_out,  # (T, H) fp32, (T, H, K) fp32 or 16-bit (W_LOWP), (T, H, V) fp32, (NC, H, BC, BC) fp32 x2
+    G_out, W_out, U_out, T_out, A_out,  # (T, H), (T, H, K) (16-bit: W_LOWP), (T, H, V), (NC, H, BC, BC) x2 (A 16-bit: A_LOWP); else fp32
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, HC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
@@ -147,10 +147,11 @@ def _intra_kernel(
     # (Q K^T) * Gam, causal incl. the diagonal, as one BC x BC tile per chunk (upper block zero)
     p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC
     in_2 = o_2 < BC  # the second half exists (BC > 16)
-    tl.store(A_out + p_cc + o_1[:, None] * BC + o_1[None, :], b_QK11)
-    tl.store(A_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_QK21, mask=in_2[:, None])
-    tl.store(A_out + p_cc + o_2[:, None] * BC + o_2[None, :], b_QK22, mask=in_2[:, None] & in_2[None, :])
-    tl.store(A_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32),
+    tl.store(A_out + p_cc + o_1[:, None] * BC + o_1[None, :], b_QK11.to(A_out.dtype.element_ty))
+    tl.store(A_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_QK21.to(A_out.dtype.element_ty), mask=in_2[:, None])
+    tl.store(A_out + p_cc + o_2[:, None] * BC + o_2[None, :], b_QK22.to(A_out.dtype.element_ty),
+             mask=in_2[:, None] & in_2[None, :])
+    tl.store(A_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=A_out.dtype.element_ty),
              mask=in_2[None, :])
 
     # T1, T2 by forward substitution, both halves per step: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
@@ -240,7 +241,7 @@ def _state_kernel(
 
 @triton.jit
 def _output_kernel(
-    q, A, G, h, Up, o,  # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32, (T, H, V) fp32, (T, H, V)
+    q, A, G, h, Up, o,  # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32/16-bit, (T, H, V) fp32, (T, H, V)
     chunk_bos, chunk_len, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

@@ -10,7 +10,9 @@ rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operand
 and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where both its
 readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the chunk-start
 states / end-state gradients that the backward's K-block kernel reads in the inputs' 16-bit dtype
-(paper variant; half the bytes of the largest tensors).
+(paper variant; half the bytes of the largest tensors). ``A_LOWP`` (intra; not yet timed on a GPU):
+``(Q K^T) * Gam`` stored in the inputs' 16-bit dtype where both its readers round it anyway (LOWP
+state pass with the output fused in, LOWP reverse pass).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True, A_LOWP=False)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
         # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,

@@ -29,7 +29,8 @@ CASES = {
     "paper-varlen-fused-output": ("paper", 20, 24, 64, "varlen", True),
     "official-batch-fused-output": ("official", 17, 33, 64, "batch", True),
     # 16-bit dot operands in the state passes and the K-block backward (launch.py LOWP), with W and the
-    # kept states / state gradients stored in 16 bits (W_LOWP, H_LOWP; official keeps fp32 states)
+    # kept states / state gradients and Q K^T * Gam stored in 16 bits (W_LOWP, H_LOWP, A_LOWP; official
+    # keeps fp32 states)
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
     # no final state asked for (training): the final-state gradients arrive as None
@@ -62,7 +63,7 @@ def _check_chunk(name, torch, ops, rel):
     lowp = name.endswith("-lowp")
     launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp, "H_LOWP": lowp},
                             reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
-                            intra={"W_LOWP": lowp})
+                            intra={"W_LOWP": lowp, "A_LOWP": lowp})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
