@@ -1,6 +1,6 @@
-"""Compile every chunk kernel for Hopper (sm_90) on a machine without a GPU.
+"""Compile every chunk kernel and the decoding kernel for Hopper (sm_90) on a machine without a GPU.
 
-Runs one small ``chunk_qdelta`` forward and backward under ``TRITON_INTERPRET=1`` at the given
+Runs one small ``chunk_qdelta`` forward and backward and one decoding step under ``TRITON_INTERPRET=1`` at the given
 head sizes with the committed launch settings, records each kernel launch (arguments,
 compile-time values, warps, stages), and compiles each one with Triton's own compiler and ptxas
 for ``GPUTarget("cuda", 90, 32)``. It reports the shared memory each kernel asks for against the
@@ -33,16 +33,17 @@ _TRITON_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float
 
 
 def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
-    """The kernel launches of one forward + backward (tiny T, real head sizes), recorded under the
-    interpreter (this process must have TRITON_INTERPRET=1) as plain, JSON-able descriptions."""
+    """The kernel launches of one chunk forward + backward and one decoding step (tiny T, real head
+    sizes), recorded under the interpreter (this process must have TRITON_INTERPRET=1) as plain,
+    JSON-able descriptions."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("record_launches runs under TRITON_INTERPRET=1 (the launches happen on the CPU)")
     import torch
 
-    from qdelta.kernels import chunk_qdelta
+    from qdelta.kernels import chunk_qdelta, fused_recurrent_qdelta
     from qdelta.kernels.testing import random_inputs
 
-    from . import chunk, chunk_bwd, launch
+    from . import chunk, chunk_bwd, fused_recurrent, launch
 
     seen: List[dict] = []
     real = launch.launch
@@ -61,14 +62,18 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
                      "constexprs": {**constexprs, **cfg}, "options": options})
         return real(kernel, grid, {**cfg, **options}, *args, **constexprs)
 
-    chunk.launch = chunk_bwd.launch = recording
+    chunk.launch = chunk_bwd.launch = fused_recurrent._launch = recording
     try:
         x = random_inputs(1, 70, 1, K, V, dtype=getattr(torch, dtype_name), seed=0)
         leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
         o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
         o.float().sum().backward()
+        step = {n: t[:, :1].detach() for n, t in leaves.items()}
+        with torch.no_grad():
+            fused_recurrent_qdelta(**step, initial_state=x["initial_state"].float(), use_qk_l2norm=True,
+                                   variant=variant)
     finally:
-        chunk.launch = chunk_bwd.launch = real
+        chunk.launch = chunk_bwd.launch = fused_recurrent._launch = real
     return seen
 
 

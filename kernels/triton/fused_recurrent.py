@@ -23,6 +23,7 @@ import triton.language as tl
 from .._inputs import OFFICIAL_CHUNK, Inputs
 from ..state import OfficialState
 from .chunk import MAX_K, MAX_V, TRITON_DTYPES, _p2, device_ok
+from .launch import launch as _launch, settings
 
 
 @triton.jit
@@ -150,16 +151,15 @@ def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
         finals.append(finals[0])
     offsets = (s.offset if official and s is not None else torch.zeros(N, dtype=torch.int64, device=dev))
     o = torch.empty(B * T, H, V, dtype=q.dtype, device=dev)
-    BK = _p2(K)
-    BV = min(_p2(V), 32)
+    cfg = settings("recurrent", K, V)
     offsets32 = offsets.to(torch.int32)
 
     def launch():
-        _recurrent_kernel[(N, H, triton.cdiv(V, BV))](
+        _launch(_recurrent_kernel, (N, H, triton.cdiv(V, cfg["BV"])), cfg,
             q, k, v, q if g is None else g, beta, q if lam is None else lam, o,
             init[0], init[1], init[2], finals[0], finals[1], finals[2],
             seq_bos, offsets32, inp.scale,
-            H=H, K=K, V=V, BK=BK, BV=BV, CHUNK=OFFICIAL_CHUNK,
+            H=H, K=K, V=V, BK=_p2(K), CHUNK=OFFICIAL_CHUNK,
             HAS_G=g is not None, HAS_LAM=lam is not None, HAS_S0=s is not None, OFFICIAL=official,
         )
 

@@ -51,6 +51,8 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "kq_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=False)
+    if kernel == "recurrent":  # _recurrent_kernel (decoding); num_warps / num_stages are Triton's defaults
+        return dict(BV=min(32, p2(V)), num_warps=4, num_stages=3)
     raise KeyError(f"no launch settings for kernel {kernel!r}")
 
 

@@ -5,7 +5,9 @@ forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tok
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
 unusable), against that process's own baseline (best of three). Prints one line per trial and, last, the best setting per kernel (forward kernels judged by the
-forward time, backward kernels by forward+backward) and the time with all the best ones together.
+forward time, backward kernels by forward+backward, the decoding kernel ``recurrent`` by its paper
+variant's kernel time, the pair then reading (paper, official) in ms) and the time with all the best
+ones together (chunk fwd, fwd+bwd).
 The chosen values go into ``launch.py`` by hand, with the numbers in NOTES.md.
 """
 from __future__ import annotations
@@ -33,8 +35,10 @@ TRIALS = {  # risky settings (faults, out of shared memory) last: a fault ends i
                   {"num_stages": 3}],
     "kq_bwd": [{"LOWP": True}, {"LOWP": True, "BV": 128}, {"LOWP": True, "num_stages": 3}, {"BK": 32}, {"BV": 32},
                {"num_warps": 8}, {"num_stages": 1}, {"num_stages": 3}, {"BK": 128}, {"BV": 128}],
+    # decoding: judged by the paper variant's kernel time (a 64-sequence step), official beside it
+    "recurrent": [{"BV": 16}, {"BV": 64}, {"num_warps": 2}, {"num_warps": 8}, {"BV": 64, "num_warps": 8}],
 }
-FORWARD_KERNELS = ("intra", "state", "output")
+FORWARD_KERNELS = ("intra", "state", "output", "recurrent")
 
 
 def _inputs(T, H, K, V, B):
@@ -58,11 +62,17 @@ def time_call(leaves, do):
     return fwd, fwdbwd
 
 
-def trial(leaves, do, overrides):
+def time_decode(name):
+    """Kernel time (ms) of one decoding step of 64 sequences: paper, official."""
+    from qdelta.harness.bench_kernels import time_decode as bench_decode
+    return tuple(bench_decode(name, variant, 1.0).kernel_us / 1e3 for variant in ("paper", "official"))
+
+
+def trial(leaves, do, overrides, decode_config=None):
     launch.OVERRIDES.clear()
     launch.OVERRIDES.update(overrides)
     try:
-        return time_call(leaves, do)
+        return time_decode(decode_config) if decode_config else time_call(leaves, do)
     except Exception as e:  # e.g. out of shared memory: report and go on
         return f"{type(e).__name__}: {str(e)[:120]}"
     finally:
@@ -72,13 +82,14 @@ def trial(leaves, do, overrides):
 def run_group(name: str, kernel: str) -> dict:
     """Baseline (best of 3) and every trial of one kernel at one head config, in this process."""
     H, K, V = HEADS[name]
-    leaves, do = _inputs(2048, H, K, V, 16)
-    runs = [trial(leaves, do, {}) for _ in range(3)]
+    decode = name if kernel == "recurrent" else None
+    leaves, do = (None, None) if decode else _inputs(2048, H, K, V, 16)
+    runs = [trial(leaves, do, {}, decode) for _ in range(3)]
     ok = [r for r in runs if not isinstance(r, str)]
     base = (min(r[0] for r in ok), min(r[1] for r in ok)) if ok else runs[0]
     rows = []
     for o in ([] if isinstance(base, str) else TRIALS.get(kernel, [])):
-        res = trial(leaves, do, {kernel: o})
+        res = trial(leaves, do, {kernel: o}, decode)
         rows.append({"overrides": o, "result": res})
         if isinstance(res, str) and "illegal" in res:
             break  # the CUDA context is gone; the driver starts a fresh process for the next group
@@ -136,7 +147,8 @@ def main(argv=None) -> int:
         print(f"{name} {kernel}: base {out['base']} ({time.time() - t0:.0f} s)", flush=True)
         for row in out["trials"]:
             res = row["result"]
-            shown = res[:100] if isinstance(res, str) else f"fwd {res[0]:.3f} fwd+bwd {res[1]:.3f} ms"
+            what = ("decode paper", "official") if kernel == "recurrent" else ("fwd", "fwd+bwd")
+            shown = res[:100] if isinstance(res, str) else f"{what[0]} {res[0]:.3f} {what[1]} {res[1]:.3f} ms"
             print(f"    {row['overrides']}: {shown}", flush=True)
         return out
 

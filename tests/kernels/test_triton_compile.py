@@ -1,4 +1,4 @@
-"""Every chunk kernel compiles for Hopper (sm_90) at both real head sizes with the committed launch
+"""Every chunk kernel and the decoding kernel compile for Hopper (sm_90) at both real head sizes with the committed launch
 settings, and fits its shared memory (kernels/triton/compile_check.py; no GPU needed: Triton's own
 compiler and the ptxas it ships). Catches a kernel edit or a launch setting that cannot build
 before any device time is spent."""
@@ -29,5 +29,5 @@ def test_chunk_kernels_compile_for_sm90_and_fit_shared_memory():
     for heads in ("128x256", "256x512"):
         kernels = {r["kernel"] for r in rows if r["heads"] == heads}
         assert kernels == {"_intra_kernel", "_state_kernel", "_reverse_state_kernel", "_intra_bwd_kernel",
-                           "_kq_bwd_kernel"}, (heads, kernels)
+                           "_kq_bwd_kernel", "_recurrent_kernel"}, (heads, kernels)
     assert all(r["fits"] and 0 < r["shared"] <= 232448 for r in rows)
