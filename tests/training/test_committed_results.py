@@ -29,6 +29,43 @@ def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
 
 
+# The vocab-32 CPU comparison of Q-Delta and Gated DeltaNet without the output gate, over seeds:
+# seed 0 is the ablation run, seeds 1-4 are cpu_small_seeds/seed<N>/ (same config, base.seed=N).
+SEED_FOLDERS = {0: MQAR / "cpu_small_ablation" / "no_output_gate",
+                **{s: MQAR / "cpu_small_seeds" / f"seed{s}" for s in (1, 2, 3, 4)}}
+
+
+@pytest.mark.parametrize("seed", sorted(SEED_FOLDERS), ids=lambda s: f"seed{s}")
+def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, seed):
+    folder = SEED_FOLDERS[seed]
+    train_report.generate(folder / "runs", tmp_path, plots=False)  # md and csv only: fast
+    for name in ("leaderboard.md", "leaderboard.csv"):
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
+    grid = json.loads((folder / "grid.json").read_text())
+    runs = sorted(p.name for p in (folder / "runs").iterdir() if (p / "metrics.json").is_file())
+    assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
+    records = train_report.load_records(folder / "runs")
+    assert sorted(r["type"] for r in records) == ["gated_deltanet", "qdelta"]
+    for run in runs:  # each folder holds the seed it is listed under, and no output gate
+        metrics = json.loads((folder / "runs" / run / "metrics.json").read_text())
+        assert metrics["seed"] == seed, run
+    assert all(r["model"]["use_gate"] is False for r in records)
+
+
+def test_cpu_seed_table_in_readme_matches_the_records():
+    readme = (MQAR / "README.md").read_text()
+    means = {}
+    for seed, folder in SEED_FOLDERS.items():
+        by_type = {r["type"]: r["mean"] for r in train_report.load_records(folder / "runs")}
+        q, g = by_type["qdelta"], by_type["gated_deltanet"]
+        means[seed] = (q, g)
+        assert f"| {seed} | {q:.3f} | {g:.3f} | +{g - q:.3f} |" in readme, seed
+    q_all, g_all = [m[0] for m in means.values()], [m[1] for m in means.values()]
+    mean_q, mean_g = sum(q_all) / len(q_all), sum(g_all) / len(g_all)
+    assert f"| mean | {mean_q:.3f} | {mean_g:.3f} | +{mean_g - mean_q:.3f} |" in readme
+    assert f"| min–max | {min(q_all):.3f}–{max(q_all):.3f} | {min(g_all):.3f}–{max(g_all):.3f} |" in readme
+
+
 def test_mqar_leaderboard_reflects_the_records(tmp_path):
     records = train_report.load_records(REFERENCE / "runs")
     best = train_report.best_per_model(records)
