@@ -21,8 +21,9 @@ Triton's default (tf32 on Hopper). Plain pointer arithmetic with masks throughou
 removed ``tl.make_block_ptr``. Checked with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6
 on an H200 (torch 2.11; tests/kernels/test_triton_gpu.py, see NOTES.md); not yet run on an H100.
 Limits: K <= 256, V <= 512 (any size, padded to powers of two inside), chunk size <= 64.
-The state passes hold all of K in one block: K = 256 runs with ``num_stages=1`` (deeper
-pipelining asked 246-279 KB of shared memory, over the 227 KB limit).
+The state passes hold all of K in one block: K = 256 runs with ``num_stages=1`` (with fp32
+operands deeper pipelining asked 246-279 KB of shared memory, over the 227 KB limit; with the
+16-bit operands of LOWP two stages fit but timed no faster, NOTES.md v8).
 No ``tl.trans`` of a dot result anywhere (the Triton 3.4-3.7.0 Hopper miscompile, DESIGN §5).
 """
 from __future__ import annotations
