@@ -39,7 +39,7 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True, A_LOWP=False)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
-        # K = 256 with deeper pipelining asked 246-279 KB of shared memory (limit 227 KB)
+        # K = 256: one stage (fp32 operands asked 246-279 KB for more; with LOWP two fit but were no faster)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,
                     LOWP=True, H_LOWP=True)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
