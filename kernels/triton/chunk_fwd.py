@@ -81,7 +81,9 @@ def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constex
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
-    G_out, W_out, U_out, T_out, A_out,  # (T, H), (T, H, K) (16-bit: W_LOWP), (T, H, V), (NC, H, BC, BC) x2 (A 16-bit: A_LOWP); else fp32
+    # out, fp32 unless said: G (T, H), W (T, H, K; 16-bit with W_LOWP), U (T, H, V), T and A (NC, H, BC, BC; A
+    # 16-bit with A_LOWP)
+    G_out, W_out, U_out, T_out, A_out,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, HC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
@@ -197,7 +199,8 @@ def _state_kernel(
     k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
     q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) fp32 (Q K^T) * Gam, (T, H, V) out
     chunk_bos, chunk_len, seq_chunks,  # (NC,), (NC,), (N + 1,) int32
-    h_out, Up_out, ht_out,  # (NC, H, K, V) chunk-start states (fp32, or 16-bit: H_LOWP), (T, H, V) fp32 U', (N, H, K, V) fp32
+    # (NC, H, K, V) chunk-start states (fp32, or 16-bit: H_LOWP), (T, H, V) fp32 U', (N, H, K, V) fp32
+    h_out, Up_out, ht_out,
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
@@ -242,7 +245,8 @@ def _state_kernel(
 
 @triton.jit
 def _output_kernel(
-    q, A, G, h, Up, o,  # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32/16-bit, (T, H, V) fp32, (T, H, V)
+    # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32 or 16-bit, (T, H, V) fp32, (T, H, V)
+    q, A, G, h, Up, o,
     chunk_bos, chunk_len, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

@@ -4,10 +4,10 @@ forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tok
     python -m qdelta.kernels.triton.tune [--configs 340M 1.3B] [--kernels state ...] [--trials JSON] [--out tune.json]
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
-unusable), against that process's own baseline (best of three). Prints one line per trial and, last, the best setting per kernel (forward kernels judged by the
-forward time, backward kernels by forward+backward, the decoding kernel ``recurrent`` by its paper
-variant's kernel time, the pair then reading (paper, official) in ms) and the time with all the best
-ones together (chunk fwd, fwd+bwd).
+unusable), against that process's own baseline (best of three). Prints one line per trial and,
+last, the best setting per kernel (forward kernels judged by the forward time, backward kernels by
+forward+backward, the decoding kernel ``recurrent`` by its paper variant's kernel time, its pair
+reading (paper, official) in ms) and the chunk time with all the best ones together.
 The chosen values go into ``launch.py`` by hand, with the numbers in NOTES.md.
 """
 from __future__ import annotations
