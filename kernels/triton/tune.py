@@ -1,7 +1,8 @@
 """Try launch settings of the chunk kernels on a GPU: one setting changed at a time, forward and
 forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tokens.
 
-    python -m qdelta.kernels.triton.tune [--configs 340M 1.3B] [--kernels state ...] [--trials JSON] [--out tune.json]
+    python -m qdelta.kernels.triton.tune [--configs 340M 1.3B] [--kernels state ...] [--trials JSON]
+        [--repeat N] [--out tune.json]
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
 unusable), against that process's own baseline (best of three). Prints one line per trial and,
@@ -68,11 +69,15 @@ def time_decode(name):
     return tuple(bench_decode(name, variant, 1.0).kernel_us / 1e3 for variant in ("paper", "official"))
 
 
+REPEAT = 1  # --repeat: each trial timed this many times, the best kept (the 340M timings spread ~10 %)
+
+
 def trial(leaves, do, overrides, decode_config=None):
     launch.OVERRIDES.clear()
     launch.OVERRIDES.update(overrides)
     try:
-        return time_decode(decode_config) if decode_config else time_call(leaves, do)
+        runs = [time_decode(decode_config) if decode_config else time_call(leaves, do) for _ in range(REPEAT)]
+        return tuple(min(r[i] for r in runs) for i in range(2))
     except Exception as e:  # e.g. out of shared memory: report and go on
         return f"{type(e).__name__}: {str(e)[:120]}"
     finally:
@@ -114,11 +119,14 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="+", default=list(TRIALS))
     parser.add_argument("--trials", default=None,
                         help='JSON {kernel: [overrides, ...]} replacing the built-in trials of those kernels')
+    parser.add_argument("--repeat", type=int, default=1, help="time each trial this many times, keep the best")
     parser.add_argument("--out", default=None)
     parser.add_argument("--best-json", default=None, help="write the best overrides of the last config here")
     parser.add_argument("--group", nargs=2, metavar=("CONFIG", "KERNEL"), help=argparse.SUPPRESS)
     parser.add_argument("--combined", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global REPEAT
+    REPEAT = max(1, args.repeat)
     if args.trials:
         TRIALS.update(json.loads(args.trials))
     if args.group:  # child process: one group, JSON on the last line
@@ -138,6 +146,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "qdelta.kernels.triton.tune", "--group", name, kernel]
         if args.trials:
             cmd += ["--trials", args.trials]
+        cmd += ["--repeat", str(REPEAT)]
         if combined is not None:
             cmd += ["--combined", json.dumps(combined)]
         t0 = time.time()
