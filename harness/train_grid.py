@@ -9,9 +9,15 @@ A grid file is a base training config plus axes::
     d_models: [128, 64, 256]     # in priority order
     lrs: [1.0e-3, 3.0e-3]
     heads_per: 64                # heads = max(1, d_model // heads_per)
+    seeds: [0, 1, 2]             # optional: replicate every job once per training seed
 
 Jobs are ordered by priority: d_models in the given order, then learning rates, then model
-types, so a wall-clock budget cuts whole (d_model, lr) cells, never the steps of a run. Each of
+types, so a wall-clock budget cuts whole (d_model, lr) cells, never the steps of a run. With
+``seeds`` (two or more distinct integers) the seed is the outermost axis: all of the first
+seed's jobs in that order, then the second seed's, and so on, so a budget cuts whole replicates,
+the last seed first. Each job's base ``seed`` is set and its name gets ``-s{seed}``
+(``qdelta-d128-lr0.001-s1``). Without ``seeds``, names and order are as above and the base
+``seed`` is used; a one-seed list sets the base ``seed`` and keeps the names unchanged. Each of
 ``--workers`` processes takes the next job, trains it to the end (same steps for every job), and
 writes its run folder; jobs not started, or still running when ``--budget-s`` runs out, are
 listed as cut in ``grid.json``. ``--records-tar`` packs the run records (no weights), the
@@ -44,11 +50,43 @@ log = logging.getLogger(__name__)
 RECORD_FILES = ("metrics.json", "train_config.yaml", "train_log.jsonl")
 
 
+def grid_seeds(grid: Dict[str, Any]) -> Optional[List[int]]:
+    """The grid's ``seeds`` field checked: None where it is absent, else a non-empty list of
+    distinct integers (in the given order)."""
+    if "seeds" not in grid or grid["seeds"] is None:
+        return None
+    seeds = grid["seeds"]
+    fix = "give a non-empty list of distinct integer seeds, e.g. seeds: [0, 1, 2], or leave the field out"
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ValueError(f"grid: field 'seeds' expected a non-empty list of integers, got {seeds!r}; {fix}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+    if bad:
+        raise ValueError(f"grid: field 'seeds' expected integers, got {seeds!r} (not integers: {bad!r}); {fix}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"grid: field 'seeds' has duplicates {repeated!r} in {seeds!r}; {fix}")
+    return list(seeds)
+
+
 def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The job configs (plain dicts, not yet validated) of a grid, in priority order."""
+    """The job configs (plain dicts, not yet validated) of a grid, in priority order (seed
+    outermost where ``seeds`` lists two or more; see the module docstring)."""
     for key in ("base", "models", "d_models", "lrs"):
         if key not in grid:
             raise ValueError(f"grid: missing field {key!r}; a grid has base, models, d_models, lrs")
+    seeds = grid_seeds(grid)
+    if seeds is None:
+        return _expand_one_seed(grid, grid["base"], suffix="")
+    if len(seeds) == 1:
+        return _expand_one_seed(grid, {**grid["base"], "seed": seeds[0]}, suffix="")
+    jobs = []
+    for seed in seeds:
+        jobs += _expand_one_seed(grid, {**grid["base"], "seed": seed}, suffix=f"-s{seed}")
+    return jobs
+
+
+def _expand_one_seed(grid: Dict[str, Any], base: Dict[str, Any], suffix: str) -> List[Dict[str, Any]]:
+    """The jobs of one replicate: d_models, then lrs, then model types; names end in ``suffix``."""
     heads_per = int(grid.get("heads_per", 64))
     jobs = []
     for d in grid["d_models"]:
@@ -57,12 +95,11 @@ def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:
             for model_type, overrides in grid["models"].items():
                 if overrides is None:  # `name: null` drops a model type
                     continue
-                model = {"type": model_type, "hidden_size": d, **grid["base"].get("model", {})}
+                model = {"type": model_type, "hidden_size": d, **base.get("model", {})}
                 for key, value in (overrides or {}).items():
                     model[key] = int(value.format(**fields)) if isinstance(value, str) and "{" in value else value
-                name = f"{model_type}-d{d}-lr{lr:g}"
-                jobs.append({**grid["base"], "name": name, "model": model,
-                             "optim": {**grid["base"].get("optim", {}), "lr": lr}})
+                name = f"{model_type}-d{d}-lr{lr:g}{suffix}"
+                jobs.append({**base, "name": name, "model": model, "optim": {**base.get("optim", {}), "lr": lr}})
     return jobs
 
 
