@@ -9,6 +9,14 @@ held-out MQAR accuracy per ``L{L}_K{K}`` slice) and ``<run>/train_config.yaml``.
     acc_vs_seq_len.png   accuracy against sequence length, one panel per d_model
     acc_vs_state.png     accuracy against recurrent state size (KV cache for the Transformer)
 
+Several seeds (the training ``seed`` of each run's metrics.json, else of its train_config.yaml):
+where some (model type, d_model, lr) cell has runs of two or more seeds, each cell is first
+reduced to its mean over seeds (per slice and of the mean accuracy), the best lr per (model
+type, d_model) is the one with the highest mean over seeds, the table gains the columns
+``seeds`` (how many) and ``mean min–max`` (range of the per-seed mean accuracy), the CSV a
+``seed`` column (still one row per run), and the plots show the per-cell means. With one seed
+per cell the output is exactly the one-seed output.
+
 Run ``python -m qdelta.harness.train_report RUNS_DIR OUT_DIR``.
 """
 from __future__ import annotations
@@ -54,8 +62,10 @@ def load_records(runs_dir: Path) -> List[Dict]:
         metrics = json.loads((folder / "metrics.json").read_text())
         config = yaml.safe_load((folder / "train_config.yaml").read_text())
         slices = {k: float(v) for k, v in metrics["eval"].items() if SLICE.match(k)}
+        seed = int(metrics["seed"] if "seed" in metrics else config.get("seed", 0))  # TrainConfig default 0
         records.append({"run": folder.name, "type": config["model"]["type"], "model": config["model"],
-                        "vocab_size": int(config["data"]["vocab_size"]), "batch_size": int(config["train"]["batch_size"]),
+                        "seed": seed, "vocab_size": int(config["data"]["vocab_size"]),
+                        "batch_size": int(config["train"]["batch_size"]),
                         "d_model": int(config["model"]["hidden_size"]), "lr": float(metrics["lr"]),
                         "steps": int(metrics["steps"]), "params": int(metrics["num_parameters"]),
                         "slices": slices, "mean": float(metrics["eval"]["mean"]),
@@ -70,10 +80,45 @@ def _slice_keys(records) -> List[str]:
     return sorted(keys, key=lambda k: tuple(int(x) for x in SLICE.match(k).groups()))
 
 
-def best_per_model(records: List[Dict]) -> List[Dict]:
-    """For each (model type, d_model): the run with the highest mean accuracy (ties: lower lr)."""
-    best: Dict[Tuple[str, int], Dict] = {}
+def several_seeds(records: List[Dict]) -> bool:
+    """Whether some (model type, d_model, lr) cell has runs of two or more distinct seeds."""
+    seeds: Dict[Tuple[str, int, float], set] = {}
     for r in records:
+        seeds.setdefault((r["type"], r["d_model"], r["lr"]), set()).add(r["seed"])
+    return any(len(s) > 1 for s in seeds.values())
+
+
+def seed_means(records: List[Dict]) -> List[Dict]:
+    """One row per (model type, d_model, lr) cell: the fields of its lowest-seed run, with
+    ``slices`` and ``mean`` replaced by their means over the cell's seeds, plus ``seeds`` (sorted),
+    ``runs`` (in seed order), ``mean_min`` and ``mean_max`` (range of the per-seed mean). A slice
+    missing from some runs is averaged over the runs that have it."""
+    cells: Dict[Tuple[str, int, float], List[Dict]] = {}
+    for r in records:
+        cells.setdefault((r["type"], r["d_model"], r["lr"]), []).append(r)
+    rows = []
+    for (model_type, d_model, lr), runs in cells.items():
+        runs = sorted(runs, key=lambda r: (r["seed"], r["run"]))
+        for a, b in zip(runs, runs[1:]):
+            if a["seed"] == b["seed"]:
+                raise ValueError(f"runs {a['run']!r} and {b['run']!r} are both seed {a['seed']} of "
+                                 f"({model_type}, d_model {d_model}, lr {lr:g}); keep one of them in the runs folder")
+        keys = {k for r in runs for k in r["slices"]}
+        slices = {k: sum(r["slices"][k] for r in runs if k in r["slices"]) / sum(k in r["slices"] for r in runs)
+                  for k in keys}
+        means = [r["mean"] for r in runs]
+        rows.append({**{k: v for k, v in runs[0].items() if k not in ("run", "seed")},
+                     "slices": slices, "mean": sum(means) / len(means), "seeds": [r["seed"] for r in runs],
+                     "runs": [r["run"] for r in runs], "mean_min": min(means), "mean_max": max(means)})
+    return rows
+
+
+def best_per_model(records: List[Dict]) -> List[Dict]:
+    """For each (model type, d_model): the run with the highest mean accuracy (ties: lower lr);
+    with several seeds (:func:`several_seeds`), the :func:`seed_means` cell with the highest
+    mean over seeds."""
+    best: Dict[Tuple[str, int], Dict] = {}
+    for r in seed_means(records) if several_seeds(records) else records:
         key = (r["type"], r["d_model"])
         if key not in best or (r["mean"], -r["lr"]) > (best[key]["mean"], -best[key]["lr"]):
             best[key] = r
@@ -93,22 +138,28 @@ def render_markdown(records: List[Dict]) -> str:
     L = _max_len(records)
     reference = keys == REFERENCE["slices"] and {r["vocab_size"] for r in records} == {REFERENCE["vocab_size"]}
     title = "MQAR reference leaderboard" if reference else "MQAR leaderboard (not the reference protocol)"
+    seeded = several_seeds(records)
     head = f"| model | d_model | best lr | params | state (L={L}) | " + " | ".join(
-        k.replace("_", " ") for k in keys) + " | mean |"
+        k.replace("_", " ") for k in keys) + " | mean |" + (" seeds | mean min–max |" if seeded else "")
     vocabs = ", ".join(str(v) for v in sorted({r["vocab_size"] for r in records}))
+    what = ("mean over seeds per row, best learning rate per row by that mean" if seeded
+            else "best learning rate per row")
     lines = [f"# {title} (generated by qdelta.harness.train_report; do not edit)", "",
-             f"Held-out zoology MQAR accuracy (vocab {vocabs}), best learning rate per row. "
+             f"Held-out zoology MQAR accuracy (vocab {vocabs}), {what}. "
              "Source: the run records in `runs/`.", "", head,
-             "|" + "---|" * (6 + len(keys))]
+             "|" + "---|" * (6 + len(keys) + 2 * seeded)]
     for r in best_per_model(records):
         cells = [MODEL_LABELS.get(r["type"], r["type"]), str(r["d_model"]), f"{r['lr']:g}", str(r["params"]),
                  str(state_size(r["model"], L))]
         cells += [f"{r['slices'][k]:.3f}" if k in r["slices"] else "-" for k in keys]
         cells.append(f"{r['mean']:.3f}")
+        if seeded:
+            cells += [str(len(r["seeds"])), f"{r['mean_min']:.3f}–{r['mean_max']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lrs = sorted({r["lr"] for r in records})
     budgets = sorted({(r["steps"], r["batch_size"]) for r in records})
-    lines += ["", f"Runs: {len(records)}; learning rates tried: {', '.join(f'{x:g}' for x in lrs)}; "
+    seeds = f"seeds: {', '.join(str(s) for s in sorted({r['seed'] for r in records}))}; " if seeded else ""
+    lines += ["", f"Runs: {len(records)}; learning rates tried: {', '.join(f'{x:g}' for x in lrs)}; {seeds}"
               f"training per run: {', '.join(f'{s} steps of {b} sequences' for s, b in budgets)}. "
               "Every run is in `leaderboard.csv`.", ""]
     return "\n".join(lines)
@@ -119,13 +170,15 @@ def render_csv(records: List[Dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     L = _max_len(records)
-    writer.writerow(["run", "model_type", "d_model", "lr", "steps", "params", f"state_L{L}", *keys, "mean",
-                     "final_loss"])
+    seeded = several_seeds(records)  # one row per run either way; the seed column only where seeds vary
+    writer.writerow(["run", "model_type", "d_model", "lr", *(["seed"] if seeded else []), "steps", "params",
+                     f"state_L{L}", *keys, "mean", "final_loss"])
     for r in sorted(records, key=lambda r: r["run"]):
         loss = "" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
-        writer.writerow([r["run"], r["type"], r["d_model"], f"{r['lr']:g}", r["steps"], r["params"],
-                         state_size(r["model"], L), *(f"{r['slices'][k]:.4f}" if k in r["slices"] else ""
-                                                        for k in keys), f"{r['mean']:.4f}", loss])
+        writer.writerow([r["run"], r["type"], r["d_model"], f"{r['lr']:g}", *([r["seed"]] if seeded else []),
+                         r["steps"], r["params"], state_size(r["model"], L),
+                         *(f"{r['slices'][k]:.4f}" if k in r["slices"] else "" for k in keys),
+                         f"{r['mean']:.4f}", loss])
     return buf.getvalue()
 
 
