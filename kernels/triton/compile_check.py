@@ -52,14 +52,20 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
         cfg = dict(cfg)
         options = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 2)}
         names = [n for n in kernel.arg_names if n not in constexprs and n not in cfg]
-        signature = {}
+        signature, aligned = {}, []
         for name, arg in zip(names, args):
             if hasattr(arg, "dtype"):
                 signature[name] = "*" + _TRITON_TYPES[str(arg.dtype)]
+                if arg.data_ptr() % 16 == 0:
+                    aligned.append(name)
             else:
                 signature[name] = "fp32" if isinstance(arg, float) else "i32"
+                if isinstance(arg, int) and arg % 16 == 0:
+                    aligned.append(name)
+        # ``aligned``: the arguments Triton's launcher would mark divisible by 16 (16-byte aligned
+        # pointers, integers that are multiples of 16), which is what lets it vectorise loads and stores
         seen.append({"module": kernel.fn.__module__, "name": kernel.fn.__name__, "signature": signature,
-                     "constexprs": {**constexprs, **cfg}, "options": options})
+                     "constexprs": {**constexprs, **cfg}, "options": options, "aligned": aligned})
         return real(kernel, grid, {**cfg, **options}, *args, **constexprs)
 
     chunk.launch = chunk_bwd.launch = fused_recurrent._launch = recording
@@ -97,10 +103,11 @@ def compile_for_hopper(desc: dict) -> Dict[str, object]:
     names = jit.arg_names
     signature = {n: desc["signature"].get(n, "constexpr") for n in names}
     values = {(names.index(n),): v for n, v in desc["constexprs"].items()}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in desc.get("aligned", [])}
     options = dict(desc["options"])
     while True:  # as launch.launch does at run time: fewer pipeline stages until it fits
-        compiled = triton.compile(ASTSource(jit, signature, constexprs=values), target=GPUTarget("cuda", 90, 32),
-                                  options=options)
+        compiled = triton.compile(ASTSource(jit, signature, constexprs=values, attrs=attrs),
+                                  target=GPUTarget("cuda", 90, 32), options=options)
         shared = compiled.metadata.shared
         if shared <= SHARED_LIMIT or options["num_stages"] <= 1:
             break
