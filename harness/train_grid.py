@@ -45,6 +45,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
+from .records import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 RECORD_FILES = ("metrics.json", "train_config.yaml", "train_log.jsonl")
@@ -292,9 +294,7 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
                "jobs": len(jobs), "done": sum(s["state"] == "done" for s in status.values()),
                "wall_s": round(time.time() - started, 1), "workers": workers, "budget_s": budget_s,
                "gpus": gpus, "status": status}
-    tmp = out_dir / "grid.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out_dir / "grid.json")
+    atomic_write_text(out_dir / "grid.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
