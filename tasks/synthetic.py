@@ -50,7 +50,8 @@ class MQARTextSpec:
                     f"4K <= seq_len); use seq_len >= {4 * k} or fewer pairs")
 
 
-def _mqar_symbol(token: int, half: int) -> str:
+def mqar_symbol(token: int, half: int) -> str:
+    """qd_mqar's word for MQAR token ``token`` (``half`` = vocab_size // 2): keys as syllables, values as numbers."""
     return syllable_name(token) if token < half else str(token - half)
 
 
@@ -63,9 +64,9 @@ def build_mqar(**metadata: Any):
         inputs, labels = make_mqar(spec.vocab_size, seq_len, k, spec.num_examples, seed=spec.seed * 1000 + i,
                                    power_a=spec.power_a, random_non_queries=spec.random_non_queries)
         for n in range(spec.num_examples):
-            words = [_mqar_symbol(t, half) for t in inputs[n].tolist()]
+            words = [mqar_symbol(t, half) for t in inputs[n].tolist()]
             for t in (labels[n] != IGNORE_INDEX).nonzero()[:, 0].tolist():
-                answer = _mqar_symbol(int(labels[n, t]), half)
+                answer = mqar_symbol(int(labels[n, t]), half)
                 docs.append(dict(
                     context=" ".join(words[:t + 1]), target=" " + answer, answer=answer,
                     answer_pattern=r"(?:^| )" + re.escape(words[t]) + r" (\S+)", match=spec.match,

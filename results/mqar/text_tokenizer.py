@@ -20,12 +20,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 def text_symbol_vocab(vocab_size: int) -> dict:
     """{qd_mqar word: training token id} for every id in [0, vocab_size)."""
-    from qdelta.tasks.symbols import syllable_name
+    from qdelta.tasks.synthetic import mqar_symbol
 
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2 or vocab_size % 2:
         raise ValueError(f"vocab_size must be an even int >= 2, got {vocab_size!r}")
     half = vocab_size // 2
-    vocab = {(syllable_name(t) if t < half else str(t - half)): t for t in range(vocab_size)}
+    vocab = {mqar_symbol(t, half): t for t in range(vocab_size)}
     if len(vocab) != vocab_size:
         raise ValueError(f"vocab_size {vocab_size}: the qd_mqar words are not distinct")
     return vocab
