@@ -80,12 +80,17 @@ def _slice_keys(records) -> List[str]:
     return sorted(keys, key=lambda k: tuple(int(x) for x in SLICE.match(k).groups()))
 
 
+def _cells(records: List[Dict]) -> Dict[Tuple[str, int, float], List[Dict]]:
+    """The records grouped by (model type, d_model, lr), in first-seen order."""
+    cells: Dict[Tuple[str, int, float], List[Dict]] = {}
+    for r in records:
+        cells.setdefault((r["type"], r["d_model"], r["lr"]), []).append(r)
+    return cells
+
+
 def several_seeds(records: List[Dict]) -> bool:
     """Whether some (model type, d_model, lr) cell has runs of two or more distinct seeds."""
-    seeds: Dict[Tuple[str, int, float], set] = {}
-    for r in records:
-        seeds.setdefault((r["type"], r["d_model"], r["lr"]), set()).add(r["seed"])
-    return any(len(s) > 1 for s in seeds.values())
+    return any(len({r["seed"] for r in runs}) > 1 for runs in _cells(records).values())
 
 
 def seed_means(records: List[Dict]) -> List[Dict]:
@@ -93,11 +98,8 @@ def seed_means(records: List[Dict]) -> List[Dict]:
     ``slices`` and ``mean`` replaced by their means over the cell's seeds, plus ``seeds`` (sorted),
     ``runs`` (in seed order), ``mean_min`` and ``mean_max`` (range of the per-seed mean). A slice
     missing from some runs is averaged over the runs that have it."""
-    cells: Dict[Tuple[str, int, float], List[Dict]] = {}
-    for r in records:
-        cells.setdefault((r["type"], r["d_model"], r["lr"]), []).append(r)
     rows = []
-    for (model_type, d_model, lr), runs in cells.items():
+    for (model_type, d_model, lr), runs in _cells(records).items():
         runs = sorted(runs, key=lambda r: (r["seed"], r["run"]))
         for a, b in zip(runs, runs[1:]):
             if a["seed"] == b["seed"]:
