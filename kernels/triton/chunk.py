@@ -115,7 +115,7 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
         STORE_T=store_inverse, HC=max(16, BC // 2),
     )
-    cfg = settings("state", K, V)
+    cfg = state
     fuse = cfg.pop("FUSE_OUTPUT")
     store_h = store_inverse or official or not fuse
     # H_LOWP: chunk-start states kept in the inputs' 16-bit dtype (half the bytes of the largest tensor,

@@ -22,8 +22,8 @@ import triton.language as tl
 
 from .._inputs import OFFICIAL_CHUNK, Inputs
 from ..state import OfficialState
-from .chunk import MAX_K, MAX_V, TRITON_DTYPES, _p2, device_ok
-from .launch import launch as _launch, settings
+from .chunk import MAX_K, MAX_V, TRITON_DTYPES, device_ok
+from .launch import launch as _launch, p2 as _p2, settings
 
 
 @triton.jit
