@@ -1,7 +1,8 @@
 """Compile every chunk kernel and the decoding kernel for Hopper (sm_90) on a machine without a GPU.
 
-Runs one small ``chunk_qdelta`` forward and backward and one decoding step under ``TRITON_INTERPRET=1`` at the given
-head sizes with the committed launch settings, records each kernel launch (arguments,
+Runs one small ``chunk_qdelta`` forward and backward and one decoding step under
+``TRITON_INTERPRET=1`` at the given head sizes with the committed launch settings, records each
+kernel launch (arguments,
 compile-time values, warps, stages), and compiles each one with Triton's own compiler and ptxas
 for ``GPUTarget("cuda", 90, 32)``. It reports the shared memory each kernel asks for against the
 H100/H200 limit (227 KB), which is where a setting tuned for one dtype or head size fails first.
