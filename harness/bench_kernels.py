@@ -281,7 +281,8 @@ def to_markdown(r: Report) -> str:
              f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
              "Ours = Triton forward and Triton backward (kernels/triton/NOTES.md; launch settings in launch.py). "
              "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none)."
-             + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}." if r.launch_overrides else ""),
+             + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}."
+                if r.launch_overrides else ""),
              "",
              "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
              "| authors fwd | authors fwd+bwd |", "|" + "---|" * 11]
