@@ -1,9 +1,16 @@
-"""Tiny training configs for the CPU tests (vocab 32, sequences of 16 tokens, d 32)."""
+"""Tiny training configs for the CPU tests (vocab 32, sequences of 16 tokens, d 32), and where the
+committed MQAR results the tests read lie."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import yaml
+
+MQAR_RESULTS = Path(__file__).resolve().parents[2] / "results" / "mqar"
+# The vocab-32 CPU comparison of Q-Delta and Gated DeltaNet without the output gate, over seeds:
+# seed 0 is the ablation run, seeds 1-4 are cpu_small_seeds/seed<N>/ (same config, base.seed=N).
+CPU_SEED_FOLDERS = {0: MQAR_RESULTS / "cpu_small_ablation" / "no_output_gate",
+                    **{s: MQAR_RESULTS / "cpu_small_seeds" / f"seed{s}" for s in (1, 2, 3, 4)}}
 
 MODEL = {
     "qdelta": dict(num_heads=2, head_dim=16, expand_v=1),

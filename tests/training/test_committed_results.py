@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qdelta.harness import train_report
+from _train_configs import CPU_SEED_FOLDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 MQAR = ROOT / "results" / "mqar"
@@ -29,15 +30,9 @@ def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
 
 
-# The vocab-32 CPU comparison of Q-Delta and Gated DeltaNet without the output gate, over seeds:
-# seed 0 is the ablation run, seeds 1-4 are cpu_small_seeds/seed<N>/ (same config, base.seed=N).
-SEED_FOLDERS = {0: MQAR / "cpu_small_ablation" / "no_output_gate",
-                **{s: MQAR / "cpu_small_seeds" / f"seed{s}" for s in (1, 2, 3, 4)}}
-
-
-@pytest.mark.parametrize("seed", sorted(SEED_FOLDERS), ids=lambda s: f"seed{s}")
+@pytest.mark.parametrize("seed", sorted(CPU_SEED_FOLDERS), ids=lambda s: f"seed{s}")
 def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, seed):
-    folder = SEED_FOLDERS[seed]
+    folder = CPU_SEED_FOLDERS[seed]
     train_report.generate(folder / "runs", tmp_path, plots=False)  # md and csv only: fast
     for name in ("leaderboard.md", "leaderboard.csv"):
         assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
@@ -55,7 +50,7 @@ def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, seed):
 def test_cpu_seed_table_in_readme_matches_the_records():
     readme = (MQAR / "README.md").read_text()
     means = {}
-    for seed, folder in SEED_FOLDERS.items():
+    for seed, folder in CPU_SEED_FOLDERS.items():
         by_type = {r["type"]: r["mean"] for r in train_report.load_records(folder / "runs")}
         q, g = by_type["qdelta"], by_type["gated_deltanet"]
         means[seed] = (q, g)

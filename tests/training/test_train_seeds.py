@@ -12,9 +12,7 @@ import yaml
 
 from qdelta.harness import train_grid, train_report
 from qdelta.harness.train_config import load_config
-from _train_configs import MODEL
-
-MQAR = Path(__file__).resolve().parents[2] / "results" / "mqar"
+from _train_configs import CPU_SEED_FOLDERS, MODEL, MQAR_RESULTS
 
 
 def seeds_grid(seeds=None) -> dict:
@@ -190,17 +188,15 @@ def test_a_seed_twice_in_a_cell_is_refused(tmp_path):
 def test_the_five_cpu_seeds_in_one_folder_give_the_readme_means(tmp_path):
     """The committed five-seed CPU records (seed 0 in cpu_small_ablation/, 1-4 in cpu_small_seeds/),
     put in one runs folder as a seeds grid would name them, give the README's mean and range."""
-    folders = {0: MQAR / "cpu_small_ablation" / "no_output_gate",
-               **{s: MQAR / "cpu_small_seeds" / f"seed{s}" for s in (1, 2, 3, 4)}}
     per_seed = {}
-    for seed, folder in folders.items():
+    for seed, folder in CPU_SEED_FOLDERS.items():
         for run in (folder / "runs").iterdir():
             if (run / "metrics.json").is_file():
                 shutil.copytree(run, tmp_path / "runs" / f"{run.name}-s{seed}")
         per_seed[seed] = {r["type"]: r["mean"] for r in train_report.load_records(folder / "runs")}
     train_report.generate(tmp_path / "runs", tmp_path / "out", plots=False)
     table = (tmp_path / "out" / "leaderboard.md").read_text()
-    readme = (MQAR / "README.md").read_text()
+    readme = (MQAR_RESULTS / "README.md").read_text()
     for model_type, label in (("qdelta", "Q-Delta"), ("gated_deltanet", "Gated DeltaNet")):
         means = [m[model_type] for m in per_seed.values()]
         row = next(line for line in table.splitlines() if line.startswith(f"| {label} | 64 |"))
