@@ -1,7 +1,7 @@
 """Every chunk kernel and the decoding kernel compile for Hopper (sm_90) at both real head sizes
-with the committed launch settings, and fits its shared memory (kernels/triton/compile_check.py; no GPU needed: Triton's own
-compiler and the ptxas it ships). Catches a kernel edit or a launch setting that cannot build
-before any device time is spent."""
+with the committed launch settings, and each fits its shared memory (kernels/triton/compile_check.py;
+no GPU needed: Triton's own compiler and the ptxas it ships). Catches a kernel edit or a launch
+setting that cannot build before any device time is spent."""
 import json
 import os
 import subprocess
