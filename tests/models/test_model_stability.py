@@ -91,7 +91,6 @@ def test_stability_cli_reads_text_with_the_checkpoint_tokenizer_and_mqar(tmp_pat
 def test_initial_decay_range_follows_dt_min_dt_max(model_type):
     """dt = softplus(dt_bias) is drawn from [dt_min, dt_max]; the default keeps Mamba-2's (1e-3, 1e-1)."""
     import torch.nn.functional as F
-    from qdelta.testing import tiny_model
 
     for dt_min, dt_max in ((1e-3, 1e-1), (1e-4, 1e-3)):
         model = tiny_model(model_type, dt_min=dt_min, dt_max=dt_max, num_heads=4, head_dim=8)
