@@ -9,6 +9,7 @@ the benchmark does, and states what is missing. Run from the repo root:
     python results/bench/recover_from_log.py results/bench/bench-h200-v7.log /tmp/v7
     (writes kernels-h200.{json,md} there; committed here renamed with the -v7 suffix)
 """
+import ast
 import re
 import sys
 from pathlib import Path
@@ -16,9 +17,15 @@ from pathlib import Path
 from qdelta.harness import bench_kernels as bk
 
 
+def _from_repr(text: str, cls):
+    """A dataclass back from its logged repr ``Name(field=literal, ...)``, literals only (no eval)."""
+    call = ast.parse(text, mode="eval").body
+    return cls(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
+
+
 def recover(log_text: str) -> bk.Report:
-    rows = [eval(m, {"Row": bk.Row}) for m in re.findall(r": (Row\(.*\))$", log_text, re.M)]
-    decode = [eval(m, {"DecodeRow": bk.DecodeRow}) for m in re.findall(r": (DecodeRow\(.*\))$", log_text, re.M)]
+    rows = [_from_repr(m, bk.Row) for m in re.findall(r": (Row\(.*\))$", log_text, re.M)]
+    decode = [_from_repr(m, bk.DecodeRow) for m in re.findall(r": (DecodeRow\(.*\))$", log_text, re.M)]
     copy = decode[0].gbps / decode[0].fraction_of_copy  # the run's measured copy rate
     report = bk.Report(card="NVIDIA H200", torch="2.11.0+cu130", triton="3.6.0", date="2026-11-27",
                        fla="0.6.0", copy_gbps=copy, rows=rows, decode=decode, fla_note=bk.FLA_GUARD_NOTE,
