@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk_fwd import chunk_rows, dot, row_values
+from .chunk_fwd import chunk_rows, dot, dot_add, row_values
 from .launch import launch, p2 as _p2, settings
 
 
@@ -53,7 +53,6 @@ def _reverse_state_kernel(
     p_kv = i_h * K * V + o_k[:, None] * V + o_v[None, :]
     p_seq = i_n.to(tl.int64) * H * K * V + p_kv
     b_dS = tl.load(dht + p_seq, mask=m_kv, other=0.0)
-    b_last = tl.load(dh_last + p_seq, mask=m_kv, other=0.0)
     c_begin = tl.load(seq_chunks + i_n)
     c_end = tl.load(seq_chunks + i_n + 1)
     for i in range(0, c_end - c_begin):
@@ -66,18 +65,20 @@ def _reverse_state_kernel(
         m_kc = m_k[:, None] & m_c[None, :]
         p_cv = o_t[:, None] * V + o_v[None, :]
         m_cv = m_c[:, None] & m_v[None, :]
-        b_do = tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32)
+        # the K-wide tiles (k, Q^T, W^T) go to the dots as loaded; row scalings act on the C x BV side
+        b_do = tl.load(do + p_cv, mask=m_cv, other=0.0)
         # Aqk^T: element (j, i) = Aqk[i, j], loaded transposed
         b_At = tl.load(Aqk + (i_c * H + i_h) * BC * BC + o_c[None, :] * BC + o_c[:, None])
-        b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m_ck, other=0.0).to(tl.float32)
+        b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m_ck, other=0.0)
         b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
         b_dU = scale * dot(b_At, b_do, k, LOWP) + dot(b_k, b_dS, k, LOWP) * b_e[:, None]
         tl.store(dUp + p_cv, b_dU, mask=m_cv)
-        b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0).to(tl.float32)
-        b_qt = b_qt * (scale * tl.where(m_c, tl.exp(b_G), 0.0))[None, :]
-        b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0).to(tl.float32)
-        b_dS = b_dS * tl.exp(G_last) + dot(b_qt, b_do, k, LOWP) - dot(b_Wt, b_dU, k, LOWP)
-        b_dS += tl.where(i == 0, 1.0, 0.0) * b_last
+        b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
+        b_dog = b_do.to(tl.float32) * (scale * tl.where(m_c, tl.exp(b_G), 0.0))[:, None]
+        b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
+        b_dS = dot_add(dot_add(b_dS * tl.exp(G_last), b_qt, b_dog, k, LOWP), b_Wt, -b_dU, k, LOWP)
+        if i == 0:  # the gradient of the last chunk's start state joins here (loaded here: not held in registers)
+            b_dS += tl.load(dh_last + p_seq, mask=m_kv, other=0.0)
     tl.store(dh0 + p_seq, b_dS, mask=m_kv)
 
 

@@ -36,11 +36,23 @@ import triton.language as tl
 def dot(a, b, like, LOWP: tl.constexpr):
     """``a @ b`` with fp32 accumulation; with LOWP both operands are first rounded to the element type
     of the pointer ``like`` (the inputs' dtype: bf16/fp16 operands run at the full tensor-core rate;
-    for fp32 inputs nothing changes)."""
+    for fp32 inputs nothing changes), else both are taken as fp32 (tf32 dots). Operands loaded in
+    the 16-bit dtype can be passed as loaded: with LOWP they then reach the dot untouched, which
+    keeps them out of fp32 registers."""
     if LOWP:
         return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty))
     else:
-        return tl.dot(a, b)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+
+
+@triton.jit
+def dot_add(acc, a, b, like, LOWP: tl.constexpr):
+    """``acc + a @ b`` as one accumulating dot (operands as in :func:`dot`): the product lands in ``acc``'s
+    registers instead of a second accumulator of the same size."""
+    if LOWP:
+        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty), acc)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
 
 
 @triton.jit
@@ -223,7 +235,7 @@ def _state_kernel(
         if STORE_H:
             tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S.to(h_out.dtype.element_ty), mask=m_kv)
         bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
-        b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
         p_u = o_t[:, None] * V + o_v[None, :]
         m_u = m_c[:, None] & m_v[None, :]
         b_U = tl.load(U + p_u, mask=m_u, other=0.0) - dot(b_W, b_S, k, LOWP)
@@ -234,12 +246,13 @@ def _state_kernel(
         if FUSE_OUTPUT:
             b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
             b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
-            b_o = dot(b_q.to(tl.float32), b_S, k, LOWP) * tl.exp(b_G)[:, None] + dot(b_A, b_U, k, LOWP)
+            b_o = dot(b_q, b_S, k, LOWP) * tl.exp(b_G)[:, None] + dot(b_A, b_U, k, LOWP)
             tl.store(o + p_u, (scale * b_o).to(o.dtype.element_ty), mask=m_u)
-        # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md)
+        # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md) and used as
+        # loaded; the decay exp(G_C - G_i) scales the rows of U' instead (C x BV, not K x C elements)
         b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
-        b_kt = b_kt.to(tl.float32) * tl.where(m_c, tl.exp(G_last - b_G), 0.0)[None, :]
-        b_S = b_S * tl.exp(G_last) + dot(b_kt, b_U, k, LOWP)
+        b_Ue = b_U * tl.where(m_c, tl.exp(G_last - b_G), 0.0)[:, None]
+        b_S = b_S * tl.exp(G_last) + dot(b_kt, b_Ue, k, LOWP)
     tl.store(ht_out + i_n.to(tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
 
 

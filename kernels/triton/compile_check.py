@@ -12,7 +12,8 @@ still fail there, but one that fails here needs a look before any device time is
     python -m qdelta.kernels.triton.compile_check [--heads 128x256 256x512] [--dtype bfloat16]
 
 (the launches are recorded in a child process under TRITON_INTERPRET=1; this process compiles).
-Each row also carries ``ptx_sha1``, a digest of the kernel's PTX without debug information, labels
+Each row also gives the registers per thread and the stack bytes (spills) that ptxas settled on
+(``cuobjdump -res-usage``; this machine's ptxas, not necessarily the GPU machine's), and ``ptx_sha1``, a digest of the kernel's PTX without debug information, labels
 of inlined scopes, or the kernel's own name: equal digests before and after an edit mean the GPU
 runs the same code, which is how a refactor made after the last GPU run is shown to change nothing
 (run both versions with the same Triton and settings and compare).
@@ -92,6 +93,25 @@ def ptx_digest(ptx: str, name: str) -> str:
     return hashlib.sha1("\n".join(keep).replace(name, "KERNEL").encode()).hexdigest()[:12]
 
 
+def register_usage(cubin: bytes) -> Dict[str, int]:
+    """Registers per thread and stack bytes (register spills) of a compiled kernel, read from its cubin
+    with the ``cuobjdump`` Triton ships; empty where that tool is missing. A kernel at 255 registers
+    with a stack spills: the first thing to look at when a kernel is slower than its bytes and FLOPs say."""
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return {"registers": int(found.group(1)), "stack": int(found.group(2))} if found else {}
+
+
 def compile_for_hopper(desc: dict) -> Dict[str, object]:
     """Compile one recorded launch for sm_90 (this process must NOT be interpreting)."""
     import importlib
@@ -115,7 +135,8 @@ def compile_for_hopper(desc: dict) -> Dict[str, object]:
         options["num_stages"] -= 1
     return {"kernel": desc["name"], "shared": shared, "num_warps": options["num_warps"],
             "num_stages_asked": desc["options"]["num_stages"], "num_stages_used": options["num_stages"],
-            "fits": shared <= SHARED_LIMIT, "ptx_sha1": ptx_digest(compiled.asm["ptx"], desc["name"])}
+            "fits": shared <= SHARED_LIMIT, **register_usage(compiled.asm["cubin"]),
+            "ptx_sha1": ptx_digest(compiled.asm["ptx"], desc["name"])}
 
 
 def main(argv=None) -> int:
