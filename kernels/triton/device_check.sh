@@ -2,7 +2,7 @@
 # One device call (GPU machine, see NOTES.md): make `import qdelta.kernels` work, then run the
 # steps named: pick (the first of CANDIDATES, launch overrides as JSON separated by ';', that passes
 # the bf16 chunk GPU tests becomes QDELTA_TRITON_LAUNCH for the later steps), tests (GPU tests),
-# profile (where one fwd+bwd goes), bench (the benchmark), tune (kernels/triton/tune.py; TUNE_ARGS, TUNE_TRIALS: JSON for --trials),
+# profile (where one fwd+bwd goes, ours and fla's), bench (the benchmark), tune (kernels/triton/tune.py; TUNE_ARGS, TUNE_TRIALS: JSON for --trials),
 # all (= tests profile bench). Logs and result files land
 # in $OUT, named with $TAG when set (e.g. a run under QDELTA_TRITON_LAUNCH overrides). If .whl/ holds
 # wheels (fla-core, einops), they are installed first. Usage: bash kernels/triton/device_check.sh STEP...
@@ -41,24 +41,9 @@ for step in $steps; do
   tests)
     timeout 330 python3 -m pytest -q -m gpu -s -rA -p no:cacheprovider tests/kernels/test_triton_gpu.py ${TEST_ARGS:-} 2>&1 \
       | tee "$OUT/gpu_tests$tag.log" | grep -E "ERR|passed|failed|Error" ;;
-  profile)  # where the time of one fwd+bwd goes (1.3B heads, T=2048, B=16)
-    timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/profile$tag.log" | grep -E "kernel|Self CUDA time"
-import torch
-from torch.profiler import profile, ProfilerActivity
-from qdelta.harness.bench_kernels import _inputs
-from qdelta.kernels import chunk_qdelta
-for K, V in ((128, 256), (256, 512)):
-    q, k, v, g, beta, lam = _inputs(16, 2048, 6, K, V, requires_grad=True)
-    do = torch.randn(16, 2048, 6, V, device="cuda").bfloat16()
-    for _ in range(2):
-        chunk_qdelta(q, k, v, g, beta, lam)[0].backward(do)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        chunk_qdelta(q, k, v, g, beta, lam)[0].backward(do)
-        torch.cuda.synchronize()
-    print(f"K={K} V={V}")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
-PY
+  profile)  # where the time of one fwd+bwd goes, ours and fla's (kernels/triton/profile.py)
+    timeout ${PROFILE_TIMEOUT:-180} python3 -m qdelta.kernels.triton.profile ${PROFILE_ARGS:-} 2>&1 | grep -v Warn \
+      | tee "$OUT/profile$tag.log"
     ;;
   bench)
     timeout 480 python3 -m qdelta.harness.cli bench kernels --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench$tag.log" | grep -v "^INFO" ;;
