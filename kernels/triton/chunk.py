@@ -97,13 +97,13 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     dev, f32 = q.device, torch.float32
     G = torch.empty(T, H, dtype=f32, device=dev)
     # W and Aqk in the inputs' 16-bit dtype (launch.py W_LOWP, A_LOWP) only where every reader rounds
-    # them to that dtype anyway (LOWP in the state and reverse passes; Aqk: the output fused into the
-    # state pass, whose dot rounds it): then the same numbers, half the bytes
+    # them to that dtype anyway (LOWP in the state and reverse passes; Aqk: also in the pass that computes
+    # the output, fused into the state pass or the output kernel): then the same numbers, half the bytes
     cfg = settings("intra", K, V)
-    state, reverse = settings("state", K, V), settings("reverse", K, V)
+    state, reverse, output = settings("state", K, V), settings("reverse", K, V), settings("output", K, V)
     rounded = q.dtype != f32 and state["LOWP"] and reverse["LOWP"]
     w16 = cfg.pop("W_LOWP") and rounded
-    a16 = cfg.pop("A_LOWP") and rounded and state["FUSE_OUTPUT"]
+    a16 = cfg.pop("A_LOWP") and rounded and (state["FUSE_OUTPUT"] or output["LOWP"])
     W = torch.empty(T, H, K, dtype=q.dtype if w16 else f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC = _p2(chunk_size)
@@ -133,7 +133,7 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         FUSE_OUTPUT=fuse, STORE_H=store_h, STORE_UP=Up is not None,
     )
     if not fuse:
-        cfg = settings("output", K, V)
+        cfg = output
         launch(chunk_fwd._output_kernel, (triton.cdiv(V, cfg["BV"]), NC, H), cfg,
                q, Aqk, G, h, Up, o, table.bos, table.len, scale, H=H, K=K, V=V, BC=BC)
     return o, h, ht, ((G, W, Up, Aqk, Tinv, h) if store_inverse else None)

@@ -86,7 +86,8 @@ def _reverse_state_kernel(
 def _intra_bwd_kernel(
     q, k, v, G, beta, lam, Tinv, Up, dUp, do,  # tokens (T, H, ·); Tinv (NC, H, BC, BC); Up, dUp fp32
     chunk_bos, chunk_len,
-    dR_out, dv, dP_out, dA_out, dG_out, dbeta_out,  # (T,H,V) fp32, (T,H,V), (NC,H,BC,BC) fp32 x2, (T,H) fp32 x2
+    dR_out, dv, dP_out, dA_out, dG_out, dbeta_out,  # (T,H,V), (T,H,V), (NC,H,BC,BC) x2 (fp32 or, for a
+    # LOWP K-block kernel, 16-bit), (T,H) fp32 x2
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
@@ -107,7 +108,7 @@ def _intra_bwd_kernel(
         m_cv = m_c[:, None] & (o_v < V)[None, :]
         p_cv = o_t[:, None] * V + o_v[None, :]
         b_dR = tl.dot(b_Tt, tl.load(dUp + p_cv, mask=m_cv, other=0.0))
-        tl.store(dR_out + p_cv, b_dR, mask=m_cv)
+        tl.store(dR_out + p_cv, b_dR.to(dR_out.dtype.element_ty), mask=m_cv)
         b_v = tl.load(v + p_cv, mask=m_cv, other=0.0).to(tl.float32)
         tl.store(dv + p_cv, (b_dR * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_cv)
         b_dbeta += tl.sum(b_dR * b_v, 1)
@@ -142,8 +143,8 @@ def _intra_bwd_kernel(
     b_dA = tl.where(m_incl, scale * b_dAacc, 0.0)
     b_MA = b_dA * b_QK * b_Gam
     b_dG = tl.sum(b_ML + b_MA, 1) - tl.sum(b_ML + b_MA, 0)
-    tl.store(dP_out + p_cc, b_dL * b_Gam * b_beta[:, None])
-    tl.store(dA_out + p_cc, b_dA * b_Gam)
+    tl.store(dP_out + p_cc, (b_dL * b_Gam * b_beta[:, None]).to(dP_out.dtype.element_ty))
+    tl.store(dA_out + p_cc, (b_dA * b_Gam).to(dA_out.dtype.element_ty))
     tl.store(dG_out + o_t, b_dG, mask=m_c)
     tl.store(dbeta_out + o_t, b_dbeta, mask=m_c)
 
@@ -175,20 +176,25 @@ def _kq_bwd_kernel(
     b_dRS = tl.zeros([BC, BK], dtype=tl.float32)
     b_UdS = tl.zeros([BC, BK], dtype=tl.float32)
     b_sdot = tl.zeros([BK], dtype=tl.float32)
+    # 64-bit offsets only in the scalar base pointers; the tile offsets are 32-bit (half the registers)
     p_state = tl.cast(i_c, tl.int64) * H * K * V + i_h * K * V
+    h_c, dS_c = h + p_state, dS_end + p_state
+    p_row = (bos * H + i_h) * V  # the chunk's first (token, head) row of the (T, H, V) tensors
+    do_c, dR_c, Up_c = do + p_row, dR + p_row, Up + p_row
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         m_vk = m_v[:, None] & m_k[None, :]
-        p_vk = p_state + o_k[None, :] * V + o_v[:, None]  # state^T tile: (BV, BK)
-        b_St = tl.load(h + p_vk, mask=m_vk, other=0.0).to(tl.float32)
-        b_dSt = tl.load(dS_end + p_vk, mask=m_vk, other=0.0).to(tl.float32)
-        b_sdot += tl.sum(b_St * b_dSt, 0)
-        p_cv = o_t[:, None] * V + o_v[None, :]
+        p_vk = o_k[None, :] * V + o_v[:, None]  # state^T tile: (BV, BK)
+        # tiles go to the dots in their stored dtype (16-bit with LOWP: half the shared memory of fp32)
+        b_St = tl.load(h_c + p_vk, mask=m_vk, other=0.0)
+        b_dSt = tl.load(dS_c + p_vk, mask=m_vk, other=0.0)
+        b_sdot += tl.sum(b_St.to(tl.float32) * b_dSt.to(tl.float32), 0)
+        p_cv = o_c[:, None] * (H * V) + o_v[None, :]
         m_cv = m_c[:, None] & m_v[None, :]
-        b_dOS += dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_St, k, LOWP)
-        b_dRS += dot(tl.load(dR + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP)
-        b_UdS += dot(tl.load(Up + p_cv, mask=m_cv, other=0.0), b_dSt, k, LOWP)
+        b_dOS = dot_add(b_dOS, tl.load(do_c + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP)
+        b_dRS = dot_add(b_dRS, tl.load(dR_c + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP)
+        b_UdS = dot_add(b_UdS, tl.load(Up_c + p_cv, mask=m_cv, other=0.0), b_dSt, k, LOWP)
 
     p_ck = o_t[:, None] * K + o_k[None, :]
     b_q = tl.load(q + p_ck, mask=m_ck, other=0.0).to(tl.float32)
@@ -278,10 +284,14 @@ def chunk_backward(saved, do, dht, dh_last):
         H=H, K=K, V=V, BC=BC, BK=_p2(K),
     )
 
-    dR = torch.empty(T, H, V, dtype=f32, device=dev)
+    # dR, dP and dA have one reader, the K-block kernel: with LOWP it rounds them to the inputs' 16-bit
+    # dtype anyway, so they are stored in that dtype (the same numbers, half the bytes)
+    kq = settings("kq_bwd", K, V)
+    to_kq = q.dtype if kq["LOWP"] else f32
+    dR = torch.empty(T, H, V, dtype=to_kq, device=dev)
     dv = torch.empty_like(v)
-    dP = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
-    dA = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
+    dP = torch.empty(NC, H, BC, BC, dtype=to_kq, device=dev)
+    dA = torch.empty(NC, H, BC, BC, dtype=to_kq, device=dev)
     dG_intra = torch.empty(T, H, dtype=f32, device=dev)
     dbeta_intra = torch.empty(T, H, dtype=f32, device=dev)
     launch(_intra_bwd_kernel, (NC, H), settings("intra_bwd", K, V),
@@ -290,7 +300,7 @@ def chunk_backward(saved, do, dht, dh_last):
         H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official,
     )
 
-    cfg = settings("kq_bwd", K, V)
+    cfg = kq
     NK = triton.cdiv(K, cfg["BK"])
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     parts = torch.empty(3, NK, T, H, dtype=f32, device=dev)

@@ -258,11 +258,11 @@ def _state_kernel(
 
 @triton.jit
 def _output_kernel(
-    # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32 or 16-bit, (T, H, V) fp32, (T, H, V)
+    # (T, H, K), (NC, H, BC, BC) fp32 or 16-bit, (T, H) fp32, (NC, H, K, V) fp32 or 16-bit, (T, H, V) fp32, (T, H, V)
     q, A, G, h, Up, o,
     chunk_bos, chunk_len, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
@@ -274,12 +274,12 @@ def _output_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
-        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
-        b_o += tl.dot(b_q.to(tl.float32), b_h)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_o = dot_add(b_o, b_q, b_h, q, LOWP)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)
     b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
     p_u = o_t[:, None] * V + o_v[None, :]
     m_u = m_c[:, None] & m_v[None, :]
     b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
-    b_o = scale * (b_o * tl.exp(b_G)[:, None] + tl.dot(b_A, b_U))
+    b_o = scale * (b_o * tl.exp(b_G)[:, None] + dot(b_A, b_U, q, LOWP))
     tl.store(o + p_u, b_o.to(o.dtype.element_ty), mask=m_u)

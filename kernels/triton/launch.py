@@ -5,7 +5,7 @@ H200; see NOTES.md), updated by ``OVERRIDES[kernel]``, which the tuning script s
 other values without editing the launchers. ``OVERRIDES`` starts from the environment variable
 ``QDELTA_TRITON_LAUNCH`` (JSON, e.g. ``{"reverse": {"BV": 64}}``) for trying settings on a
 machine without editing code. Every tile size is a power of two >= 16; the state kernels hold
-all of K in one tile (``BK`` is K padded). ``LOWP`` (state, reverse, kq_bwd): the dots' operands are
+all of K in one tile (``BK`` is K padded). ``LOWP`` (state, output, reverse, kq_bwd): the dots' operands are
 rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operands; accumulation
 and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where both its
 readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the chunk-start
@@ -43,7 +43,7 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,
                     LOWP=True, H_LOWP=True)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
-        return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+        return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=True)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
                     H_LOWP=True)

@@ -5,7 +5,8 @@ forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tok
         [--repeat N] [--out tune.json]
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
-unusable), against that process's own baseline (best of three). Prints one line per trial and,
+unusable), against that process's own baseline (best of three). Trials start from the launch.py
+defaults, or from ``QDELTA_TRITON_LAUNCH`` when that is set (tuning around a candidate setting). Prints one line per trial and,
 last, the best setting per kernel (forward kernels judged by the forward time, backward kernels by
 forward+backward, the decoding kernel ``recurrent`` by its paper variant's kernel time, its pair
 reading (paper, official) in ms) and the chunk time with all the best ones together.
@@ -68,16 +69,23 @@ def time_decode(name):
 REPEAT = 1  # --repeat: each trial timed this many times, the best kept (the 340M timings spread ~10 %)
 
 
+# the settings every trial starts from: QDELTA_TRITON_LAUNCH when set (tuning on top of a candidate), else
+# the launch.py defaults; a trial's overrides replace single values of these
+BASE = {kernel: dict(o) for kernel, o in launch.OVERRIDES.items()}
+
+
 def trial(leaves, do, overrides, decode_config=None):
     launch.OVERRIDES.clear()
-    launch.OVERRIDES.update(overrides)
+    for kernel in set(BASE) | set(overrides):
+        launch.OVERRIDES[kernel] = {**BASE.get(kernel, {}), **overrides.get(kernel, {})}
     try:
         runs = [time_decode(decode_config) if decode_config else time_call(leaves, do) for _ in range(REPEAT)]
         return tuple(min(r[i] for r in runs) for i in range(2))
     except Exception as e:  # e.g. out of shared memory: report and go on
         return f"{type(e).__name__}: {str(e)[:120]}"
-    finally:
+    finally:  # back to the starting settings
         launch.OVERRIDES.clear()
+        launch.OVERRIDES.update({kernel: dict(o) for kernel, o in BASE.items()})
 
 
 def run_group(name: str, kernel: str) -> dict:

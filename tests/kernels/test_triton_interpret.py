@@ -33,6 +33,8 @@ CASES = {
     # keeps fp32 states)
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
+    # the same with the output from its own kernel (state pass without FUSE_OUTPUT), 16-bit operands there too
+    "paper-varlen-fp16-lowp-output-kernel": ("paper", 20, 24, 64, "varlen", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
@@ -60,8 +62,9 @@ def _check_chunk(name, torch, ops, rel):
 
     dtype = torch.float16 if "fp16" in name else torch.float32
     from qdelta.kernels.triton import launch
-    lowp = name.endswith("-lowp")
-    launch.OVERRIDES.update(state={"FUSE_OUTPUT": name.endswith("fused-output") or lowp, "LOWP": lowp, "H_LOWP": lowp},
+    lowp = "-lowp" in name
+    fused = name.endswith("fused-output") or name.endswith("-lowp")
+    launch.OVERRIDES.update(state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp}, output={"LOWP": lowp},
                             reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
                             intra={"W_LOWP": lowp, "A_LOWP": lowp})
     try:

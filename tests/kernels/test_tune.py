@@ -19,6 +19,22 @@ def test_trial_sets_overrides_only_while_timing_and_keeps_the_best_of_repeats(mo
     assert launch.OVERRIDES == {}
 
 
+def test_trials_start_from_the_environment_settings_and_change_single_values(monkeypatch):
+    seen = []
+
+    def fake_time_call(leaves, do):
+        seen.append({k: dict(v) for k, v in launch.OVERRIDES.items()})
+        return (1.0, 2.0)
+    base = {"state": {"FUSE_OUTPUT": False, "num_stages": 2}, "kq_bwd": {"LOWP": True}}
+    monkeypatch.setattr(tune, "time_call", fake_time_call)
+    monkeypatch.setattr(tune, "BASE", base)
+    monkeypatch.setattr(launch, "OVERRIDES", {k: dict(v) for k, v in base.items()})
+    tune.trial(None, None, {"state": {"num_stages": 1}, "output": {"BK": 64}})
+    assert seen == [{"state": {"FUSE_OUTPUT": False, "num_stages": 1}, "kq_bwd": {"LOWP": True},
+                     "output": {"BK": 64}}]
+    assert launch.OVERRIDES == base  # restored after the trial
+
+
 def test_a_failing_setting_is_reported_not_raised(monkeypatch):
     def out_of_memory(leaves, do):
         raise RuntimeError("out of resource: shared memory")
