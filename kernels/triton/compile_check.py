@@ -35,8 +35,8 @@ _TRITON_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float
 
 
 def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
-    """The kernel launches of one chunk forward + backward and one decoding step (tiny T, real head
-    sizes), recorded under the interpreter (this process must have TRITON_INTERPRET=1) as plain,
+    """The kernel launches of one chunk forward + backward, one forward with the output fused into the
+    state pass, and one decoding step (tiny T, real head sizes), recorded under the interpreter (this process must have TRITON_INTERPRET=1) as plain,
     JSON-able descriptions."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("record_launches runs under TRITON_INTERPRET=1 (the launches happen on the CPU)")
@@ -76,6 +76,14 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
         leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
         o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
         o.float().sum().backward()
+        before = dict(launch.OVERRIDES)
+        launch.OVERRIDES["state"] = {**before.get("state", {}), "FUSE_OUTPUT": True}
+        try:  # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
+            with torch.no_grad():
+                chunk_qdelta(**{n: t.detach() for n, t in leaves.items()}, use_qk_l2norm=True, variant=variant)
+        finally:
+            launch.OVERRIDES.clear()
+            launch.OVERRIDES.update(before)
         step = {n: t[:, :1].detach() for n, t in leaves.items()}
         with torch.no_grad():
             fused_recurrent_qdelta(**step, initial_state=x["initial_state"].float(), use_qk_l2norm=True,

@@ -38,19 +38,20 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True, A_LOWP=False)
-    if kernel == "state":  # _state_kernel (forward, sequential over chunks), the output fused in
-        # K = 256: one stage (fp32 operands asked 246-279 KB for more; with LOWP two fit but were no faster)
-        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if wide else 3, FUSE_OUTPUT=True,
+    if kernel == "state":  # _state_kernel (forward, sequential over chunks)
+        # the output from its own kernel: without q and Aqk the loads of two pipeline stages fit in shared
+        # memory at K = 256 too (with the output fused in, K = 256 needs one stage; NOTES.md v9)
+        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=2, FUSE_OUTPUT=False,
                     LOWP=True, H_LOWP=True)
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
-        return dict(BK=min(32, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=True)
+        return dict(BK=min(64, BKF), BV=min(128, p2(V)), num_warps=8, num_stages=2, LOWP=True)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
                     H_LOWP=True)
     if kernel == "intra_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
     if kernel == "kq_bwd":
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=False)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=True)
     if kernel == "recurrent":  # _recurrent_kernel (decoding); num_warps / num_stages are Triton's defaults
         return dict(BV=min(32, p2(V)), num_warps=4, num_stages=3)
     raise KeyError(f"no launch settings for kernel {kernel!r}")
@@ -66,6 +67,10 @@ def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
     if kernel in ("state", "reverse") and p2(K) >= 256 and cfg["BV"] < least:
         raise ValueError(f"launch settings for {kernel!r}: BV={cfg['BV']} with K={K}"
                          f"{' and LOWP' if least == 64 else ''} faults on Hopper (Triton 3.6); use BV >= {least}")
+    # and the K-block backward with 16-bit operands on 32 x 32 (BK x BV) tiles at K = 128 and 256 (tune.py, v9)
+    if kernel == "kq_bwd" and cfg.get("LOWP") and cfg["BK"] <= 32 and cfg["BV"] <= 32 and p2(K) >= 128:
+        raise ValueError(f"launch settings for 'kq_bwd': BK={cfg['BK']}, BV={cfg['BV']} with LOWP fault on Hopper "
+                         "(Triton 3.6); use BK or BV >= 64, or LOWP off")
     return cfg
 
 

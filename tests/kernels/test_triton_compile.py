@@ -28,6 +28,8 @@ def test_chunk_kernels_compile_for_sm90_and_fit_shared_memory():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for heads in ("128x256", "256x512"):
         kernels = {r["kernel"] for r in rows if r["heads"] == heads}
-        assert kernels == {"_intra_kernel", "_state_kernel", "_reverse_state_kernel", "_intra_bwd_kernel",
-                           "_kq_bwd_kernel", "_recurrent_kernel"}, (heads, kernels)
+        assert kernels == {"_intra_kernel", "_state_kernel", "_output_kernel", "_reverse_state_kernel",
+                           "_intra_bwd_kernel", "_kq_bwd_kernel", "_recurrent_kernel"}, (heads, kernels)
+        fused = [r for r in rows if r["heads"] == heads and r["kernel"] == "_state_kernel"]
+        assert len(fused) == 2  # the state pass as launched by default and with the output fused in
     assert all(r["fits"] and 0 < r["shared"] <= 232448 for r in rows)

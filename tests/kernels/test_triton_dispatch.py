@@ -79,5 +79,11 @@ def test_launch_settings_defaults_overrides_and_refusals(monkeypatch):
         with pytest.raises(ValueError, match="faults on Hopper"):
             L.settings(kernel, 256, 512)
         L.settings(kernel, 128, 256)  # the narrower head is fine
+    monkeypatch.setattr(L, "OVERRIDES", {"kq_bwd": {"BK": 32, "BV": 32, "LOWP": True}})
+    for K, V in ((256, 512), (128, 256)):  # faults at both head sizes
+        with pytest.raises(ValueError, match="fault on Hopper"):
+            L.settings("kq_bwd", K, V)
+    monkeypatch.setattr(L, "OVERRIDES", {"kq_bwd": {"BK": 32, "BV": 32, "LOWP": False}})
+    L.settings("kq_bwd", 256, 512)
     with pytest.raises(KeyError, match="no launch settings"):
         L.settings("nonexistent", 64, 64)

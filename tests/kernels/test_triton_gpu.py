@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qdelta.kernels import OfficialState, chunk_qdelta, fused_recurrent_qdelta
+from qdelta.kernels.triton import launch
 from qdelta.kernels._inputs import prepare
 from qdelta.kernels.chunk import chunk_sequence
 from qdelta.kernels._sequences import run_per_sequence
@@ -82,10 +83,18 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
         print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd {name}: {e:.3e} (tol {tol_f})")
         if not e <= tol_f:
             failures.append((name, e))
-    with torch.no_grad():  # no gradients: the paper variant keeps no chunk states (output fused in the state pass)
-        o_nograd, _ = triton_op(x, variant, cu)
+    # no gradients, with the output fused into the state pass (the default has its own output kernel; fused,
+    # the paper variant keeps no chunk states)
+    before = dict(launch.OVERRIDES)
+    launch.OVERRIDES["state"] = {**launch.OVERRIDES.get("state", {}), "FUSE_OUTPUT": True}
+    try:
+        with torch.no_grad():
+            o_nograd, _ = triton_op(x, variant, cu)
+    finally:
+        launch.OVERRIDES.clear()
+        launch.OVERRIDES.update(before)
     e = rel(o_nograd, ref_outs[0])
-    print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd o (no grad): {e:.3e} (tol {tol_f})")
+    print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd o (no grad, output fused): {e:.3e} (tol {tol_f})")
     if not e <= tol_f:
         failures.append(("o (no grad)", e))
     for name in x:
