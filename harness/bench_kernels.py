@@ -271,6 +271,56 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
     return report
 
 
+def load_report(path: Path) -> Report:
+    """A report from the JSON that :func:`write_report` wrote."""
+    raw = json.loads(Path(path).read_text())
+    report = Report(**{k: v for k, v in raw.items() if k not in ("rows", "decode")})
+    report.rows = [Row(**r) for r in raw["rows"]]
+    report.decode = [DecodeRow(**d) for d in raw["decode"]]
+    return report
+
+
+MERGE_MUST_MATCH = ("card", "torch", "triton", "fla", "launch_overrides")
+
+
+def merge_reports(reports: List[Report]) -> Report:
+    """One report from runs that each measured part of the shapes (e.g. the lengths split over two device
+    calls) with the same card, versions and launch settings. A later report's row replaces an earlier
+    one's of the same shape (decode rows: same config and variant, with that report's copy bandwidth);
+    the copy bandwidth shown is that of the last run with decode rows; the notes name the runs and what
+    none of them measured."""
+    if not reports:
+        raise ValueError("nothing to merge: give at least one report JSON")
+    first = reports[0]
+    for r in reports[1:]:
+        for name in MERGE_MUST_MATCH:
+            if getattr(r, name) != getattr(first, name):
+                raise ValueError(f"cannot merge runs with different {name}: {getattr(first, name)!r} vs "
+                                 f"{getattr(r, name)!r}; benchmark the missing shapes again under the same {name}")
+    rows, decode, copy_gbps = {}, {}, first.copy_gbps
+    for r in reports:
+        rows.update({(w.config, w.T): w for w in r.rows})
+        if r.decode:
+            decode.update({(d.config, d.variant): d for d in r.decode})
+            copy_gbps = r.copy_gbps
+    order = {c: i for i, c in enumerate(HEAD_CONFIGS)}
+    merged = Report(**{n: getattr(first, n) for n in MERGE_MUST_MATCH}, date=reports[-1].date, copy_gbps=copy_gbps,
+                    fla_note=next((r.fla_note for r in reports if r.fla_note), None))
+    merged.rows = sorted(rows.values(), key=lambda w: (order.get(w.config, len(order)), w.T))
+    merged.decode = sorted(decode.values(), key=lambda d: (order.get(d.config, len(order)), d.variant != "paper"))
+    def shapes(r: Report) -> str:
+        return ", ".join(f"{w.config} T={w.T}" for w in sorted(r.rows, key=lambda w: (order.get(w.config, 9), w.T)))
+    merged.notes = [f"merged from {len(reports)} runs on the same card and settings: "
+                    + "; ".join(f"{r.date} ({shapes(r)})" for r in reports)]
+    merged.notes += [n for r in reports for n in r.notes if not n.startswith(("not run", "merged from"))]
+    measured_configs = {d.config for d in merged.decode}
+    missing = [f"{c} T={T}" for c in HEAD_CONFIGS for T in LENGTHS if (c, T) not in rows]
+    missing += [f"{c} decode" for c in HEAD_CONFIGS if c not in measured_configs]
+    if missing:
+        merged.notes.append("not run (left out by --configs / --lengths): " + ", ".join(missing))
+    return merged
+
+
 def _fmt(x, digits=2):
     return "—" if x is None else f"{x:.{digits}f}"
 

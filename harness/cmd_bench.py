@@ -15,12 +15,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="head configs (default both: H6 K128 V256 and H6 K256 V512)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"),
                         help="folder for kernels-<card>.json / .md (default results/bench)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: combine earlier runs' kernels-<card>.json files (same card, "
+                             "versions and launch settings; later rows replace earlier ones) into --out")
     parser.epilog = ("examples:\n  qdelta bench kernels\n"
-                     "  qdelta bench kernels --lengths 2048 --configs 1.3B --out /tmp/bench")
+                     "  qdelta bench kernels --lengths 2048 --configs 1.3B --out /tmp/bench\n"
+                     "  qdelta bench kernels --merge run1/kernels-h200.json run2/kernels-h200.json")
 
 
 def run(args) -> int:
     from qdelta.harness import bench_kernels
+    if args.merge:
+        if args.lengths or args.configs:
+            raise ValueError("--merge combines finished runs; --lengths / --configs do not apply to it")
+        for path in args.merge:
+            if not path.is_file():
+                raise ValueError(f"--merge: no such file {path} (give the kernels-<card>.json of each run)")
+        report = bench_kernels.merge_reports([bench_kernels.load_report(p) for p in args.merge])
+        paths = bench_kernels.write_report(report, args.out)
+        print(bench_kernels.to_markdown(report))
+        print(f"wrote {paths['json']} and {paths['md']}")
+        return 0
     for T in args.lengths or []:
         if T <= 0 or bench_kernels.TOKENS % T:
             raise ValueError(f"--lengths: each T must divide {bench_kernels.TOKENS} tokens, got {T}")

@@ -29,14 +29,56 @@ def test_a_limited_run_names_what_it_left_out():
     assert "1.3B T=2048" not in missing and "1.3B decode" not in missing
 
 
+def _partial_run(date, lengths, decode, seed, **fields):
+    """A report as a run limited to ``lengths`` writes it (timings drawn at random: this checks bookkeeping)."""
+    gen = torch.Generator().manual_seed(seed)
+    ms = lambda: round(float(torch.rand((), generator=gen)) * 9 + 1, 3)  # noqa: E731
+    r = bench_kernels.Report(card="NVIDIA H200", torch="2.11.0", triton="3.6.0", date=date, fla="0.6.0",
+                             copy_gbps=4000 + seed, **fields)
+    r.rows = [bench_kernels.Row(c, T, 32768 // T, ms(), 10 + ms(), ms(), ms()) for c in bench_kernels.HEAD_CONFIGS
+              for T in lengths]
+    r.decode = [bench_kernels.DecodeRow(c, v, 64, ms(), ms(), 1 << 20, ms(), 0.5) for c in bench_kernels.HEAD_CONFIGS
+                for v in ("paper", "official")] if decode else []
+    r.notes = ["not run (left out by --configs / --lengths): ..."]
+    return r
+
+
+def test_merge_combines_partial_runs_and_names_them(tmp_path, capsys):
+    a = _partial_run("2026-01-01T00:00:00", (2048, 4096), True, 1)
+    b = _partial_run("2026-01-01T00:05:00", (8192, 16384, 4096), True, 2)  # T=4096 measured again
+    paths = [bench_kernels.write_report(r, tmp_path / name)["json"] for name, r in (("a", a), ("b", b))]
+    assert main(["bench", "kernels", "--merge", *map(str, paths), "--out", str(tmp_path / "merged")]) == 0
+    merged = bench_kernels.load_report(tmp_path / "merged" / "kernels-h200.json")
+    got = {(w.config, w.T): w for w in merged.rows}
+    assert list(got) == [(c, T) for c in bench_kernels.HEAD_CONFIGS for T in bench_kernels.LENGTHS]
+    assert got["1.3B", 2048] == next(w for w in a.rows if (w.config, w.T) == ("1.3B", 2048))
+    assert got["1.3B", 4096] == next(w for w in b.rows if (w.config, w.T) == ("1.3B", 4096))  # the later run's
+    assert merged.decode == b.decode and merged.copy_gbps == b.copy_gbps
+    assert not any(n.startswith("not run") for n in merged.notes)  # every shape is covered now
+    assert a.date in merged.notes[0] and b.date in merged.notes[0]
+    assert "merged from 2 runs" in capsys.readouterr().out
+
+
+def test_merge_refuses_runs_that_differ_and_bad_arguments(tmp_path, capsys):
+    a = _partial_run("d1", (2048,), False, 1)
+    b = _partial_run("d2", (4096,), False, 2, launch_overrides='{"state": {"BV": 32}}')
+    with pytest.raises(ValueError, match="different launch_overrides"):
+        bench_kernels.merge_reports([a, b])
+    merged = bench_kernels.merge_reports([a, _partial_run("d2", (4096,), False, 2)])
+    assert "340M decode" in merged.notes[-1] and "1.3B T=8192" in merged.notes[-1]
+    assert main(["bench", "kernels", "--merge", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    path = bench_kernels.write_report(a, tmp_path)["json"]
+    assert main(["bench", "kernels", "--merge", str(path), "--lengths", "2048"]) == 2
+    assert "do not apply" in capsys.readouterr().err
+
+
 def test_committed_results_render_and_cover_every_shape(tmp_path):
     files = sorted(RESULTS.glob("kernels-*.json"))
     assert files, f"no committed benchmark JSON under {RESULTS}"
     for path in files:
         raw = json.loads(path.read_text())
-        report = bench_kernels.Report(**{k: v for k, v in raw.items() if k not in ("rows", "decode")})
-        report.rows = [bench_kernels.Row(**r) for r in raw["rows"]]
-        report.decode = [bench_kernels.DecodeRow(**d) for d in raw["decode"]]
+        report = bench_kernels.load_report(path)
         # every shape is there, or the report's notes name the ones a cut run did not measure
         notes = " ".join(report.notes)
         shapes = {(r.config, r.T) for r in report.rows}
