@@ -12,6 +12,7 @@ differentiable. Continuing from the middle of a chunk goes to the reference path
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import List, Optional, Tuple
@@ -80,6 +81,15 @@ class ChunkTable:
         index[pos[None, :] >= torch.tensor(lens)[:, None]] = num_tokens
         self.index = index.to(device)  # (NC, chunk_size), num_tokens for padding
         self.bounds = bounds
+
+
+@functools.lru_cache(maxsize=16)
+def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, num_tokens: int, device: str) -> ChunkTable:
+    """The chunk table of these sequence bounds, built once and kept (16 most recent): building it copies
+    five host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its
+    queued work, so a table built on every call stalls the host once per call (measured: 0.5 - 0.9 ms of a
+    7 ms fwd+bwd at 1.3B). The tables are read-only."""
+    return ChunkTable(list(bounds), chunk_size, num_tokens, device)
 
 
 def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool,
@@ -193,7 +203,7 @@ def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool):
     bounds = [(b * T + s, b * T + e) for b, s, e in inp.sequence_bounds()]
     official = inp.variant == "official"
     size = OFFICIAL_CHUNK if official else chunk_size
-    table = ChunkTable(bounds, size, B * T, q.device)
+    table = chunk_table(tuple(bounds), size, B * T, str(q.device))
     h0 = inp.initial_state
     if isinstance(h0, OfficialState):
         h0 = h0.state
