@@ -87,3 +87,17 @@ def test_launch_settings_defaults_overrides_and_refusals(monkeypatch):
     L.settings("kq_bwd", 256, 512)
     with pytest.raises(KeyError, match="no launch settings"):
         L.settings("nonexistent", 64, 64)
+
+
+def test_chunk_table_is_built_once_per_bounds_and_describes_the_chunks():
+    """The table is cached (its host-to-device copies would synchronise every call); equal bounds give
+    the same table, other bounds or chunk sizes another, and its entries match the bounds."""
+    from qdelta.kernels.triton.chunk import chunk_table
+
+    bounds = ((0, 50), (50, 61), (61, 130))
+    t = chunk_table(bounds, 64, 130, "cpu")
+    assert chunk_table(bounds, 64, 130, "cpu") is t
+    assert chunk_table(bounds, 16, 130, "cpu") is not t and chunk_table(((0, 130),), 64, 130, "cpu") is not t
+    assert t.bos.tolist() == [0, 50, 61, 125] and t.len.tolist() == [50, 11, 64, 5]
+    assert t.seq_chunks.tolist() == [0, 1, 2, 4] and t.last.tolist() == [0, 1, 3]
+    assert int((t.index == 130).sum()) == 4 * 64 - 130  # padding positions point past the tokens
