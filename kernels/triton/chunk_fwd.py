@@ -21,9 +21,10 @@ Triton's default (tf32 on Hopper). Plain pointer arithmetic with masks throughou
 removed ``tl.make_block_ptr``. Checked with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6
 on an H200 (torch 2.11; tests/kernels/test_triton_gpu.py, see NOTES.md); not yet run on an H100.
 Limits: K <= 256, V <= 512 (any size, padded to powers of two inside), chunk size <= 64.
-The state passes hold all of K in one block: K = 256 runs with ``num_stages=1`` (with fp32
-operands deeper pipelining asked 246-279 KB of shared memory, over the 227 KB limit; with the
-16-bit operands of LOWP two stages fit but timed no faster, NOTES.md v8).
+The state passes hold all of K in one block. With 16-bit operands the forward pass's loads (W, K^T,
+U) go to the dots untouched, so Triton copies them straight to shared memory, two pipeline stages
+ahead, also at K = 256 (197 KB) — with the output fused in (q and Aqk loaded too) K = 256 needs one
+stage (NOTES.md v9).
 No ``tl.trans`` of a dot result anywhere (the Triton 3.4-3.7.0 Hopper miscompile, DESIGN §5).
 """
 from __future__ import annotations

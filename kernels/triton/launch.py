@@ -10,9 +10,9 @@ rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operand
 and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where both its
 readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the chunk-start
 states / end-state gradients that the backward's K-block kernel reads in the inputs' 16-bit dtype
-(paper variant; half the bytes of the largest tensors). ``A_LOWP`` (intra; not yet timed on a GPU):
+(paper variant; half the bytes of the largest tensors). ``A_LOWP`` (intra; off: timed no faster, v9):
 ``(Q K^T) * Gam`` stored in the inputs' 16-bit dtype where both its readers round it anyway (LOWP
-state pass with the output fused in, LOWP reverse pass).
+output kernel or state pass with the output fused in, LOWP reverse pass).
 """
 from __future__ import annotations
 
