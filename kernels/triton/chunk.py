@@ -98,8 +98,9 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
 
     Returns o (T, H, V), h (NC, H, K, V) chunk-start states (None when neither the backward nor
     the official final state needs them and the output is fused), ht (N, H, K, V) final states
-    and, with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, h) with T the
-    per-chunk ``(I + L)^-1`` (NC, H, BC, BC); else None.
+    and, with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, PG, h) with T the
+    per-chunk ``(I + L)^-1`` (NC, H, BC, BC) and PG the strictly lower ``P * Gam`` (None unless the
+    backward is set to read it, launch.py SAVED_PAIRS); else None.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -119,11 +120,13 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     Aqk = torch.empty(NC, H, BC, BC, dtype=q.dtype if a16 else f32, device=dev)
+    # P * Gam for a backward that reads the pairing instead of recomputing it (launch.py SAVED_PAIRS)
+    PG = torch.empty_like(Tinv) if store_inverse and settings("intra_bwd", K, V)["SAVED_PAIRS"] else None
     launch(chunk_fwd._intra_kernel, (NC, H), cfg,
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
-        table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk,
+        table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk, G if PG is None else PG,
         H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
-        STORE_T=store_inverse, HC=max(16, BC // 2),
+        STORE_T=store_inverse, STORE_PG=PG is not None, HC=max(16, BC // 2),
     )
     cfg = state
     fuse = cfg.pop("FUSE_OUTPUT")
@@ -146,7 +149,7 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         cfg = output
         launch(chunk_fwd._output_kernel, (triton.cdiv(V, cfg["BV"]), NC, H), cfg,
                q, Aqk, G, h, Up, o, table.bos, table.len, scale, H=H, K=K, V=V, BC=BC)
-    return o, h, ht, ((G, W, Up, Aqk, Tinv, h) if store_inverse else None)
+    return o, h, ht, ((G, W, Up, Aqk, Tinv, PG, h) if store_inverse else None)
 
 
 class _ChunkQDelta(torch.autograd.Function):

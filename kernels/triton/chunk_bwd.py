@@ -85,13 +85,17 @@ def _reverse_state_kernel(
 @triton.jit
 def _intra_bwd_kernel(
     q, k, v, G, beta, lam, Tinv, Up, dUp, do,  # tokens (T, H, ·); Tinv (NC, H, BC, BC); Up, dUp fp32
+    PG, Aqk,  # with SAVED_PAIRS: the forward's strictly lower P * Gam (fp32) and (Q K^T) * Gam, (NC, H, BC, BC)
     chunk_bos, chunk_len,
     dR_out, dv, dP_out, dA_out, dG_out, dbeta_out,  # (T,H,V), (T,H,V), (NC,H,BC,BC) x2 (fp32 or, for a
     # LOWP K-block kernel, 16-bit), (T,H) fp32 x2
     scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+    HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, SAVED_PAIRS: tl.constexpr,
 ):
+    """dR, dv, dL, dAqk and the gate / beta parts of one chunk and head. The pairing ``P`` and ``Q K^T``
+    are recomputed from q and k (K loop), or with SAVED_PAIRS read as the forward stored them (``P * Gam``
+    and ``Aqk = (Q K^T) * Gam``: the same tf32 products, one C x C tile each instead of q and k)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)
@@ -117,31 +121,38 @@ def _intra_bwd_kernel(
         b_dLacc += tl.dot(b_dR, b_Upt)
         b_dAacc += tl.dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_Upt)
 
-    b_P = tl.zeros([BC, BC], dtype=tl.float32)
-    b_QK = tl.zeros([BC, BC], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m = m_c[:, None] & (o_k < K)[None, :]
-        mt = (o_k < K)[:, None] & m_c[None, :]
-        b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
-        b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
-        b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
-        b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
-        b_QK += tl.dot(b_q, b_kt)
-        if OFFICIAL:
-            b_P += tl.dot(b_k, b_kt + b_lam[None, :] * b_qt)  # <k_i, x_j>
-        else:
-            b_P += tl.dot(b_k + b_lam[:, None] * b_q, b_kt)  # <x_i, k_j>
+    if not SAVED_PAIRS:
+        b_P = tl.zeros([BC, BC], dtype=tl.float32)
+        b_QK = tl.zeros([BC, BC], dtype=tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m = m_c[:, None] & (o_k < K)[None, :]
+            mt = (o_k < K)[:, None] & m_c[None, :]
+            b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+            b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
+            b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
+            b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
+            b_QK += tl.dot(b_q, b_kt)
+            if OFFICIAL:
+                b_P += tl.dot(b_k, b_kt + b_lam[None, :] * b_qt)  # <k_i, x_j>
+            else:
+                b_P += tl.dot(b_k + b_lam[:, None] * b_q, b_kt)  # <x_i, k_j>
     m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
     m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
     b_Gam = tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
     b_dL = tl.where(m_strict, -b_dLacc, 0.0)
-    b_PG = b_P * b_Gam
+    if SAVED_PAIRS:
+        b_PG = tl.load(PG + p_cc, mask=m_strict, other=0.0)
+    else:
+        b_PG = b_P * b_Gam
     b_dLPG = b_dL * b_PG  # d(L)_ij L_ij / beta_i
     b_dbeta += tl.sum(b_dLPG, 1)
     b_ML = b_dLPG * b_beta[:, None]
     b_dA = tl.where(m_incl, scale * b_dAacc, 0.0)
-    b_MA = b_dA * b_QK * b_Gam
+    if SAVED_PAIRS:
+        b_MA = b_dA * tl.load(Aqk + p_cc, mask=m_incl, other=0.0).to(tl.float32)
+    else:
+        b_MA = b_dA * b_QK * b_Gam
     b_dG = tl.sum(b_ML + b_MA, 1) - tl.sum(b_ML + b_MA, 0)
     tl.store(dP_out + p_cc, (b_dL * b_Gam * b_beta[:, None]).to(dP_out.dtype.element_ty))
     tl.store(dA_out + p_cc, (b_dA * b_Gam).to(dA_out.dtype.element_ty))
@@ -259,11 +270,11 @@ def _gate_bwd_kernel(
 def chunk_backward(saved, do, dht, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0); tokens laid out (T, H, ·), states fp32.
 
-    ``saved``: the inputs q, k, v, g (or None), beta, lam (or None), the forward's fp32 G, W, U',
-    Aqk, T and chunk-start states h, the chunk table, scale and variant.
+    ``saved``: the inputs q, k, v, g (or None), beta, lam (or None), the forward's G, W, U', Aqk, T,
+    P * Gam (or None) and chunk-start states h, the chunk table, scale and variant.
     """
     q, k, v, g, beta, lam = saved["inputs"]
-    G, W, Up, Aqk, Tinv, h = saved["forward"]
+    G, W, Up, Aqk, Tinv, PG, h = saved["forward"]
     table, scale, official = saved["table"], saved["scale"], saved["official"]
     T, H, K = q.shape
     V = v.shape[-1]
@@ -294,10 +305,12 @@ def chunk_backward(saved, do, dht, dh_last):
     dA = torch.empty(NC, H, BC, BC, dtype=to_kq, device=dev)
     dG_intra = torch.empty(T, H, dtype=f32, device=dev)
     dbeta_intra = torch.empty(T, H, dtype=f32, device=dev)
-    launch(_intra_bwd_kernel, (NC, H), settings("intra_bwd", K, V),
-        q, k, v, G, beta, q if lam is None else lam, Tinv, Up, dUp, do,
+    cfg = settings("intra_bwd", K, V)
+    cfg.pop("SAVED_PAIRS")  # the forward decided: PG is there or not
+    launch(_intra_bwd_kernel, (NC, H), cfg,
+        q, k, v, G, beta, q if lam is None else lam, Tinv, Up, dUp, do, Tinv if PG is None else PG, Aqk,
         table.bos, table.len, dR, dv, dP, dA, dG_intra, dbeta_intra, scale,
-        H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official,
+        H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official, SAVED_PAIRS=PG is not None,
     )
 
     cfg = kq

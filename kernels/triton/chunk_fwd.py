@@ -94,15 +94,17 @@ def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constex
 def _intra_kernel(
     q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
-    # out, fp32 unless said: G (T, H), W (T, H, K; 16-bit with W_LOWP), U (T, H, V), T and A (NC, H, BC, BC; A
-    # 16-bit with A_LOWP)
-    G_out, W_out, U_out, T_out, A_out,
+    # out, fp32 unless said: G (T, H), W (T, H, K; 16-bit with W_LOWP), U (T, H, V), T, A and PG (NC, H, BC, BC;
+    # A 16-bit with A_LOWP)
+    G_out, W_out, U_out, T_out, A_out, PG_out,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BC: tl.constexpr, HC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
+    STORE_PG: tl.constexpr,
 ):
     """Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
-    one chunk and head. The chunk is handled as two halves of ``HC = max(16, BC / 2)`` rows (for BC = 16
+    one chunk and head; with STORE_PG also the strictly lower ``P * Gam`` (``L`` without beta) for the
+    backward, which then does not recompute the pairing. The chunk is handled as two halves of ``HC = max(16, BC / 2)`` rows (for BC = 16
     the second half is padding): ``T = [[T1, 0], [-T2 L21 T1, T2]]`` with T1, T2 the inverses of the
     diagonal blocks, both by forward substitution in the same HC - 1 steps on HC x HC tiles (a quarter
     of the elements of one BC x BC step), reading L^T so each step takes a row of L with a row-wise
@@ -169,6 +171,14 @@ def _intra_kernel(
              mask=in_2[:, None] & in_2[None, :])
     tl.store(A_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=A_out.dtype.element_ty),
              mask=in_2[None, :])
+    if STORE_PG:  # P * Gam, strictly lower (the diagonal blocks written back from their transposed tiles)
+        b_PG11t = b_P11t * tl.exp(tl.where(lower_t1, b_G1[None, :] - b_G1[:, None], float("-inf")))
+        b_PG22t = b_P22t * tl.exp(tl.where(lower_t2, b_G2[None, :] - b_G2[:, None], float("-inf")))
+        tl.store(PG_out + p_cc + o_1[None, :] * BC + o_1[:, None], b_PG11t)
+        tl.store(PG_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_P21 * b_Gam21, mask=in_2[:, None])
+        tl.store(PG_out + p_cc + o_2[None, :] * BC + o_2[:, None], b_PG22t, mask=in_2[None, :] & in_2[:, None])
+        tl.store(PG_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32),
+                 mask=in_2[None, :])
 
     # T1, T2 by forward substitution, both halves per step: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
     b_T1 = tl.where(o_1[:, None] == o_1[None, :], 1.0, 0.0)

@@ -48,8 +48,8 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
                     H_LOWP=True)
-    if kernel == "intra_bwd":
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2)
+    if kernel == "intra_bwd":  # SAVED_PAIRS: read the forward's P * Gam and Aqk, no K loop (not yet GPU-timed)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, SAVED_PAIRS=False)
     if kernel == "kq_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=True)
     if kernel == "recurrent":  # _recurrent_kernel (decoding); num_warps / num_stages are Triton's defaults

@@ -35,7 +35,8 @@ TRIALS = {  # changes from the defaults (launch.py); risky ones (faults, out of 
     "output": [{"BK": 64}, {"BK": 128}, {"BV": 32}, {"BV": 128}, {"num_warps": 8}, {"num_stages": 3}],
     "reverse": [{"num_stages": 2, "num_warps": 8}, {"num_stages": 2, "BV": 32}, {"num_stages": 2}, {"num_warps": 4},
                 {"num_warps": 8}],
-    "intra_bwd": [{"BV": 32, "BK": 32}, {"BK": 32}, {"num_warps": 8}, {"BV": 32}, {"num_stages": 1}],
+    "intra_bwd": [{"SAVED_PAIRS": True}, {"BV": 32, "BK": 32}, {"BK": 32}, {"num_warps": 8}, {"BV": 32},
+                  {"num_stages": 1}],
     "kq_bwd": [{"BK": 32, "BV": 32}, {"BK": 32}, {"BK": 32, "BV": 32, "LOWP": True}, {"LOWP": True},
                {"num_warps": 8}],
     # decoding: judged by the paper variant's kernel time (a 64-sequence step), official beside it

@@ -35,6 +35,10 @@ CASES = {
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
     # the same with the output from its own kernel (state pass without FUSE_OUTPUT), 16-bit operands there too
     "paper-varlen-fp16-lowp-output-kernel": ("paper", 20, 24, 64, "varlen", True),
+    # the backward reading the forward's P * Gam and Aqk instead of recomputing them (launch.py SAVED_PAIRS)
+    "paper-varlen-saved-pairs": ("paper", 20, 24, 64, "varlen", True),
+    "official-batch-saved-pairs": ("official", 17, 33, 64, "batch", True),
+    "paper-batch-chunk16-saved-pairs": ("paper", 24, 40, 16, "batch", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
@@ -66,7 +70,8 @@ def _check_chunk(name, torch, ops, rel):
     fused = name.endswith("fused-output") or name.endswith("-lowp")
     launch.OVERRIDES.update(state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp}, output={"LOWP": lowp},
                             reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
-                            intra={"W_LOWP": lowp, "A_LOWP": lowp})
+                            intra={"W_LOWP": lowp, "A_LOWP": lowp},
+                            intra_bwd={"SAVED_PAIRS": name.endswith("saved-pairs")})
     try:
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
