@@ -78,6 +78,9 @@ class Report:
     notes: List[str] = field(default_factory=list)
     fla_note: Optional[str] = None  # set where fla's backward guard was lifted for timing
     launch_overrides: str = ""  # QDELTA_TRITON_LAUNCH of the run (kernels/triton/launch.py), "" for the defaults
+    # the launch settings in force, per head config and kernel (defaults and overrides resolved): tells runs of
+    # code with other defaults apart ({} in reports written before it was recorded)
+    launch_settings: Dict[str, Dict[str, Dict]] = field(default_factory=dict)
 
 
 def _bench(fn) -> float:
@@ -232,6 +235,13 @@ def left_out(configs, lengths) -> List[str]:
     return shapes + [f"{c} decode" for c in HEAD_CONFIGS if c not in configs]
 
 
+def resolved_launch_settings() -> Dict[str, Dict[str, Dict]]:
+    """Every kernel's launch settings at both head configs, as this process would launch them."""
+    from qdelta.kernels.triton import launch
+    kernels = ("intra", "state", "output", "reverse", "intra_bwd", "kq_bwd", "recurrent")
+    return {c: {k: launch.settings(k, K, V) for k in kernels} for c, (_, K, V) in HEAD_CONFIGS.items()}
+
+
 def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None) -> Report:
     """All timings of issue 3 on the current CUDA device; ``on_progress(report)`` after every row
     (the CLI writes the files then, so a run cut short keeps what it measured)."""
@@ -242,7 +252,8 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
     report = Report(card=name, torch=torch.__version__, triton=triton.__version__,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     fla=fla_version() or "not installed", copy_gbps=copy_bandwidth_gbps(),
-                    launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""))
+                    launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""),
+                    launch_settings=resolved_launch_settings())
     skipped = left_out(configs, lengths)
     if skipped:
         report.notes.append("not run (left out by --configs / --lengths): " + ", ".join(skipped))
@@ -280,15 +291,15 @@ def load_report(path: Path) -> Report:
     return report
 
 
-MERGE_MUST_MATCH = ("card", "torch", "triton", "fla", "launch_overrides")
+MERGE_MUST_MATCH = ("card", "torch", "triton", "fla", "launch_overrides", "launch_settings")
 
 
 def merge_reports(reports: List[Report]) -> Report:
     """One report from runs that each measured part of the shapes (e.g. the lengths split over two device
-    calls) with the same card, versions and launch settings. A later report's row replaces an earlier
-    one's of the same shape (decode rows: same config and variant, with that report's copy bandwidth);
-    the copy bandwidth shown is that of the last run with decode rows; the notes name the runs and what
-    none of them measured."""
+    calls) with the same card, versions and launch settings. A report later in the list replaces an
+    earlier one's row of the same shape (decode rows: same config and variant); the copy bandwidth shown
+    is that of the last report with decode rows (each decode row's share of copy is its own run's); the
+    notes name the runs and what none of them measured."""
     if not reports:
         raise ValueError("nothing to merge: give at least one report JSON")
     first = reports[0]
@@ -309,10 +320,12 @@ def merge_reports(reports: List[Report]) -> Report:
     merged.rows = sorted(rows.values(), key=lambda w: (order.get(w.config, len(order)), w.T))
     merged.decode = sorted(decode.values(), key=lambda d: (order.get(d.config, len(order)), d.variant != "paper"))
     def shapes(r: Report) -> str:
-        return ", ".join(f"{w.config} T={w.T}" for w in sorted(r.rows, key=lambda w: (order.get(w.config, 9), w.T)))
+        rows = sorted(r.rows, key=lambda w: (order.get(w.config, len(order)), w.T))
+        return ", ".join(f"{w.config} T={w.T}" for w in rows)
     merged.notes = [f"merged from {len(reports)} runs on the same card and settings: "
                     + "; ".join(f"{r.date} ({shapes(r)})" for r in reports)]
-    merged.notes += [n for r in reports for n in r.notes if not n.startswith(("not run", "merged from"))]
+    kept = [n for r in reports for n in r.notes if not n.startswith(("not run", "merged from"))]
+    merged.notes += list(dict.fromkeys(kept))  # each note once, in order
     measured_configs = {d.config for d in merged.decode}
     missing = [f"{c} T={T}" for c in HEAD_CONFIGS for T in LENGTHS if (c, T) not in rows]
     missing += [f"{c} decode" for c in HEAD_CONFIGS if c not in measured_configs]

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for kernels-<card>.json / .md (default results/bench)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                         help="measure nothing: combine earlier runs' kernels-<card>.json files (same card, "
-                             "versions and launch settings; later rows replace earlier ones) into --out")
+                             "versions and launch settings; a file later on the command line replaces an "
+                             "earlier one's rows of the same shape) into --out")
     parser.epilog = ("examples:\n  qdelta bench kernels\n"
                      "  qdelta bench kernels --lengths 2048 --configs 1.3B --out /tmp/bench\n"
                      "  qdelta bench kernels --merge run1/kernels-h200.json run2/kernels-h200.json")

@@ -1,7 +1,8 @@
 """``chunk_qdelta`` on Triton: chunk table, launches, and the autograd Function.
 
 Forward: the three Triton kernels of :mod:`.chunk_fwd`. Backward: the four Triton kernels of
-:mod:`.chunk_bwd` from what the forward saves (chunk-start states, G, W, U', Q K^T * Gam, T),
+:mod:`.chunk_bwd` from what the forward saves (chunk-start states, G, W, U', Q K^T * Gam, T, and
+with launch.py SAVED_PAIRS the strictly lower P * Gam),
 gradients for q, k, v, g, beta, lam and the initial state, with the final-state gradient flowing in.
 
 The official variant runs here from chunk boundaries (an ``initial_state`` that is a tensor, or
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -62,17 +63,14 @@ def supports(inp: Inputs, chunk_size: int) -> bool:
 class ChunkTable:
     """Every chunk's first token and length over the flattened tokens; built on the host."""
 
-    def __init__(self, bounds: List[Tuple[int, int]], chunk_size: int, device):
-        bos, lens, seq_chunks, per_seq = [], [], [0], []
+    def __init__(self, bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device):
+        bos, lens, seq_chunks = [], [], [0]
         for start, end in bounds:
-            ids = []
             for s in range(start, end, chunk_size):
-                ids.append(len(bos))
                 bos.append(s)
                 lens.append(min(chunk_size, end - s))
             seq_chunks.append(len(bos))
-            per_seq.append(ids)
-        last = [ids[-1] for ids in per_seq]
+        last = [c - 1 for c in seq_chunks[1:]]
         # one host-to-device copy (each copy from pageable memory waits for the GPU), then views; every
         # part starts 16-byte aligned, as separate tensors would (Triton specialises kernels on that)
         parts = [bos, lens, seq_chunks, last]
@@ -81,17 +79,19 @@ class ChunkTable:
         views = table.to(device).split(sizes)
         self.bos, self.len, self.seq_chunks, last = (v[:len(p)] for v, p in zip(views, parts))
         self.last = last.long()  # index of each sequence's last chunk
+        self.last_bos = tuple(bos[c] for c in last)  # its first token (host side)
         self.num_chunks, self.num_sequences = len(bos), len(bounds)
-        self.bounds = bounds
+        self.bounds = tuple(bounds)
 
 
 @functools.lru_cache(maxsize=16)
 def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
-    """The chunk table of these sequence bounds, built once and kept (16 most recent): building it copies
-    host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its
-    queued work, so a table built on every call stalls the host once per call (measured: 0.5 - 0.9 ms of a
-    7 ms fwd+bwd at 1.3B). The tables are read-only."""
-    return ChunkTable(list(bounds), chunk_size, device)
+    """The chunk table of these sequence bounds, built once and kept (16 most recent). Building it copies
+    host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its queued
+    work: a table built on every call made the host wait once per call (v9 measured 0.5 - 0.9 ms per
+    fwd+bwd where the GPU waited for the host; the cache's share of that is not yet timed). The tables
+    are read-only."""
+    return ChunkTable(bounds, chunk_size, device)
 
 
 def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool,
@@ -111,19 +111,22 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     G = torch.empty(T, H, dtype=f32, device=dev)
     # W and Aqk in the inputs' 16-bit dtype (launch.py W_LOWP, A_LOWP) only where every reader rounds
     # them to that dtype anyway (LOWP in the state and reverse passes; Aqk: also in the pass that computes
-    # the output, fused into the state pass or the output kernel): then the same numbers, half the bytes
+    # the output, fused into the state pass or the output kernel, and not read elementwise by a backward
+    # with SAVED_PAIRS): then the same numbers, half the bytes
     cfg = settings("intra", K, V)
     state, reverse, output = settings("state", K, V), settings("reverse", K, V), settings("output", K, V)
+    fuse = state.pop("FUSE_OUTPUT")
+    saved_pairs = store_inverse and settings("intra_bwd", K, V)["SAVED_PAIRS"]
     rounded = q.dtype != f32 and state["LOWP"] and reverse["LOWP"]
     w16 = cfg.pop("W_LOWP") and rounded
-    a16 = cfg.pop("A_LOWP") and rounded and (state["FUSE_OUTPUT"] or output["LOWP"])
+    a16 = cfg.pop("A_LOWP") and rounded and (fuse or output["LOWP"]) and not saved_pairs
     W = torch.empty(T, H, K, dtype=q.dtype if w16 else f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
     Aqk = torch.empty(NC, H, BC, BC, dtype=q.dtype if a16 else f32, device=dev)
     # P * Gam for a backward that reads the pairing instead of recomputing it (launch.py SAVED_PAIRS)
-    PG = torch.empty_like(Tinv) if store_inverse and settings("intra_bwd", K, V)["SAVED_PAIRS"] else None
+    PG = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if saved_pairs else None
     launch(chunk_fwd._intra_kernel, (NC, H), cfg,
         q, k, v, q if g is None else g, beta, q if lam is None else lam,
         table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk, G if PG is None else PG,
@@ -131,12 +134,12 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
         STORE_T=store_inverse, STORE_PG=PG is not None, HC=max(16, BC // 2),
     )
     cfg = state
-    fuse = cfg.pop("FUSE_OUTPUT")
     store_h = store_inverse or official or not fuse
     # H_LOWP: chunk-start states kept in the inputs' 16-bit dtype (half the bytes of the largest tensor,
-    # written here and read by the backward); the official variant keeps fp32 (its final state is rebuilt
-    # from the last chunk's start state)
-    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official
+    # written here and read by the output kernel — which rounds them anyway with its LOWP — and by the
+    # backward's K-block kernel); the official variant keeps fp32 (its final state is rebuilt from the
+    # last chunk's start state)
+    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official and (fuse or output["LOWP"])
     h = torch.empty(NC, H, K, V, dtype=q.dtype if h16 else f32, device=dev) if store_h else None
     Up = torch.empty(T, H, V, dtype=f32, device=dev) if store_inverse or not fuse else None
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
@@ -185,8 +188,7 @@ class _ChunkQDelta(torch.autograd.Function):
 def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float) -> OfficialState:
     """Rebuild the official in-chunk state after each sequence's last chunk (PyTorch, differentiable)."""
     parts = []
-    for n, (start, end) in enumerate(table.bounds):
-        first = table.bos[table.last[n]].item()
+    for n, ((start, end), first) in enumerate(zip(table.bounds, table.last_bos)):
         piece = lambda t: t[first:end].transpose(0, 1).float()  # noqa: E731  (H, C, ·)
         zeros = torch.zeros(end - first, q.shape[1], dtype=torch.float32, device=q.device).transpose(0, 1)
         gg = zeros if g is None else piece(g)

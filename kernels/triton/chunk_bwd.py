@@ -17,8 +17,8 @@ Per chunk (notation of :mod:`.chunk_fwd`; ``R = diag(beta) V - diag(beta gam) X 
 gradient is ever formed. Gate and beta gradients are row sums of products that the kernels
 already hold (e.g. ``d gam_i`` from R is ``-beta_i rowsum(X * dR S0^T)_i``); the in-chunk
 cumulative gate's gradient ``dG`` is summed over the K blocks and reverse-cumsummed inside each
-chunk by (4) ``_gate_bwd_kernel``. The forward saves G, W, U', ``Aqk = (Q K^T) * Gam``, ``T`` and the
-chunk-start states ``h``; nothing is recomputed in PyTorch.
+chunk by (4) ``_gate_bwd_kernel``. The forward saves G, W, U', ``Aqk = (Q K^T) * Gam``, ``T``, the
+chunk-start states ``h`` and, with SAVED_PAIRS, ``P * Gam``; nothing is recomputed in PyTorch.
 
 Transposed operands are loaded transposed through pointer arithmetic (no ``tl.trans`` of a dot
 result: the Triton 3.4-3.7.0 Hopper hazard, DESIGN §5). fp32 accumulation and state throughout;
@@ -37,7 +37,7 @@ from .launch import launch, p2 as _p2, settings
 
 @triton.jit
 def _reverse_state_kernel(
-    q, k, W, G, Aqk, do,  # (T, H, K), (T, H, K), (T, H, K) fp32, (T, H) fp32, (NC, H, BC, BC) fp32, (T, H, V)
+    q, k, W, G, Aqk, do,  # (T, H, K) x2, W (T, H, K) fp32/16-bit, (T, H) fp32, (NC, H, BC, BC) fp32/16-bit, (T, H, V)
     dht, dh_last,  # (N, H, K, V) fp32: gradients of the final states and of each sequence's last chunk start
     chunk_bos, chunk_len, seq_chunks,
     dS_end, dUp, dh0,  # out: (NC, H, K, V) fp32 (16-bit: H_LOWP), (T, H, V) fp32, (N, H, K, V) fp32
@@ -95,7 +95,8 @@ def _intra_bwd_kernel(
 ):
     """dR, dv, dL, dAqk and the gate / beta parts of one chunk and head. The pairing ``P`` and ``Q K^T``
     are recomputed from q and k (K loop), or with SAVED_PAIRS read as the forward stored them (``P * Gam``
-    and ``Aqk = (Q K^T) * Gam``: the same tf32 products, one C x C tile each instead of q and k)."""
+    and ``Aqk = (Q K^T) * Gam``: the same tf32 products — the forward keeps Aqk fp32 then — one C x C
+    tile each instead of q and k)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)

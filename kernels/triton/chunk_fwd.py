@@ -1,4 +1,4 @@
-"""Triton chunkwise Q-Delta (DESIGN §2, "Chunkwise form"): three forward kernels + the backward's state pass.
+"""Triton chunkwise Q-Delta (DESIGN §2, "Chunkwise form"): the three forward kernels.
 
 Per chunk of C tokens from state S0 (``G`` the in-chunk cumulative gate, ``gam = exp(G)``,
 ``Gam_ij = exp(G_i - G_j)``)::
@@ -16,13 +16,15 @@ Chunks come from a host-built table (first token, length), so packed sequences
 case; tokens past a chunk's length are masked to zero. The official variant is computed here
 only from chunk boundaries (its in-chunk continuation is handled by the caller).
 
-Precision: gate cumsum, T, W, U, U' and the state are fp32; ``tl.dot`` on fp32 operands uses
-Triton's default (tf32 on Hopper). Plain pointer arithmetic with masks throughout: Triton 3.9
-removed ``tl.make_block_ptr``. Checked with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6
-on an H200 (torch 2.11; tests/kernels/test_triton_gpu.py, see NOTES.md); not yet run on an H100.
+Precision: gate cumsum, T, U, U' and the running state are fp32 (W, Aqk and the kept chunk-start
+states can be stored in the inputs' 16-bit dtype where their readers round them anyway: launch.py
+W_LOWP, A_LOWP, H_LOWP); ``tl.dot`` on fp32 operands uses Triton's default (tf32 on Hopper).
+Plain pointer arithmetic with masks throughout: Triton 3.9 removed ``tl.make_block_ptr``. Checked
+with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6 on an H200 (torch 2.11;
+tests/kernels/test_triton_gpu.py, see NOTES.md); not yet run on an H100.
 Limits: K <= 256, V <= 512 (any size, padded to powers of two inside), chunk size <= 64.
-The state passes hold all of K in one block. With 16-bit operands the forward pass's loads (W, K^T,
-U) go to the dots untouched, so Triton copies them straight to shared memory, two pipeline stages
+The state passes hold all of K in one block. With 16-bit operands the forward pass's K-wide loads (W,
+K^T) go to the dots untouched, so Triton copies them straight to shared memory, two pipeline stages
 ahead, also at K = 256 (197 KB) — with the output fused in (q and Aqk loaded too) K = 256 needs one
 stage (NOTES.md v9).
 No ``tl.trans`` of a dot result anywhere (the Triton 3.4-3.7.0 Hopper miscompile, DESIGN §5).
@@ -104,11 +106,12 @@ def _intra_kernel(
 ):
     """Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
     one chunk and head; with STORE_PG also the strictly lower ``P * Gam`` (``L`` without beta) for the
-    backward, which then does not recompute the pairing. The chunk is handled as two halves of ``HC = max(16, BC / 2)`` rows (for BC = 16
-    the second half is padding): ``T = [[T1, 0], [-T2 L21 T1, T2]]`` with T1, T2 the inverses of the
-    diagonal blocks, both by forward substitution in the same HC - 1 steps on HC x HC tiles (a quarter
-    of the elements of one BC x BC step), reading L^T so each step takes a row of L with a row-wise
-    reduction; ``L21`` and T1 meet in two fp32 ("ieee") dots."""
+    backward, which then does not recompute the pairing. The chunk is handled as two halves of
+    ``HC = max(16, BC / 2)`` rows (for BC = 16 the second half is padding):
+    ``T = [[T1, 0], [-T2 L21 T1, T2]]`` with T1, T2 the inverses of the diagonal blocks, both by forward
+    substitution in the same HC - 1 steps on HC x HC tiles (a quarter of the elements of one BC x BC
+    step), reading L^T so each step takes a row of L with a row-wise reduction; ``L21`` and T1 meet in
+    two fp32 ("ieee") dots."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos = tl.load(chunk_bos + i_c).to(tl.int64)
     n = tl.load(chunk_len + i_c)
@@ -219,8 +222,8 @@ def _intra_kernel(
 
 @triton.jit
 def _state_kernel(
-    k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
-    q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) fp32 (Q K^T) * Gam, (T, H, V) out
+    k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32 or 16-bit, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
+    q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) (Q K^T) * Gam (fp32 or 16-bit), (T, H, V) out
     chunk_bos, chunk_len, seq_chunks,  # (NC,), (NC,), (N + 1,) int32
     # (NC, H, K, V) chunk-start states (fp32, or 16-bit: H_LOWP), (T, H, V) fp32 U', (N, H, K, V) fp32
     h_out, Up_out, ht_out,

@@ -13,8 +13,9 @@ still fail there, but one that fails here needs a look before any device time is
 
 (the launches are recorded in a child process under TRITON_INTERPRET=1; this process compiles).
 Each row also gives the registers per thread and the stack bytes (spills) that ptxas settled on
-(``cuobjdump -res-usage``; this machine's ptxas, not necessarily the GPU machine's), and ``ptx_sha1``, a digest of the kernel's PTX without debug information, labels
-of inlined scopes, or the kernel's own name: equal digests before and after an edit mean the GPU
+(``cuobjdump -res-usage``; this machine's ptxas, not necessarily the GPU machine's), and
+``ptx_sha1``, a digest of the kernel's PTX without debug information, labels of inlined scopes, or
+the kernel's own name: equal digests before and after an edit mean the GPU
 runs the same code, which is how a refactor made after the last GPU run is shown to change nothing
 (run both versions with the same Triton and settings and compare).
 """
@@ -35,9 +36,10 @@ _TRITON_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float
 
 
 def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
-    """The kernel launches of one chunk forward + backward, one forward with the output fused into the
-    state pass, and one decoding step (tiny T, real head sizes), recorded under the interpreter (this process must have TRITON_INTERPRET=1) as plain,
-    JSON-able descriptions."""
+    """The kernel launches of one chunk forward + backward with the launch.py defaults, one forward with
+    the output fused into the state pass, one forward + backward with the options not on by default that
+    change kernel code (SAVED_PAIRS, A_LOWP), and one decoding step (tiny T, real head sizes), recorded
+    under the interpreter (this process must have TRITON_INTERPRET=1) as plain, JSON-able descriptions."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("record_launches runs under TRITON_INTERPRET=1 (the launches happen on the CPU)")
     import torch
@@ -76,11 +78,18 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
         leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
         o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
         o.float().sum().backward()
-        before = dict(launch.OVERRIDES)
-        launch.OVERRIDES["state"] = {**before.get("state", {}), "FUSE_OUTPUT": True}
-        try:  # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
+        before = {kernel: dict(o) for kernel, o in launch.OVERRIDES.items()}
+        try:
+            # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
+            launch.OVERRIDES["state"] = {**before.get("state", {}), "FUSE_OUTPUT": True}
             with torch.no_grad():
                 chunk_qdelta(**{n: t.detach() for n, t in leaves.items()}, use_qk_l2norm=True, variant=variant)
+            # the options off by default that change kernel code: SAVED_PAIRS (intra and intra_bwd), A_LOWP
+            launch.OVERRIDES.clear()
+            launch.OVERRIDES.update({**before, "intra_bwd": {**before.get("intra_bwd", {}), "SAVED_PAIRS": True},
+                                     "intra": {**before.get("intra", {}), "A_LOWP": True}})
+            again = {n: t.detach().requires_grad_(True) for n, t in leaves.items()}
+            chunk_qdelta(**again, use_qk_l2norm=True, variant=variant)[0].float().sum().backward()
         finally:
             launch.OVERRIDES.clear()
             launch.OVERRIDES.update(before)

@@ -6,10 +6,10 @@ forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tok
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
 unusable), against that process's own baseline (best of three). Trials start from the launch.py
-defaults, or from ``QDELTA_TRITON_LAUNCH`` when that is set (tuning around a candidate setting). Prints one line per trial and,
-last, the best setting per kernel (forward kernels judged by the forward time, backward kernels by
-forward+backward, the decoding kernel ``recurrent`` by its paper variant's kernel time, its pair
-reading (paper, official) in ms) and the chunk time with all the best ones together.
+defaults, or from ``QDELTA_TRITON_LAUNCH`` when that is set (tuning around a candidate setting).
+Prints one line per trial and, last, the best setting per kernel (forward kernels judged by the
+forward time, backward kernels by forward+backward, the decoding kernel ``recurrent`` by its paper
+variant's kernel time, its pair reading (paper, official) in ms) and the chunk time with all the best ones together.
 The chosen values go into ``launch.py`` by hand, with the numbers in NOTES.md.
 """
 from __future__ import annotations
@@ -27,18 +27,14 @@ from qdelta.harness.bench_kernels import HEAD_CONFIGS
 
 from . import launch
 
-TRIALS = {  # changes from the defaults (launch.py); risky ones (faults, out of shared memory) last.
-    # Several come from compile_check's register figures: the ones that end the kernel's spills.
-    "intra": [{"A_LOWP": True}, {"BK": 32}, {"BK": 16}, {"BK": 32, "num_warps": 4}, {"num_warps": 4}],
-    "state": [{"FUSE_OUTPUT": False, "num_stages": 2}, {"FUSE_OUTPUT": False, "BV": 32, "num_stages": 2},
-              {"FUSE_OUTPUT": False, "BV": 32, "num_warps": 4, "num_stages": 2}, {"num_warps": 8}, {"BV": 32}],
-    "output": [{"BK": 64}, {"BK": 128}, {"BV": 32}, {"BV": 128}, {"num_warps": 8}, {"num_stages": 3}],
-    "reverse": [{"num_stages": 2, "num_warps": 8}, {"num_stages": 2, "BV": 32}, {"num_stages": 2}, {"num_warps": 4},
-                {"num_warps": 8}],
+TRIALS = {  # changes from the v9 defaults (launch.py); risky ones (faults, out of shared memory) last
+    "intra": [{"A_LOWP": True}, {"BK": 32}, {"num_warps": 4}, {"BK": 32, "num_warps": 4}],
+    "state": [{"FUSE_OUTPUT": True}, {"BV": 32}, {"num_stages": 3}, {"num_warps": 4}, {"num_warps": 8}],
+    "output": [{"BK": 32}, {"BV": 64}, {"num_warps": 4}, {"num_stages": 3}],
+    "reverse": [{"num_stages": 2}, {"num_warps": 4}, {"num_warps": 8}, {"BV": 128, "num_warps": 8}],
     "intra_bwd": [{"SAVED_PAIRS": True}, {"BV": 32, "BK": 32}, {"BK": 32}, {"num_warps": 8}, {"BV": 32},
                   {"num_stages": 1}],
-    "kq_bwd": [{"BK": 32, "BV": 32}, {"BK": 32}, {"BK": 32, "BV": 32, "LOWP": True}, {"LOWP": True},
-               {"num_warps": 8}],
+    "kq_bwd": [{"BK": 32}, {"num_warps": 8}, {"BV": 32}, {"LOWP": False}, {"BK": 32, "BV": 32, "LOWP": False}],
     # decoding: judged by the paper variant's kernel time (a 64-sequence step), official beside it
     "recurrent": [{"BV": 16}, {"BV": 64}, {"num_warps": 2}, {"num_warps": 8}, {"BV": 64, "num_warps": 8}],
 }
@@ -126,7 +122,8 @@ def main(argv=None) -> int:
                         help='JSON {kernel: [overrides, ...]} replacing the built-in trials of those kernels')
     parser.add_argument("--repeat", type=int, default=1, help="time each trial this many times, keep the best")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--best-json", default=None, help="write the best overrides of the last config here")
+    parser.add_argument("--best-json", default=None,
+                        help="write the starting settings with the last config's best changes here (JSON)")
     parser.add_argument("--group", nargs=2, metavar=("CONFIG", "KERNEL"), help=argparse.SUPPRESS)
     parser.add_argument("--combined", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -145,7 +142,7 @@ def main(argv=None) -> int:
             result = run_group(name, kernel)
         print("GROUP " + json.dumps(result), flush=True)
         return 0
-    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "results": {}}
+    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "base": BASE, "results": {}}
 
     def child(name, kernel, combined=None):
         cmd = [sys.executable, "-m", "qdelta.kernels.triton.tune", "--group", name, kernel]
@@ -175,9 +172,9 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    if args.best_json:
+    if args.best_json:  # the starting settings with the best changes on top: ready for QDELTA_TRITON_LAUNCH
         with open(args.best_json, "w") as f:
-            json.dump(best, f)
+            json.dump({k: {**BASE.get(k, {}), **best.get(k, {})} for k in set(BASE) | set(best)}, f)
     return 0
 
 

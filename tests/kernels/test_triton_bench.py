@@ -39,7 +39,7 @@ def _partial_run(date, lengths, decode, seed, **fields):
               for T in lengths]
     r.decode = [bench_kernels.DecodeRow(c, v, 64, ms(), ms(), 1 << 20, ms(), 0.5) for c in bench_kernels.HEAD_CONFIGS
                 for v in ("paper", "official")] if decode else []
-    r.notes = ["not run (left out by --configs / --lengths): ..."]
+    r.notes = ["not run (left out by --configs / --lengths): ...", "a note both runs carry"]
     return r
 
 
@@ -55,6 +55,7 @@ def test_merge_combines_partial_runs_and_names_them(tmp_path, capsys):
     assert got["1.3B", 4096] == next(w for w in b.rows if (w.config, w.T) == ("1.3B", 4096))  # the later run's
     assert merged.decode == b.decode and merged.copy_gbps == b.copy_gbps
     assert not any(n.startswith("not run") for n in merged.notes)  # every shape is covered now
+    assert merged.notes.count("a note both runs carry") == 1
     assert a.date in merged.notes[0] and b.date in merged.notes[0]
     assert "merged from 2 runs" in capsys.readouterr().out
 
@@ -64,6 +65,9 @@ def test_merge_refuses_runs_that_differ_and_bad_arguments(tmp_path, capsys):
     b = _partial_run("d2", (4096,), False, 2, launch_overrides='{"state": {"BV": 32}}')
     with pytest.raises(ValueError, match="different launch_overrides"):
         bench_kernels.merge_reports([a, b])
+    other_code = _partial_run("d2", (4096,), False, 2, launch_settings={"340M": {"state": {"BV": 32}}})
+    with pytest.raises(ValueError, match="different launch_settings"):  # e.g. a commit with other defaults
+        bench_kernels.merge_reports([a, other_code])
     merged = bench_kernels.merge_reports([a, _partial_run("d2", (4096,), False, 2)])
     assert "340M decode" in merged.notes[-1] and "1.3B T=8192" in merged.notes[-1]
     assert main(["bench", "kernels", "--merge", str(tmp_path / "missing.json")]) == 2
@@ -95,3 +99,20 @@ def test_committed_results_render_and_cover_every_shape(tmp_path):
             [d for d in report.decode if d.config == "1.3B"])
         written = bench_kernels.write_report(report, tmp_path)
         assert json.loads(written["json"].read_text())["rows"] == raw["rows"]
+
+
+def test_reports_record_the_launch_settings_in_force(monkeypatch):
+    from qdelta.kernels.triton import launch
+    monkeypatch.setattr(launch, "OVERRIDES", {"state": {"BV": 32}})
+    got = bench_kernels.resolved_launch_settings()
+    assert set(got) == set(bench_kernels.HEAD_CONFIGS)
+    assert got["1.3B"]["state"] == launch.settings("state", 256, 512) and got["1.3B"]["state"]["BV"] == 32
+    assert {"intra", "state", "output", "reverse", "intra_bwd", "kq_bwd", "recurrent"} == set(got["340M"])
+
+
+@pytest.mark.parametrize("argv, message", [(["--T", "3000"], "--T must divide"), (["--configs", "7B"], "invalid choice")])
+def test_profile_refuses_bad_arguments_before_touching_a_gpu(argv, message, capsys):
+    from qdelta.kernels.triton import profile
+    with pytest.raises(SystemExit) as exit_:
+        profile.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

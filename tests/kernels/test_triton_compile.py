@@ -30,6 +30,9 @@ def test_chunk_kernels_compile_for_sm90_and_fit_shared_memory():
         kernels = {r["kernel"] for r in rows if r["heads"] == heads}
         assert kernels == {"_intra_kernel", "_state_kernel", "_output_kernel", "_reverse_state_kernel",
                            "_intra_bwd_kernel", "_kq_bwd_kernel", "_recurrent_kernel"}, (heads, kernels)
-        fused = [r for r in rows if r["heads"] == heads and r["kernel"] == "_state_kernel"]
-        assert len(fused) == 2  # the state pass as launched by default and with the output fused in
+        count = lambda name: sum(r["heads"] == heads and r["kernel"] == name for r in rows)  # noqa: E731
+        assert count("_state_kernel") == 3  # default, with the output fused in, and in the options' run
+        assert count("_intra_kernel") == 3 and count("_intra_bwd_kernel") == 2  # + SAVED_PAIRS / A_LOWP variants
+        digests = {r["ptx_sha1"] for r in rows if r["heads"] == heads and r["kernel"] == "_intra_bwd_kernel"}
+        assert len(digests) == 2  # SAVED_PAIRS compiles to other code
     assert all(r["fits"] and 0 < r["shared"] <= 232448 for r in rows)

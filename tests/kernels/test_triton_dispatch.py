@@ -99,6 +99,6 @@ def test_chunk_table_is_built_once_per_bounds_and_describes_the_chunks():
     assert chunk_table(bounds, 64, "cpu") is t
     assert chunk_table(bounds, 16, "cpu") is not t and chunk_table(((0, 130),), 64, "cpu") is not t
     assert t.bos.tolist() == [0, 50, 61, 125] and t.len.tolist() == [50, 11, 64, 5]
-    assert t.seq_chunks.tolist() == [0, 1, 2, 4] and t.last.tolist() == [0, 1, 3]
+    assert t.seq_chunks.tolist() == [0, 1, 2, 4] and t.last.tolist() == [0, 1, 3] and t.last_bos == (0, 50, 125)
     for part in (t.bos, t.len, t.seq_chunks):  # views of one copied buffer, each 16-byte aligned
         assert part.dtype == torch.int32 and part.data_ptr() % 16 == 0
