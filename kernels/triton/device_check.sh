@@ -39,7 +39,7 @@ for step in $steps; do
     done
     echo "QDELTA_TRITON_LAUNCH=${QDELTA_TRITON_LAUNCH:-}" | tee -a "$OUT/env.log" ;;
   tests)
-    timeout 330 python3 -m pytest -q -m gpu -s -rA -p no:cacheprovider tests/kernels/test_triton_gpu.py ${TEST_ARGS:-} 2>&1 \
+    timeout 330 python3 -m pytest -q -m gpu -s -rA -p no:cacheprovider tests/kernels/test_triton_gpu.py tests/kernels/test_triton_profile.py ${TEST_ARGS:-} 2>&1 \
       | tee "$OUT/gpu_tests$tag.log" | grep -E "ERR|passed|failed|Error" ;;
   profile)  # where the time of one fwd+bwd goes, ours and fla's (kernels/triton/profile.py)
     timeout ${PROFILE_TIMEOUT:-180} python3 -m qdelta.kernels.triton.profile ${PROFILE_ARGS:-} 2>&1 | grep -v Warn \
