@@ -228,11 +228,19 @@ def card_family(name: str) -> Optional[str]:
     return "H200" if "H200" in name else ("H100" if "H100" in name else None)
 
 
+NOT_RUN = "not run (left out by --configs / --lengths): "  # the note naming what a report lacks
+
+
+def missing(shapes, decoded) -> List[str]:
+    """The table's shapes ("340M T=8192") and decode rows ("1.3B decode") that are not among ``shapes``
+    ((config, T) pairs) and ``decoded`` (configs)."""
+    out = [f"{c} T={T}" for c in HEAD_CONFIGS for T in LENGTHS if (c, T) not in shapes]
+    return out + [f"{c} decode" for c in HEAD_CONFIGS if c not in decoded]
+
+
 def left_out(configs, lengths) -> List[str]:
-    """The table's shapes ("340M T=8192") and decode rows ("1.3B decode") a run limited to these
-    head configs and lengths does not measure (named in the report's notes)."""
-    shapes = [f"{c} T={T}" for c in HEAD_CONFIGS for T in LENGTHS if c not in configs or T not in lengths]
-    return shapes + [f"{c} decode" for c in HEAD_CONFIGS if c not in configs]
+    """What a run limited to these head configs and lengths does not measure (named in its notes)."""
+    return missing({(c, T) for c in configs for T in lengths}, set(configs))
 
 
 def resolved_launch_settings() -> Dict[str, Dict[str, Dict]]:
@@ -256,7 +264,7 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
                     launch_settings=resolved_launch_settings())
     skipped = left_out(configs, lengths)
     if skipped:
-        report.notes.append("not run (left out by --configs / --lengths): " + ", ".join(skipped))
+        report.notes.append(NOT_RUN + ", ".join(skipped))
     progress = on_progress or (lambda r: None)
     anchors = AUTHORS.get(card_family(name), {})
     for config in configs:
@@ -314,23 +322,19 @@ def merge_reports(reports: List[Report]) -> Report:
         if r.decode:
             decode.update({(d.config, d.variant): d for d in r.decode})
             copy_gbps = r.copy_gbps
-    order = {c: i for i, c in enumerate(HEAD_CONFIGS)}
+    order = list(HEAD_CONFIGS)
+    by_shape = lambda w: (order.index(w.config), w.T)  # noqa: E731  (table order)
     merged = Report(**{n: getattr(first, n) for n in MERGE_MUST_MATCH}, date=reports[-1].date, copy_gbps=copy_gbps,
                     fla_note=next((r.fla_note for r in reports if r.fla_note), None))
-    merged.rows = sorted(rows.values(), key=lambda w: (order.get(w.config, len(order)), w.T))
-    merged.decode = sorted(decode.values(), key=lambda d: (order.get(d.config, len(order)), d.variant != "paper"))
-    def shapes(r: Report) -> str:
-        rows = sorted(r.rows, key=lambda w: (order.get(w.config, len(order)), w.T))
-        return ", ".join(f"{w.config} T={w.T}" for w in rows)
-    merged.notes = [f"merged from {len(reports)} runs on the same card and settings: "
-                    + "; ".join(f"{r.date} ({shapes(r)})" for r in reports)]
-    kept = [n for r in reports for n in r.notes if not n.startswith(("not run", "merged from"))]
+    merged.rows = sorted(rows.values(), key=by_shape)
+    merged.decode = sorted(decode.values(), key=lambda d: (order.index(d.config), d.variant != "paper"))
+    runs = [f"{r.date} ({', '.join(f'{w.config} T={w.T}' for w in sorted(r.rows, key=by_shape))})" for r in reports]
+    merged.notes = [f"merged from {len(reports)} runs on the same card and settings: " + "; ".join(runs)]
+    kept = [n for r in reports for n in r.notes if not n.startswith((NOT_RUN, "merged from"))]
     merged.notes += list(dict.fromkeys(kept))  # each note once, in order
-    measured_configs = {d.config for d in merged.decode}
-    missing = [f"{c} T={T}" for c in HEAD_CONFIGS for T in LENGTHS if (c, T) not in rows]
-    missing += [f"{c} decode" for c in HEAD_CONFIGS if c not in measured_configs]
-    if missing:
-        merged.notes.append("not run (left out by --configs / --lengths): " + ", ".join(missing))
+    lacking = missing(set(rows), set(decode_config for decode_config, _ in decode))
+    if lacking:
+        merged.notes.append(NOT_RUN + ", ".join(lacking))
     return merged
 
 

@@ -78,21 +78,13 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
         leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
         o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
         o.float().sum().backward()
-        before = {kernel: dict(o) for kernel, o in launch.OVERRIDES.items()}
-        try:
-            # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
-            launch.OVERRIDES["state"] = {**before.get("state", {}), "FUSE_OUTPUT": True}
-            with torch.no_grad():
-                chunk_qdelta(**{n: t.detach() for n, t in leaves.items()}, use_qk_l2norm=True, variant=variant)
-            # the options off by default that change kernel code: SAVED_PAIRS (intra and intra_bwd), A_LOWP
-            launch.OVERRIDES.clear()
-            launch.OVERRIDES.update({**before, "intra_bwd": {**before.get("intra_bwd", {}), "SAVED_PAIRS": True},
-                                     "intra": {**before.get("intra", {}), "A_LOWP": True}})
+        # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
+        with launch.overridden({"state": {"FUSE_OUTPUT": True}}), torch.no_grad():
+            chunk_qdelta(**{n: t.detach() for n, t in leaves.items()}, use_qk_l2norm=True, variant=variant)
+        # the options off by default that change kernel code: SAVED_PAIRS (intra and intra_bwd), A_LOWP
+        with launch.overridden({"intra_bwd": {"SAVED_PAIRS": True}, "intra": {"A_LOWP": True}}):
             again = {n: t.detach().requires_grad_(True) for n, t in leaves.items()}
             chunk_qdelta(**again, use_qk_l2norm=True, variant=variant)[0].float().sum().backward()
-        finally:
-            launch.OVERRIDES.clear()
-            launch.OVERRIDES.update(before)
         step = {n: t[:, :1].detach() for n, t in leaves.items()}
         with torch.no_grad():
             fused_recurrent_qdelta(**step, initial_state=x["initial_state"].float(), use_qk_l2norm=True,

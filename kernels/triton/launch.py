@@ -16,10 +16,11 @@ output kernel or state pass with the output fused in, LOWP reverse pass).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import triton
 
@@ -72,6 +73,20 @@ def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
         raise ValueError(f"launch settings for 'kq_bwd': BK={cfg['BK']}, BV={cfg['BV']} with LOWP fault on Hopper "
                          "(Triton 3.6); use BK or BV >= 64, or LOWP off")
     return cfg
+
+
+@contextlib.contextmanager
+def overridden(changes: Dict[str, Dict[str, Any]]) -> Iterator[None]:
+    """``OVERRIDES`` with ``changes`` merged in per kernel (single values replaced, the others kept) for
+    the block; restored afterwards (the tuning script, compile_check and the tests try settings so)."""
+    before = {kernel: dict(o) for kernel, o in OVERRIDES.items()}
+    for kernel, values in changes.items():
+        OVERRIDES[kernel] = {**before.get(kernel, {}), **values}
+    try:
+        yield
+    finally:
+        OVERRIDES.clear()
+        OVERRIDES.update(before)
 
 
 try:

@@ -67,22 +67,17 @@ REPEAT = 1  # --repeat: each trial timed this many times, the best kept (the 340
 
 
 # the settings every trial starts from: QDELTA_TRITON_LAUNCH when set (tuning on top of a candidate), else
-# the launch.py defaults; a trial's overrides replace single values of these
+# the launch.py defaults; a trial's overrides replace single values of these (recorded in the report)
 BASE = {kernel: dict(o) for kernel, o in launch.OVERRIDES.items()}
 
 
 def trial(leaves, do, overrides, decode_config=None):
-    launch.OVERRIDES.clear()
-    for kernel in set(BASE) | set(overrides):
-        launch.OVERRIDES[kernel] = {**BASE.get(kernel, {}), **overrides.get(kernel, {})}
     try:
-        runs = [time_decode(decode_config) if decode_config else time_call(leaves, do) for _ in range(REPEAT)]
+        with launch.overridden(overrides):
+            runs = [time_decode(decode_config) if decode_config else time_call(leaves, do) for _ in range(REPEAT)]
         return tuple(min(r[i] for r in runs) for i in range(2))
     except Exception as e:  # e.g. out of shared memory: report and go on
         return f"{type(e).__name__}: {str(e)[:120]}"
-    finally:  # back to the starting settings
-        launch.OVERRIDES.clear()
-        launch.OVERRIDES.update({kernel: dict(o) for kernel, o in BASE.items()})
 
 
 def run_group(name: str, kernel: str) -> dict:

@@ -102,3 +102,16 @@ def test_chunk_table_is_built_once_per_bounds_and_describes_the_chunks():
     assert t.seq_chunks.tolist() == [0, 1, 2, 4] and t.last.tolist() == [0, 1, 3] and t.last_bos == (0, 50, 125)
     for part in (t.bos, t.len, t.seq_chunks):  # views of one copied buffer, each 16-byte aligned
         assert part.dtype == torch.int32 and part.data_ptr() % 16 == 0
+
+
+def test_overridden_merges_single_values_for_the_block_and_restores(monkeypatch):
+    from qdelta.kernels.triton import launch as L
+
+    monkeypatch.setattr(L, "OVERRIDES", {"state": {"BV": 32, "LOWP": False}})
+    with L.overridden({"state": {"BV": 64}, "kq_bwd": {"BK": 32}}):
+        assert L.OVERRIDES == {"state": {"BV": 64, "LOWP": False}, "kq_bwd": {"BK": 32}}
+        assert L.settings("state", 128, 256)["BV"] == 64
+    assert L.OVERRIDES == {"state": {"BV": 32, "LOWP": False}}
+    with pytest.raises(RuntimeError), L.overridden({"state": {"BV": 16}}):
+        raise RuntimeError("a failing launch")
+    assert L.OVERRIDES == {"state": {"BV": 32, "LOWP": False}}

@@ -85,14 +85,8 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
             failures.append((name, e))
     # no gradients, with the output fused into the state pass (the default has its own output kernel; fused,
     # the paper variant keeps no chunk states)
-    before = dict(launch.OVERRIDES)
-    launch.OVERRIDES["state"] = {**launch.OVERRIDES.get("state", {}), "FUSE_OUTPUT": True}
-    try:
-        with torch.no_grad():
-            o_nograd, _ = triton_op(x, variant, cu)
-    finally:
-        launch.OVERRIDES.clear()
-        launch.OVERRIDES.update(before)
+    with launch.overridden({"state": {"FUSE_OUTPUT": True}}), torch.no_grad():
+        o_nograd, _ = triton_op(x, variant, cu)
     e = rel(o_nograd, ref_outs[0])
     print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd o (no grad, output fused): {e:.3e} (tol {tol_f})")
     if not e <= tol_f:

@@ -68,18 +68,15 @@ def _check_chunk(name, torch, ops, rel):
     from qdelta.kernels.triton import launch
     lowp = "-lowp" in name
     fused = name.endswith("fused-output") or name.endswith("-lowp")
-    launch.OVERRIDES.update(state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp}, output={"LOWP": lowp},
-                            reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
-                            intra={"W_LOWP": lowp, "A_LOWP": lowp},
-                            intra_bwd={"SAVED_PAIRS": name.endswith("saved-pairs")})
-    try:
+    settings = dict(state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp}, output={"LOWP": lowp},
+                    reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
+                    intra={"W_LOWP": lowp, "A_LOWP": lowp}, intra_bwd={"SAVED_PAIRS": name.endswith("saved-pairs")})
+    with launch.overridden(settings):
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
             with torch.no_grad():
                 o_nograd, _ = ops.chunk_qdelta(**{n: t.to(torch.float32) for n, t in x.items()}, use_qk_l2norm=True,
                                                cu_seqlens=cu, variant=variant, chunk_size=chunk)
-    finally:
-        launch.OVERRIDES.clear()
     ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
     errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
     errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
