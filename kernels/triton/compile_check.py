@@ -37,8 +37,8 @@ _TRITON_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float
 
 def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
     """The kernel launches of one chunk forward + backward with the launch.py defaults, one forward with
-    the output fused into the state pass, one forward + backward with the options not on by default that
-    change kernel code (SAVED_PAIRS, A_LOWP), and one decoding step (tiny T, real head sizes), recorded
+    the output fused into the state pass, one forward + backward with the other side of the options that
+    change kernel code (SAVED_PAIRS off, A_LOWP on), and one decoding step (tiny T, real head sizes), recorded
     under the interpreter (this process must have TRITON_INTERPRET=1) as plain, JSON-able descriptions."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("record_launches runs under TRITON_INTERPRET=1 (the launches happen on the CPU)")
@@ -81,8 +81,9 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
         # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
         with launch.overridden({"state": {"FUSE_OUTPUT": True}}), torch.no_grad():
             chunk_qdelta(**{n: t.detach() for n, t in leaves.items()}, use_qk_l2norm=True, variant=variant)
-        # the options off by default that change kernel code: SAVED_PAIRS (intra and intra_bwd), A_LOWP
-        with launch.overridden({"intra_bwd": {"SAVED_PAIRS": True}, "intra": {"A_LOWP": True}}):
+        # the other side of the options that change kernel code: SAVED_PAIRS (intra and intra_bwd; on by
+        # default), A_LOWP (off)
+        with launch.overridden({"intra_bwd": {"SAVED_PAIRS": False}, "intra": {"A_LOWP": True}}):
             again = {n: t.detach().requires_grad_(True) for n, t in leaves.items()}
             chunk_qdelta(**again, use_qk_l2norm=True, variant=variant)[0].float().sum().backward()
         step = {n: t[:, :1].detach() for n, t in leaves.items()}

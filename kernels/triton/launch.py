@@ -34,6 +34,18 @@ def p2(n: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(n))
 
 
+def _least_bv(kernel: str, K: int, lowp: bool) -> int:
+    """The narrowest V tile the state passes may use at head size K. Seen on an H200 with Triton 3.6:
+    both state passes at K = 256 with 16-column V tiles (8 warps) and the reverse pass at K = 256 with
+    16-bit operands and 32-column V tiles fault (illegal memory access; the latter only in the varlen GPU
+    test, it ran in the tuning script), and the reverse pass at K = 128 with 16-bit operands and 32-column
+    tiles returns a wrong initial-state gradient (v10: 1.6e-2 relative at T = 16384 in the GPU test; the
+    interpreter gives the same numbers at every tile width). Narrower tiles are never launched there."""
+    if kernel == "reverse" and lowp and p2(K) >= 128:
+        return 64
+    return 32 if p2(K) >= 256 else 16
+
+
 def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     BKF = p2(K)
     wide = BKF >= 256
@@ -49,25 +61,25 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
                     H_LOWP=True)
-    if kernel == "intra_bwd":  # SAVED_PAIRS: read the forward's P * Gam and Aqk, no K loop (not yet GPU-timed)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, SAVED_PAIRS=False)
+    if kernel == "intra_bwd":  # SAVED_PAIRS: read the forward's P * Gam and Aqk, no K loop (v10: -0.07 ms)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, SAVED_PAIRS=True)
     if kernel == "kq_bwd":
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=True)
     if kernel == "recurrent":  # _recurrent_kernel (decoding); num_warps / num_stages are Triton's defaults
-        return dict(BV=min(32, p2(V)), num_warps=4, num_stages=3)
+        # 64-column tiles at K <= 128 (v10, 340M: paper 35.5 -> 34.0 us, official 94.8 -> 88.0); at K = 256
+        # the official variant's three K x 64 fp32 tiles spill (x6)
+        return dict(BV=min(64 if BKF <= 128 else 32, p2(V)), num_warps=4, num_stages=3)
     raise KeyError(f"no launch settings for kernel {kernel!r}")
 
 
 def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
     """Launch settings of one kernel for head sizes K, V (defaults, then ``OVERRIDES``)."""
     cfg = {**_defaults(kernel, K, V), **OVERRIDES.get(kernel, {})}
-    # seen on an H200 with Triton 3.6 (illegal memory access): both state passes at K = 256 with
-    # 16-column V tiles (8 warps), and the reverse pass at K = 256 with 16-bit operands and 32-column
-    # V tiles (the varlen GPU test; the same setting ran in the tuning script). Never launch those.
-    least = 64 if kernel == "reverse" and cfg.get("LOWP") else 32
-    if kernel in ("state", "reverse") and p2(K) >= 256 and cfg["BV"] < least:
+    least = min(_least_bv(kernel, K, cfg.get("LOWP", False)), p2(V))  # a V narrower than the tile is fine
+    if kernel in ("state", "reverse") and cfg["BV"] < least:
         raise ValueError(f"launch settings for {kernel!r}: BV={cfg['BV']} with K={K}"
-                         f"{' and LOWP' if least == 64 else ''} faults on Hopper (Triton 3.6); use BV >= {least}")
+                         f"{' and LOWP' if least == 64 else ''} faults or computes wrong numbers on Hopper "
+                         f"(Triton 3.6); use BV >= {least}")
     # and the K-block backward with 16-bit operands on 32 x 32 (BK x BV) tiles at K = 128 and 256 (tune.py, v9)
     if kernel == "kq_bwd" and cfg.get("LOWP") and cfg["BK"] <= 32 and cfg["BV"] <= 32 and p2(K) >= 128:
         raise ValueError(f"launch settings for 'kq_bwd': BK={cfg['BK']}, BV={cfg['BV']} with LOWP fault on Hopper "

@@ -2,7 +2,7 @@
 forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tokens.
 
     python -m qdelta.kernels.triton.tune [--configs 340M 1.3B] [--kernels state ...] [--trials JSON]
-        [--repeat N] [--out tune.json]
+        [--T 2048] [--repeat N] [--out tune.json]
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
 unusable), against that process's own baseline (best of three). Trials start from the launch.py
@@ -63,6 +63,7 @@ def time_decode(name):
     return tuple(bench_decode(name, variant, 1.0).kernel_us / 1e3 for variant in ("paper", "official"))
 
 
+T_LEN = 2048  # --T: sequence length, batch 32,768 / T (long T: few sequences for the sequential passes)
 REPEAT = 1  # --repeat: each trial timed this many times, the best kept (the 340M timings spread ~10 %)
 
 
@@ -84,7 +85,7 @@ def run_group(name: str, kernel: str) -> dict:
     """Baseline (best of 3) and every trial of one kernel at one head config, in this process."""
     H, K, V = HEAD_CONFIGS[name]
     decode = name if kernel == "recurrent" else None
-    leaves, do = (None, None) if decode else _inputs(2048, H, K, V, 16)
+    leaves, do = (None, None) if decode else _inputs(T_LEN, H, K, V, 32768 // T_LEN)
     runs = [trial(leaves, do, {}, decode) for _ in range(3)]
     ok = [r for r in runs if not isinstance(r, str)]
     base = (min(r[0] for r in ok), min(r[1] for r in ok)) if ok else runs[0]
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="+", default=list(TRIALS))
     parser.add_argument("--trials", default=None,
                         help='JSON {kernel: [overrides, ...]} replacing the built-in trials of those kernels')
+    parser.add_argument("--T", type=int, default=2048, help="sequence length; must divide 32,768 tokens")
     parser.add_argument("--repeat", type=int, default=1, help="time each trial this many times, keep the best")
     parser.add_argument("--out", default=None)
     parser.add_argument("--best-json", default=None,
@@ -122,8 +124,11 @@ def main(argv=None) -> int:
     parser.add_argument("--group", nargs=2, metavar=("CONFIG", "KERNEL"), help=argparse.SUPPRESS)
     parser.add_argument("--combined", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global REPEAT
+    global REPEAT, T_LEN
     REPEAT = max(1, args.repeat)
+    if args.T <= 0 or 32768 % args.T:
+        parser.error(f"--T {args.T} must divide 32,768 (tokens a batch)")
+    T_LEN = args.T
     if args.trials:
         TRIALS.update(json.loads(args.trials))
     if args.group:  # child process: one group, JSON on the last line
@@ -131,19 +136,20 @@ def main(argv=None) -> int:
         if kernel == "combined":
             TRIALS["combined"] = []
             H, K, V = HEAD_CONFIGS[name]
-            leaves, do = _inputs(2048, H, K, V, 16)
+            leaves, do = _inputs(T_LEN, H, K, V, 32768 // T_LEN)
             result = {"base": trial(leaves, do, json.loads(args.combined)), "trials": []}
         else:
             result = run_group(name, kernel)
         print("GROUP " + json.dumps(result), flush=True)
         return 0
-    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "base": BASE, "results": {}}
+    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "T": T_LEN, "base": BASE,
+              "results": {}}
 
     def child(name, kernel, combined=None):
         cmd = [sys.executable, "-m", "qdelta.kernels.triton.tune", "--group", name, kernel]
         if args.trials:
             cmd += ["--trials", args.trials]
-        cmd += ["--repeat", str(REPEAT)]
+        cmd += ["--repeat", str(REPEAT), "--T", str(T_LEN)]
         if combined is not None:
             cmd += ["--combined", json.dumps(combined)]
         t0 = time.time()

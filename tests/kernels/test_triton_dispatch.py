@@ -74,11 +74,18 @@ def test_launch_settings_defaults_overrides_and_refusals(monkeypatch):
     assert L.settings("state", 100, 40)["BV"] == 64  # V = 40 pads to a 64-wide tile
     monkeypatch.setattr(L, "OVERRIDES", {"state": {"BV": 32, "LOWP": False}})
     assert L.settings("state", 256, 512)["BV"] == 32 and not L.settings("state", 256, 512)["LOWP"]
-    for kernel, overrides in (("state", {"BV": 16}), ("reverse", {"BV": 32, "LOWP": True})):
-        monkeypatch.setattr(L, "OVERRIDES", {kernel: overrides})
-        with pytest.raises(ValueError, match="faults on Hopper"):
-            L.settings(kernel, 256, 512)
-        L.settings(kernel, 128, 256)  # the narrower head is fine
+    monkeypatch.setattr(L, "OVERRIDES", {"state": {"BV": 16}})
+    with pytest.raises(ValueError, match="faults or computes wrong numbers on Hopper"):
+        L.settings("state", 256, 512)
+    L.settings("state", 128, 256)  # the narrower head is fine
+    monkeypatch.setattr(L, "OVERRIDES", {"reverse": {"BV": 32, "LOWP": True}})
+    for K in (256, 128):  # faults at K = 256, a wrong initial-state gradient at K = 128 (v10)
+        with pytest.raises(ValueError, match="use BV >= 64"):
+            L.settings("reverse", K, 256)
+    L.settings("reverse", 64, 256)  # not seen at smaller heads
+    L.settings("reverse", 128, 24)  # nor refused where V itself is narrower than 64
+    monkeypatch.setattr(L, "OVERRIDES", {"reverse": {"BV": 32, "LOWP": False}})
+    L.settings("reverse", 128, 256)
     monkeypatch.setattr(L, "OVERRIDES", {"kq_bwd": {"BK": 32, "BV": 32, "LOWP": True}})
     for K, V in ((256, 512), (128, 256)):  # faults at both head sizes
         with pytest.raises(ValueError, match="fault on Hopper"):
