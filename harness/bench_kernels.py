@@ -122,11 +122,20 @@ def time_ours(B, T, H, K, V, variant="paper"):
     return fwd, _bench(fwdbwd)
 
 
+def batch_size(T: int) -> int:
+    """Sequences a batch at length ``T`` (a batch is ``TOKENS`` tokens); an error naming the problem where
+    ``T`` does not divide it (the benchmark, tune.py and profile.py take their lengths through this)."""
+    if T <= 0 or TOKENS % T:
+        raise ValueError(f"a batch of {TOKENS} tokens does not split into sequences of {T}; "
+                         f"use a length that divides it, e.g. one of {', '.join(map(str, LENGTHS))}")
+    return TOKENS // T
+
+
 def time_sdpa(config, T):
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     heads, dim = SDPA_HEADS[config]
-    B = TOKENS // T
+    B = batch_size(T)
     q, k, v = (torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     do = torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16)
@@ -270,7 +279,7 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
     for config in configs:
         H, K, V = HEAD_CONFIGS[config]
         for T in lengths:
-            B = TOKENS // T
+            B = batch_size(T)
             log.info("chunk %s T=%d B=%d", config, T, B)
             ours = _guarded(report, f"ours {config} T={T}", lambda: time_ours(B, T, H, K, V))
             sdpa = _guarded(report, f"SDPA {config} T={T}", lambda: time_sdpa(config, T))

@@ -37,9 +37,11 @@ def run(args) -> int:
         print(bench_kernels.to_markdown(report))
         print(f"wrote {paths['json']} and {paths['md']}")
         return 0
-    for T in args.lengths or []:
-        if T <= 0 or bench_kernels.TOKENS % T:
-            raise ValueError(f"--lengths: each T must divide {bench_kernels.TOKENS} tokens, got {T}")
+    for T in args.lengths or []:  # checked before any device time is spent
+        try:
+            bench_kernels.batch_size(T)
+        except ValueError as e:
+            raise ValueError(f"--lengths: {e}") from None
     report = bench_kernels.run_benchmark(lengths=tuple(args.lengths or bench_kernels.LENGTHS),
                                          configs=tuple(args.configs or bench_kernels.HEAD_CONFIGS),
                                          on_progress=lambda r: bench_kernels.write_report(r, args.out))

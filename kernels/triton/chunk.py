@@ -88,9 +88,9 @@ class ChunkTable:
 def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
     """The chunk table of these sequence bounds, built once and kept (16 most recent). Building it copies
     host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its queued
-    work: a table built on every call made the host wait once per call (v9 measured 0.5 - 0.9 ms per
-    fwd+bwd where the GPU waited for the host; the cache's share of that is not yet timed). The tables
-    are read-only."""
+    work: a table built on every call made the host wait once per call (v9: 0.5 - 0.9 ms per fwd+bwd
+    where the GPU waited for the host; with the cache, v10, the benchmark's wall time is its CUDA time).
+    The tables are read-only."""
     return ChunkTable(bounds, chunk_size, device)
 
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from qdelta.harness.bench_kernels import HEAD_CONFIGS, TOKENS, _inputs, fla_backward_guard_lifted, fla_version
+from qdelta.harness.bench_kernels import HEAD_CONFIGS, _inputs, batch_size, fla_backward_guard_lifted, fla_version
 
 
 def kernel_table(step, rows: int = 14) -> str:
@@ -38,10 +38,11 @@ def main(argv=None) -> int:
     parser.add_argument("--T", type=int, default=2048, help="sequence length; must divide 32,768 tokens")
     parser.add_argument("--no-fla", action="store_true", help="ours only")
     args = parser.parse_args(argv)
-    if args.T <= 0 or TOKENS % args.T:
-        parser.error(f"--T must divide {TOKENS} tokens (one batch of the benchmark), got {args.T}")
+    try:
+        B = batch_size(args.T)
+    except ValueError as e:
+        parser.error(f"--T must divide the benchmark batch: {e}")
     from qdelta.kernels import chunk_qdelta
-    B = TOKENS // args.T
     for name in args.configs:
         H, K, V = HEAD_CONFIGS[name]
         q, k, v, g, beta, lam = _inputs(B, args.T, H, K, V, requires_grad=True)
