@@ -35,7 +35,8 @@ CASES = {
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
     # the same with the output from its own kernel (state pass without FUSE_OUTPUT), 16-bit operands there too
     "paper-varlen-fp16-lowp-output-kernel": ("paper", 20, 24, 64, "varlen", True),
-    # the backward reading the forward's P * Gam and Aqk instead of recomputing them (launch.py SAVED_PAIRS)
+    # the backward reading the forward's P * Gam and Aqk instead of recomputing them (launch.py SAVED_PAIRS, on
+    # by default; the other cases here run with it off)
     "paper-varlen-saved-pairs": ("paper", 20, 24, 64, "varlen", True),
     "official-batch-saved-pairs": ("official", 17, 33, 64, "batch", True),
     "paper-batch-chunk16-saved-pairs": ("paper", 24, 40, 16, "batch", True),
