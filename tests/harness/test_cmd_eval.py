@@ -179,7 +179,9 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                            "qdelta.harness.cli", "eval", "--runs-dir", str(tmp_path / "dp"), *argv],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # the whole stderr on failure: torchelastic's summary at the end hides the failing rank's traceback
+    # (seen once, 2026-11-27: rank 1 aborted with SIGABRT in one of ~9 full-suite runs; not reproduced since)
+    assert done.returncode == 0, done.stderr[-30000:]
     assert "rank 1 of 2" in done.stderr
     assert cli.main(["eval", "--runs-dir", str(tmp_path / "one"), *argv]) == 0
     (dp_run,), (one_run,) = records.load_runs(tmp_path / "dp"), records.load_runs(tmp_path / "one")
