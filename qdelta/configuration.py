@@ -8,7 +8,7 @@ SwiGLU MLP, norms); each model type adds its mixer's fields.
     "qdelta"          Q-Delta (q/k/v/a/b/lamb projections)       chunk_qdelta, lam = sigmoid(.)
     "gated_deltanet"  Gated DeltaNet (no lamb_proj)              chunk_qdelta, lam = None
     "delta_net"       DeltaNet (no decay)                        chunk_qdelta, lam = None, g = None
-    "linear_attn"     gated linear attention                     qdelta.linear_attention
+    "linear_attn"     gated linear attention                     qdelta.kernels.linear_attention
     "transformer"     causal softmax attention, rotary           torch SDPA
 
 A Q-Delta ``config.json`` without a ``variant`` field comes from the authors' code: it loads as
@@ -252,7 +252,7 @@ class LinearAttentionConfig(_RecurrentConfig):
         feature_map = getattr(self, "feature_map", None)
         _require(feature_map is None, "feature_map", "absent", feature_map,
                  "flash-linear-attention's feature-map LinearAttention is not implemented; 'linear_attn' here "
-                 "is the gated linear attention of qdelta.linear_attention")
+                 "is the gated linear attention of qdelta.kernels.linear_attention")
         _require(self.value_heads == self.num_heads, "num_v_heads", "null", self.num_v_heads,
                  "linear attention here has no grouped values")
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import chunk_qdelta, fused_recurrent_qdelta, l2norm
-from .linear_attention import chunk_linear_attention
+from .kernels.linear_attention import chunk_linear_attention
 from .norms import GatedRMSNorm, acc
 from .packing import Packing
 from .short_conv import ShortConvolution

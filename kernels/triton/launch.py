@@ -1,6 +1,6 @@
 """Tile sizes and launch settings of the chunk kernels, in one place.
 
-``settings(kernel, K, V)`` gives the defaults below (chosen with ``kernels/triton/tune.py`` on an
+``settings(kernel, K, V)`` gives the defaults below (chosen with ``harness/bench/tune.py`` on an
 H200; see NOTES.md), updated by ``OVERRIDES[kernel]``, which the tuning script sets to try
 other values without editing the launchers. ``OVERRIDES`` starts from the environment variable
 ``QDELTA_TRITON_LAUNCH`` (JSON, e.g. ``{"reverse": {"BV": 64}}``) for trying settings on a

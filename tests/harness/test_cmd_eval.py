@@ -16,8 +16,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import save_word_tokenizer, tiny_llama  # noqa: E402
 
-from qdelta.harness import cli, records  # noqa: E402
-from qdelta.harness.leaderboard import write_leaderboard  # noqa: E402
+from qdelta.harness import cli  # noqa: E402
+from qdelta.harness.eval import records  # noqa: E402
+from qdelta.harness.eval.leaderboard import write_leaderboard  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RESUME_TASKS = "qd_passkey_quick,qd_ar_quick,qd_mqar_quick,qd_niah_single_2_quick,qd_niah_single_3_quick"  # slow last
@@ -215,7 +216,7 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
 def test_run_id_follows_command_and_weights(tmp_path, checkpoints):
     import shutil
 
-    from qdelta.harness.cmd_eval import make_run_id, parse_lm_eval_args
+    from qdelta.harness.cli.eval import make_run_id, parse_lm_eval_args
     from qdelta.testing import tiny_model
 
     ckpt = tmp_path / "tiny"

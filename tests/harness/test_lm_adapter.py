@@ -14,8 +14,8 @@ from _tiny import save_word_tokenizer, tiny_llama  # noqa: E402
 
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
-from qdelta.harness.lm_adapter import QDeltaLM, parse_batch_size  # noqa: E402
-from qdelta.harness.lm_scoring import ReuseStats, plan_chains, plan_prefix_groups, score_requests  # noqa: E402
+from qdelta.harness.eval.adapter import QDeltaLM, parse_batch_size  # noqa: E402
+from qdelta.harness.eval.scoring import ReuseStats, plan_chains, plan_prefix_groups, score_requests  # noqa: E402
 from qdelta.testing import tiny_model  # noqa: E402
 
 
@@ -199,7 +199,7 @@ def test_too_long_requests_error_or_are_counted(tokenizer_dir):
 def test_device_batch_size_and_arguments(tokenizer_dir, caplog):
     model = tiny_model("qdelta", seed=0)
     if not torch.cuda.is_available():
-        with caplog.at_level(logging.WARNING, logger="qdelta.harness.lm_adapter"):
+        with caplog.at_level(logging.WARNING, logger="qdelta.harness.eval.adapter"):
             lm = QDeltaLM(model, tokenizer=tokenizer_dir, device="cuda:0", batch_size="8")
         assert lm.device.type == "cpu" and "falling back to the CPU" in caplog.text
         assert lm.batch_size == 8

@@ -1,7 +1,7 @@
 """A kill between a task's finished marker and the run summary update loses nothing."""
 import json
 
-from qdelta.harness.records import RunRecord
+from qdelta.harness.eval.records import RunRecord
 
 
 def test_summary_entry_survives_a_kill_before_the_summary_update(tmp_path):

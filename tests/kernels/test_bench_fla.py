@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from qdelta.harness import bench_kernels
+from qdelta.harness.bench import kernels as bench_kernels
 
 HAVE_FLA = importlib.util.find_spec("fla") is not None
 

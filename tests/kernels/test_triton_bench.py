@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qdelta.harness import bench_kernels
+from qdelta.harness.bench import kernels as bench_kernels
 from qdelta.harness.cli import main
 
 RESULTS = Path(__file__).resolve().parents[2] / "results" / "bench"
@@ -112,7 +112,7 @@ def test_reports_record_the_launch_settings_in_force(monkeypatch):
 
 @pytest.mark.parametrize("argv, message", [(["--T", "3000"], "--T must divide"), (["--configs", "7B"], "invalid choice")])
 def test_profile_refuses_bad_arguments_before_touching_a_gpu(argv, message, capsys):
-    from qdelta.kernels.triton import profile
+    from qdelta.harness.bench import profile
     with pytest.raises(SystemExit) as exit_:
         profile.main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err

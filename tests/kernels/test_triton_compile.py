@@ -1,5 +1,5 @@
 """Every chunk kernel and the decoding kernel compile for Hopper (sm_90) at both real head sizes
-with the committed launch settings, and each fits its shared memory (kernels/triton/compile_check.py;
+with the committed launch settings, and each fits its shared memory (harness/bench/compile_check.py;
 no GPU needed: Triton's own compiler and the ptxas it ships). Catches a kernel edit or a launch
 setting that cannot build before any device time is spent."""
 import json
@@ -21,7 +21,7 @@ def _ptxas_available() -> bool:
 @pytest.mark.skipif(not _ptxas_available(), reason="this Triton has no bundled ptxas")
 def test_chunk_kernels_compile_for_sm90_and_fit_shared_memory():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "qdelta.kernels.triton.compile_check",
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "qdelta.harness.bench.compile_check",
                            "--heads", "128x256", "256x512", "--dtype", "bfloat16"],
                           capture_output=True, text=True, env=env, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -1,9 +1,10 @@
-"""kernels/triton/tune.py without a GPU: the timing call is replaced by a scripted one, so what is
+"""harness/bench/tune.py without a GPU: the timing call is replaced by a scripted one, so what is
 checked is the bookkeeping — overrides set only during a trial, the best of --repeat runs kept, a
 setting adopted only when it beats the baseline by more than the 5 % spread, faults reported."""
 import pytest
 
-from qdelta.kernels.triton import launch, tune
+from qdelta.harness.bench import tune
+from qdelta.kernels.triton import launch
 
 
 def test_trial_sets_overrides_only_while_timing_and_keeps_the_best_of_repeats(monkeypatch):

@@ -68,7 +68,7 @@ def test_stability_rejects_transformers(tmp_path):
 
 
 def test_stability_cli_reads_text_with_the_checkpoint_tokenizer_and_mqar(tmp_path, capsys):
-    from qdelta.harness.tokenizer import build_id_tokenizer
+    from qdelta.harness.train.tokenizer import build_id_tokenizer
 
     folder = tmp_path / "ckpt"
     tiny_model("gated_deltanet", seed=8).save_pretrained(folder)

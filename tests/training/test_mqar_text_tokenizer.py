@@ -1,18 +1,15 @@
-"""The bridge tokenizer of results/mqar/text_tokenizer.py: a qd_mqar text doc, tokenized with it,
+"""The bridge tokenizer of qdelta.harness.train.mqar_tokenizer: a qd_mqar text doc, tokenized with it,
 is exactly the token-level MQAR sequence (and answer) the MQAR checkpoints were trained on."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+from qdelta.harness.train import mqar_tokenizer as bridge
 from qdelta.tasks.mqar import make_mqar
 from qdelta.tasks.synthetic import build_mqar
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("mqar_text_tokenizer", ROOT / "results" / "mqar" / "text_tokenizer.py")
-bridge = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bridge)
 
 
 def test_qd_mqar_docs_tokenize_to_the_training_ids():

@@ -2,7 +2,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from qdelta.harness.tokenizer import build_id_tokenizer, build_text_tokenizer
+from qdelta.harness.train.tokenizer import build_id_tokenizer, build_text_tokenizer
 
 CORPUS = [f"One of the special magic numbers for key{i % 17} is: {(i * 7919) % 10_000_000}." for i in range(200)]
 

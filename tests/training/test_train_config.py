@@ -1,8 +1,8 @@
 """The typed training config: YAML in, validated dataclass out, errors naming the field."""
 import pytest
 
-from qdelta.harness.train import lr_factor
-from qdelta.harness.train_config import TrainConfig, dump_config, load_config
+from qdelta.harness.train.loop import lr_factor
+from qdelta.harness.train.config import TrainConfig, dump_config, load_config
 
 
 def _write(tmp_path, text):

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 import torch
 
-from qdelta.harness import train_grid
+from qdelta.harness.train import grid as train_grid
 from _train_configs import MODEL
 
 

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import qdelta
-from qdelta.harness.train import train
-from qdelta.harness.train_config import load_config
+from qdelta.harness.train.loop import train
+from qdelta.harness.train.config import load_config
 from qdelta.tasks.mqar import evaluate_mqar
 
 from _train_configs import tiny_train_config, write_config
@@ -32,7 +32,7 @@ def test_loss_falls_and_mqar_accuracy_rises(tmp_path):
     chance = 1 / 16  # values are drawn from 16 ids
     untrained = qdelta.load_model(str(tmp_path / "run"))
     torch.manual_seed(0)
-    from qdelta.harness.train import build_model
+    from qdelta.harness.train.loop import build_model
     fresh = build_model(config.model, 32, config.seed).eval()
     before = evaluate_mqar(fresh, 32, settings=[(16, 2)], num_examples=64, seed=config.eval.seed)["mean"]
     after = evaluate_mqar(untrained.eval(), 32, settings=[(16, 2)], num_examples=64, seed=config.eval.seed)["mean"]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qdelta.harness import train_grid, train_report
-from qdelta.harness.train_config import load_config
+from qdelta.harness.train import grid as train_grid
+from qdelta.harness.train import report as train_report
+from qdelta.harness.train.config import load_config
 from _train_configs import CPU_SEED_FOLDERS, MODEL, MQAR_RESULTS
 
 
@@ -196,7 +197,7 @@ def test_the_five_cpu_seeds_in_one_folder_give_the_readme_means(tmp_path):
         per_seed[seed] = {r["type"]: r["mean"] for r in train_report.load_records(folder / "runs")}
     train_report.generate(tmp_path / "runs", tmp_path / "out", plots=False)
     table = (tmp_path / "out" / "leaderboard.md").read_text()
-    readme = (MQAR_RESULTS / "README.md").read_text()
+    readme = (MQAR_RESULTS.parents[1] / "docs" / "mqar.md").read_text()
     for model_type, label in (("qdelta", "Q-Delta"), ("gated_deltanet", "Gated DeltaNet")):
         means = [m[model_type] for m in per_seed.values()]
         row = next(line for line in table.splitlines() if line.startswith(f"| {label} | 64 |"))

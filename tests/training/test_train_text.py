@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from qdelta.harness.train_config import load_config
-from qdelta.harness.train_text import TextSource
+from qdelta.harness.train.config import load_config
+from qdelta.harness.train.text import TextSource
 
 
 def _config(**data):

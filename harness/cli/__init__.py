@@ -1,0 +1,63 @@
+"""The ``qdelta`` command line: one entry point, one thin module per subcommand.
+
+Each subcommand lives in ``qdelta/harness/cli/<name>.py`` and defines
+
+    HELP: str                         one line for ``qdelta --help``
+    def add_arguments(parser): ...    its options (``parser.epilog`` holds examples)
+    def run(args) -> int: ...         the work; returns the exit code
+
+Modules are found by name, so adding a subcommand means adding one file. A subcommand that
+forwards unknown options (``qdelta eval`` passes them to lm-eval) calls
+``parser.set_defaults(_accepts_extra=True)``; it finds them in ``args.extra``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from typing import List, Optional
+
+
+
+def _subcommands():
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [(name, importlib.import_module(f"{__name__}.{name}")) for name in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qdelta",
+        description="Q-Delta: exact ops, models and a long-context recall evaluation harness.",
+        epilog="examples:\n  qdelta eval                 # shipped checkpoints on the offline recall suite\n"
+               "  qdelta eval --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _subcommands():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "_accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"qdelta {args.command}: error: {err}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,5 @@
+import sys
+
+from qdelta.harness.cli import main
+
+sys.exit(main())

@@ -1,0 +1,317 @@
+"""``qdelta eval``: lm-eval's own evaluation with our model and tasks registered, into run records.
+
+Every lm-eval ``run`` option is accepted (``--model``, ``--model_args``, ``--tasks``, ``--limit``,
+``--batch_size``, ``--device``, ``--num_fewshot``, ``--gen_kwargs``, ``--seed``, ``--metadata``,
+``--include_path`` ...). Our task folder is always on the include path; ``metadata`` gets
+``tokenizer=<pretrained>`` for tokenizer-dependent tasks unless given. Each leaf task runs through
+``lm_eval.simple_evaluate`` on its own (seeded the same way every time) and is written to the run
+record as soon as it finishes, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+log = logging.getLogger(__name__)
+
+HELP = "evaluate with lm-eval (model `qdelta`, tasks qd_*) into run records; no arguments: the README main job"
+MAIN_JOB_GROUP = "qd_recall_quick"
+MAIN_JOB_BATCH = "32"
+RUN_ID_KEYS = ("model", "model_args", "tasks", "limit", "samples", "num_fewshot", "gen_kwargs", "seed",
+               "metadata", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "predict_only")
+
+EPILOG = """lm-eval options: every `lm-eval run` option is accepted (see `lm-eval run --help`).
+
+examples:
+  qdelta eval                     # every checkpoint under results/checkpoints/ on qd_recall_quick, then the leaderboard
+  qdelta eval --model qdelta --model_args pretrained=results/checkpoints/qdelta-tiny-recall --tasks qd_recall_quick
+  qdelta eval --model qdelta --model_args pretrained=CKPT,dtype=bfloat16 --device cuda:0 --batch_size 64 --tasks qd_recall
+  qdelta eval --model hf --model_args pretrained=EleutherAI/pythia-160m --tasks qd_recall_quick --limit 20
+  accelerate launch -m qdelta.harness.cli eval --model qdelta --model_args pretrained=CKPT --tasks qd_recall
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default="results/runs", help="run records root (default: results/runs)")
+    parser.add_argument("--leaderboard-dir", default="results/leaderboards",
+                        help="where the leaderboard is rebuilt after the run (default: results/leaderboards)")
+    parser.add_argument("--checkpoints-dir", default="results/checkpoints",
+                        help="checkpoints evaluated by the no-argument main job (default: results/checkpoints)")
+    parser.add_argument("--run-id", default=None, help="name of the run folder (default: <model>-<hash of the command>)")
+    parser.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
+    parser.epilog = EPILOG
+    parser.set_defaults(_accepts_extra=True)
+
+
+# ---------------------------------------------------------------- argument handling
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def parse_lm_eval_args(extra: List[str]):
+    """lm-eval's own ``run`` parser on our extra arguments -> a validated ``EvaluatorConfig``."""
+    from lm_eval._cli.run import Run
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    holder = argparse.ArgumentParser(prog="qdelta eval", add_help=False)
+    run_parser = Run(holder.add_subparsers())._parser
+
+    def fail(message: str):
+        hint = ""
+        if "model_args" in message or "key=value" in message:
+            hint = "; write --model_args key=value,key2=value2 e.g. --model_args pretrained=results/checkpoints/NAME,dtype=float32"
+        raise ValueError(f"{message}{hint}")
+
+    run_parser.error = fail
+    namespace = run_parser.parse_args(extra)
+    if not namespace.tasks:
+        raise ValueError("no --tasks given; e.g. --tasks qd_recall_quick (list them with `qdelta tasks list`)")
+    if namespace.model is None:
+        raise ValueError("no --model given; e.g. --model qdelta --model_args pretrained=results/checkpoints/NAME")
+    try:
+        return EvaluatorConfig.from_cli(namespace)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"invalid lm-eval arguments: {_one_line(err)}") from None
+
+
+def make_run_id(cfg) -> str:
+    """``<label>-<10 hex>``: the same command on the same weights gives the same id (device and
+    batch size excluded), so re-running it resumes; retrained weights get a new run."""
+    from qdelta.harness.eval.records import weights_hash
+
+    fields = {key: getattr(cfg, key, None) for key in RUN_ID_KEYS}
+    fields["model_args"] = {k: v for k, v in sorted((cfg.model_args or {}).items())
+                            if k not in ("batch_size", "device", "max_batch_size")}
+    pretrained = (cfg.model_args or {}).get("pretrained")
+    fields["weights_sha256"] = weights_hash(pretrained)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    label = Path(str(pretrained)).name if pretrained else cfg.model
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}-{digest}"
+
+
+def _register_plugins():
+    """Our lm-eval model ``qdelta`` and the oracle/random test models ``qd_oracle``/``qd_random``."""
+    from qdelta.harness.eval import adapter  # noqa: F401
+    from qdelta.tasks import oracle_models  # noqa: F401
+
+
+def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: dict):
+    """A TaskManager (ours alone when that suffices: indexing lm-eval's 14k tasks takes ~15 s) and the names."""
+    from lm_eval.tasks import TaskManager
+    from qdelta.tasks import TASKS_DIR
+
+    paths = [str(TASKS_DIR)] + ([include_path] if include_path else [])
+
+    def missing_in(manager):
+        return [t for t in requested if not Path(t).is_file() and not manager.match_tasks([t])]
+
+    manager = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+    if any(not t.startswith("qd_") for t in missing_in(manager)):  # qd_* names are never lm-eval built-ins
+        manager = TaskManager(include_path=paths, include_defaults=True, metadata=metadata)
+    missing = missing_in(manager)
+    if missing:
+        raise ValueError(f"unknown task(s): {', '.join(missing)}; list ours with `qdelta tasks list` and lm-eval's with "
+                         "`lm-eval ls tasks`, or add --include_path DIR for your own YAML")
+    names = []
+    for t in requested:
+        for name in ([t] if Path(t).is_file() else manager.match_tasks([t])):
+            if name not in names:
+                names.append(name)
+    return manager, names
+
+
+def check_model(cfg):
+    """The registered model class; for ``qdelta`` also checks the checkpoint folder (cheap, no loading)."""
+    from lm_eval.api.registry import get_model
+    from qdelta.harness.eval.adapter import check_checkpoint
+
+    try:
+        model_class = get_model(cfg.model)
+    except ValueError:
+        raise ValueError(f"unknown --model {cfg.model!r}; use qdelta (our checkpoints), hf, qd_oracle, qd_random "
+                         "or a name from lm-eval's models") from None
+    if cfg.model == "qdelta":
+        if "pretrained" not in (cfg.model_args or {}):
+            raise ValueError("--model qdelta needs --model_args pretrained=PATH (a folder under results/checkpoints/)")
+        check_checkpoint(cfg.model_args["pretrained"])
+    return model_class
+
+
+def build_model(cfg, model_class):
+    """The lm-eval model, built exactly as ``simple_evaluate`` would build it from the CLI."""
+    try:
+        return model_class.create_from_arg_obj(
+            cfg.model_args, {"batch_size": cfg.batch_size, "max_batch_size": cfg.max_batch_size, "device": cfg.device})
+    except (ValueError, TypeError, OSError, KeyError) as err:
+        raise ValueError(f"could not build --model {cfg.model} from --model_args {cfg.model_args}: {_one_line(err)}") from None
+
+
+@contextmanager
+def env_info_once():
+    """lm-eval adds `torch.utils.collect_env` output to every result (~1 s each): compute it once."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    cached: dict = {}
+    original(cached)
+    evaluator.add_env_info = lambda storage: storage.update(cached)
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+# ---------------------------------------------------------------- one run
+def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> dict:
+    """Evaluate one model on its tasks into ``runs_dir/<run-id>``; returns {'run_id', 'failed', 'merged'}."""
+    from lm_eval import simple_evaluate
+    from qdelta.harness.eval import records
+
+    pretrained = (cfg.model_args or {}).get("pretrained")
+    metadata = dict(cfg.metadata or {})
+    if pretrained and Path(str(pretrained)).is_dir() and "tokenizer" not in metadata:
+        metadata["tokenizer"] = str(pretrained)
+    cfg.metadata = metadata
+    run_id = run_id or make_run_id(cfg)
+    model_class = check_model(cfg)
+    manager, task_names = resolve_tasks(list(cfg.tasks), cfg.include_path, metadata)
+    lm = build_model(cfg, model_class)
+    try:
+        loaded = manager.load(task_names)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        raise ValueError(f"could not build task(s) {', '.join(task_names)}: {_one_line(err)}") from None
+    record = records.RunRecord(runs_dir, run_id)
+    writer = lm.rank == 0
+    seeds = list(cfg.seed) if cfg.seed else [None] * 4
+    leaf_tasks = list(loaded["tasks"].items())
+    if record.summary().get("status") == "done" and all(record.is_finished(n) for n, _ in leaf_tasks):
+        # nothing to evaluate: leave the record as it was written (its commit, times, device)
+        log.info("%s: every task is already in the run record; nothing to do", run_id)
+        merged = json.loads((record.path / records.RESULTS).read_text()) if writer else {}
+        return {"run_id": run_id, "failed": [], "merged": merged, "writer": writer, "path": record.path}
+    if writer:
+        header = {
+            "command": command, "model": cfg.model, "model_args": cfg.model_args, "model_label": run_id.rsplit("-", 1)[0],
+            "pretrained": str(pretrained) if pretrained else None,
+            "weights_sha256": records.weights_hash(pretrained), "model_info": _model_info(lm),
+            "tasks_requested": list(cfg.tasks), "tasks": {}, "group_map": loaded.get("group_map", {}),
+            "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "gen_kwargs": cfg.gen_kwargs, "metadata": metadata,
+            "seed": seeds, "git_commit": records.git_commit(Path(__file__).resolve().parent),
+            "packages": records.package_versions(), "device": records.device_description(lm.device),
+            "world_size": lm.world_size, "batch_size": cfg.batch_size,
+        }
+        record.start(header)
+    failed = []
+    tracker = None
+    if cfg.output_path and writer:  # lm-eval's own output files too, as `lm-eval run --output_path` writes them
+        from lm_eval.loggers import EvaluationTracker
+
+        tracker = EvaluationTracker(output_path=cfg.output_path)
+    finished = {name for name, _ in leaf_tasks if record.is_finished(name)}  # decided once, alike on every rank
+    with env_info_once():
+        for name, task in leaf_tasks:
+            if name in finished:
+                log.info("%s: %s already in the run record, skipped", run_id, name)
+                continue
+            log.info("%s: evaluating %s", run_id, name)
+            started = time.time()
+            try:
+                result = simple_evaluate(
+                    model=lm, tasks=[task], task_manager=manager, num_fewshot=cfg.num_fewshot,
+                    batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, device=cfg.device,
+                    use_cache=cfg.use_cache, limit=cfg.limit, samples=cfg.samples, check_integrity=cfg.check_integrity,
+                    write_out=cfg.write_out, log_samples=True, system_instruction=cfg.system_instruction,
+                    apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=bool(cfg.fewshot_as_multiturn),
+                    gen_kwargs=cfg.gen_kwargs or None, predict_only=cfg.predict_only, random_seed=seeds[0],
+                    numpy_random_seed=seeds[1], torch_random_seed=seeds[2], fewshot_random_seed=seeds[3],
+                    confirm_run_unsafe_code=cfg.confirm_run_unsafe_code, metadata=metadata,
+                    evaluation_tracker=tracker)
+            except Exception as err:  # a failed task must not lose the others
+                log.error("%s: task %s failed: %s: %s", run_id, name, type(err).__name__, _one_line(err))
+                failed.append(name)
+                if writer:
+                    record.write_failure(name, f"{type(err).__name__}: {_one_line(err)}")
+                continue
+            if not writer:
+                continue
+            samples = result.pop("samples", {}).get(name, [])
+            result["config"].update(model=cfg.model, model_args=cfg.model_args)
+            if tracker is not None:
+                tracker.save_results_aggregated(results=result, samples={name: samples} if cfg.log_samples else None)
+                if cfg.log_samples:
+                    tracker.save_results_samples(task_name=name, samples=samples)
+            entry = {"version": result.get("versions", {}).get(name), "n_samples": len(samples),
+                     "data_sha256": next((s["doc"].get("data_hash") for s in samples
+                                          if isinstance(s.get("doc"), dict) and s["doc"].get("data_hash")), None),
+                     "evaluated_docs_sha256": records.data_hash(s.get("doc") for s in samples),
+                     "metrics": result.get("results", {}).get(name, {}), "seconds": round(time.time() - started, 3),
+                     "when": records.now()}
+            if hasattr(lm, "take_stats"):
+                entry["adapter"] = lm.take_stats()
+            record.write_task(name, result, samples, entry)
+    merged = record.finish([n for n, _ in leaf_tasks]) if writer else {}
+    return {"run_id": run_id, "failed": failed, "merged": merged, "writer": writer, "path": record.path}
+
+
+def _model_info(lm) -> dict:
+    info = lm.get_model_info() if hasattr(lm, "get_model_info") else {}
+    if hasattr(lm, "state_size"):
+        info["state_size"] = lm.state_size()
+    return info
+
+
+# ---------------------------------------------------------------- the subcommand
+def main_job_argv(checkpoints_dir: Path) -> List[List[str]]:
+    folders = sorted(p for p in Path(checkpoints_dir).glob("*") if (p / "config.json").is_file())
+    if not folders:
+        raise ValueError(f"no checkpoints under {checkpoints_dir}/; train one with `qdelta train` or pass "
+                         "--model qdelta --model_args pretrained=PATH --tasks TASKS")
+    return [["--model", "qdelta", "--model_args", f"pretrained={p}", "--tasks", MAIN_JOB_GROUP,
+             "--batch_size", MAIN_JOB_BATCH, "--device", "cpu"] for p in folders]
+
+
+def run(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _register_plugins()
+    jobs = [args.extra] if args.extra else main_job_argv(Path(args.checkpoints_dir))
+    configs = [parse_lm_eval_args(argv) for argv in jobs]
+    if args.run_id and len(configs) > 1:
+        raise ValueError("--run-id names one run; the main job makes one run per checkpoint: drop --run-id")
+    outcomes = []
+    for argv, cfg in zip(jobs, configs):
+        command = "qdelta eval " + " ".join(argv)
+        print(f"== {command}", flush=True)
+        outcome = evaluate_run(cfg, Path(args.runs_dir), args.run_id, command)
+        outcomes.append(outcome)
+        if outcome["writer"]:
+            from lm_eval.utils import make_table
+
+            if outcome["merged"].get("results"):
+                print(make_table(outcome["merged"]))
+            print(f"run record: {outcome['path']}", flush=True)
+    if not any(o["writer"] for o in outcomes):
+        return 0
+    if not args.no_leaderboard:
+        from qdelta.harness.eval.leaderboard import write_leaderboard
+
+        written = write_leaderboard(Path(args.runs_dir), Path(args.leaderboard_dir))
+        print((Path(args.leaderboard_dir) / "leaderboard.md").read_text())
+        print("leaderboard files: " + ", ".join(str(p) for p in written))
+    failed = [f"{o['run_id']}:{t}" for o in outcomes for t in o["failed"]]
+    if failed:
+        print(f"qdelta eval: {len(failed)} task(s) failed ({', '.join(failed)}); the others are recorded. "
+              "Re-run the same command to retry them.", file=sys.stderr)
+        return 1
+    return 0

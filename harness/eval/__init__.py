@@ -1,0 +1,1 @@
+"""Evaluation: the lm-eval model adapter, request scoring, run records and leaderboards."""

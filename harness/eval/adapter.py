@@ -1,0 +1,474 @@
+"""The lm-eval model ``qdelta``: any of our model types, scored through EvaluatorLM conventions.
+
+``lm_eval --model qdelta --model_args pretrained=PATH[,dtype=float32,variant=official,...]``
+(or ``qdelta eval`` with the same arguments). Arguments (``--model_args``):
+
+    pretrained           checkpoint folder (config.json + model.safetensors + tokenizer), or a
+                         model instance from Python (then ``tokenizer`` is required)
+    tokenizer            tokenizer folder or object; default: the checkpoint folder
+    device               ``cuda``, ``cuda:N``, ``cpu`` (lm-eval's CLI passes ``cuda:0``); without
+                         CUDA it falls back to the CPU with a log line
+    dtype                ``auto`` (the checkpoint's), ``float32``, ``bfloat16``, ``float16``, ``float64``
+    batch_size           int or string (``"16"``); ``auto`` / ``auto:N`` = ``max_batch_size`` (default 64)
+    variant              ``paper`` or ``official`` (DESIGN §2), passed to ``qdelta.load_model``
+    prefix_reuse         ``True``: requests sharing a context prefix reuse its recurrent state
+    prefix_min_fraction  share needed to group requests (fraction of the longest context, 0.5)
+    on_overflow          ``error`` (default): a request longer than ``config.max_sequence_length``
+                         raises; ``count``: it is scored as wrong (log-likelihood -inf, empty
+                         generation), counted, logged and written to the run record
+    max_gen_toks         default generation budget when a task sets none (256)
+    add_bos_token        prepend the tokenizer's special tokens when encoding (False)
+
+Data parallel: launched with ``accelerate launch`` (WORLD_SIZE > 1) each process takes its
+shard of every task through lm-eval's rank/world_size mechanism.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import lm_eval.models  # noqa: F401  (registers the built-in models first: `hf` etc. stay available)
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import model_registry, register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from .scoring import ReuseStats, common_prefix_len, plan_prefix_groups, repeat_cache, score_requests
+
+log = logging.getLogger(__name__)
+
+QDELTA_MODEL_TYPES = ("qdelta", "gated_deltanet", "delta_net", "linear_attn", "transformer")
+OVERFLOW_POLICIES = ("error", "count")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "float64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"model arg {name} must be true or false, got {value!r}; e.g. {name}=false")
+
+
+def parse_batch_size(batch_size, max_batch_size=None) -> int:
+    """lm-eval's CLI passes a string: ``"8"``, ``"auto"`` or ``"auto:4"``."""
+    text = str(batch_size if batch_size is not None else 1).strip().lower()
+    if text.startswith("auto"):
+        size = int(max_batch_size or 64)
+        log.info("batch_size=%s: qdelta uses a fixed batch of %d (max_batch_size sets it)", text, size)
+        return size
+    try:
+        size = int(text)
+    except ValueError:
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}; "
+                         "e.g. --batch_size 16") from None
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}; e.g. --batch_size 16")
+    return size
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``None`` -> cuda if available else cpu; a CUDA device without CUDA -> cpu, logged."""
+    if device is None or str(device).strip() in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(str(device))
+    except RuntimeError:
+        raise ValueError(f"device must look like cuda, cuda:0 or cpu, got {device!r}; e.g. --device cpu") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        log.warning("device=%s requested but CUDA is not available: falling back to the CPU", device)
+        return torch.device("cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                         "pass --device cuda:0")
+    return dev
+
+
+def parse_dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    text = str(dtype).strip().lower().replace("torch.", "")
+    if text == "auto":
+        return None
+    if text not in _DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}; "
+                         "e.g. dtype=float32")
+    return _DTYPES[text]
+
+
+def check_checkpoint(path) -> dict:
+    """The checkpoint's config.json, after checking it is one of our model types."""
+    folder = Path(str(path))
+    fix = "pass a checkpoint folder holding config.json and model.safetensors, e.g. pretrained=results/checkpoints/<name>"
+    if not folder.is_dir():
+        raise ValueError(f"pretrained={path!r}: no such folder; {fix}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"pretrained={path!r} has no config.json; {fix}")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    if model_type not in QDELTA_MODEL_TYPES:
+        raise ValueError(f"pretrained={path!r} is a {model_type!r} checkpoint, not one of qdelta's model types "
+                         f"({', '.join(QDELTA_MODEL_TYPES)}); evaluate it with --model hf --model_args pretrained={path}")
+    return config
+
+
+def _load_tokenizer(tokenizer, pretrained):
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    source = tokenizer if tokenizer is not None else pretrained
+    if not isinstance(source, (str, Path)):
+        raise ValueError("a model instance was passed as pretrained: pass tokenizer=<folder or tokenizer object> too")
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"could not load a tokenizer from {str(source)!r} ({type(err).__name__}); "
+                         "pass tokenizer=<folder with tokenizer.json> in --model_args") from None
+
+
+def _cache_floats(cache) -> int:
+    """Number of elements in all tensors held by a cache (walks attributes, lists, dicts)."""
+    seen, total, stack = set(), 0, [cache]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            total += obj.numel()
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return total
+
+
+def align_metric_keys(per_rank: list) -> list:
+    """Give every rank's ``{task: {(metric, filter): values}}`` the same metric keys (missing -> []).
+
+    lm-eval 0.4.13 gathers per-sample metrics from the ranks by rank 0's keys and indexes every
+    rank with them: a per-slice metric (``acc_<slice>``) that some rank saw no document of raises
+    KeyError. Other gathered objects (lists of samples) pass through unchanged.
+    """
+    if not per_rank or not all(isinstance(o, dict) and all(isinstance(v, dict) for v in o.values()) for o in per_rank):
+        return per_rank
+    for task in set().union(*(o.keys() for o in per_rank)):
+        keys = set().union(*(o.get(task, {}).keys() for o in per_rank))
+        for o in per_rank:
+            metrics = o.setdefault(task, {})
+            for key in keys:
+                metrics.setdefault(key, [])
+    return per_rank
+
+
+class QDeltaLM(TemplateLM):
+    """lm-eval model for our checkpoints; see the module docstring for its arguments."""
+
+    def __init__(self, pretrained, tokenizer=None, device=None, dtype=None, batch_size=1, max_batch_size=None,
+                 variant=None, prefix_reuse=True, prefix_min_fraction=0.5, on_overflow="error",
+                 max_gen_toks=256, add_bos_token=False, trust_remote_code=None, **unknown):
+        super().__init__()
+        if unknown:
+            raise ValueError(f"unknown --model_args for model qdelta: {', '.join(sorted(unknown))}; accepted: "
+                             "pretrained, tokenizer, device, dtype, batch_size, max_batch_size, variant, "
+                             "prefix_reuse, prefix_min_fraction, on_overflow, max_gen_toks, add_bos_token")
+        if on_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}; e.g. on_overflow=count")
+        self.batch_size_per_gpu = parse_batch_size(batch_size, max_batch_size)
+        self.prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
+        self.prefix_min_fraction = float(prefix_min_fraction)
+        self.on_overflow = on_overflow
+        self._max_gen_toks = int(max_gen_toks)
+        self.add_bos_token = parse_bool("add_bos_token", add_bos_token)
+        torch_dtype = parse_dtype(dtype)
+
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+            from accelerate.utils import InitProcessGroupKwargs
+
+            self.accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
+            if self.accelerator.num_processes == 1:
+                raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up one process (no GPU "
+                                 "per process?); on CPUs set ACCELERATE_USE_CPU=true, on GPUs launch with "
+                                 "`accelerate launch --multi_gpu --num_processes N`")
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            self._device = self.accelerator.device
+            log.info("data parallel: rank %d of %d on %s (device=%s ignored)", self._rank, self._world_size,
+                     self._device, device)
+        else:
+            self._device = resolve_device(device)
+
+        if isinstance(pretrained, (str, Path)):
+            check_checkpoint(pretrained)
+            import qdelta
+
+            self.model = qdelta.load_model(str(pretrained), device=str(self._device), dtype=torch_dtype, variant=variant)
+            self.pretrained = str(pretrained)
+        elif isinstance(pretrained, torch.nn.Module):
+            self.model = pretrained.to(self._device) if torch_dtype is None else pretrained.to(self._device, torch_dtype)
+            self.pretrained = None
+        else:
+            raise TypeError(f"pretrained must be a checkpoint folder or a torch model, got {type(pretrained).__name__}")
+        self.model.eval()
+        self.tokenizer = _load_tokenizer(tokenizer, pretrained)
+        if self.tokenizer.eos_token_id is None and self.tokenizer.bos_token_id is None:
+            log.warning("the tokenizer has no eos/bos token: empty contexts are prefixed with token 0 and "
+                        "generation stops only at the task's stop strings or its token budget")
+        self.stats = ReuseStats()
+        self.events: Dict[str, int] = defaultdict(int)
+        self._uses_qdelta_cache: Optional[bool] = None
+
+    # ---------------------------------------------------------------- lm-eval properties
+    @property
+    def eot_token_id(self) -> Optional[int]:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        for token in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id):
+            if token is not None:
+                return token
+        return 0
+
+    @property
+    def max_length(self) -> Optional[int]:
+        """``config.max_sequence_length``: None for recurrent models (no limit)."""
+        return getattr(self.model.config, "max_sequence_length", None)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.tokenizer.name_or_path).replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> List[int]:
+        special = self.add_bos_token if add_special_tokens is None else bool(add_special_tokens)
+        return list(self.tokenizer.encode(string, add_special_tokens=special))
+
+    def tok_decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+    # ---------------------------------------------------------------- data parallel
+    def all_gather(self, tensor):
+        return tensor if self.accelerator is None else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        if self.accelerator is None:
+            return [obj]
+        result = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
+        return align_metric_keys(result) if result is not None else None
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- model calls
+    def _forward(self, input_ids: torch.Tensor, past=None, use_cache: bool = False):
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=use_cache or past is not None)
+        return out.logits, getattr(out, "past_key_values", None)
+
+    def _forward_masked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past=None):
+        """Right-padded rows with their mask (covering past + new tokens), continuing ``past``."""
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, use_cache=True)
+        return out.logits, out.past_key_values
+
+    def _tree_forward(self):
+        """Level-batched prefix walks need our recurrent cache (``select`` + per-row token counts);
+        the Transformer's KV cache and other caches take the one-chain-at-a-time walk (None)."""
+        if self._uses_qdelta_cache is None and self.max_length is not None:
+            self._uses_qdelta_cache = False
+        if self._uses_qdelta_cache is None:
+            from qdelta.cache import QDeltaCache
+
+            probe = torch.tensor([[self.prefix_token_id]], dtype=torch.long, device=self._device)
+            self._uses_qdelta_cache = isinstance(self._forward(probe, None, True)[1], QDeltaCache)
+        return self._forward_masked if self._uses_qdelta_cache else None
+
+    def _too_long(self, n_tokens: int, what: str) -> bool:
+        """True (and counted) when ``n_tokens`` exceeds the model's limit under on_overflow=count."""
+        limit = self.max_length
+        if limit is None or n_tokens <= limit:
+            return False
+        if self.on_overflow == "error":
+            raise ValueError(f"a {what} request needs {n_tokens} tokens but the model's max_sequence_length is "
+                             f"{limit}; evaluate shorter task settings, or pass on_overflow=count in --model_args "
+                             "to score such requests as wrong and count them")
+        self.events[f"{what}_over_max_length"] += 1
+        return True
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> List[Tuple[float, bool]]:
+        results: List[Optional[Tuple[float, bool]]] = [None] * len(requests)
+        keep = []
+        for i, (_, ctx, cont) in enumerate(requests):
+            if self._too_long(len(ctx) + len(cont) - 1, "loglikelihood"):
+                results[i] = (float("-inf"), False)
+            else:
+                keep.append(i)
+        items = [(requests[i][1], requests[i][2]) for i in keep]
+        scored = score_requests(self._forward, items, self.batch_size, self.prefix_token_id, self._device,
+                                self.prefix_reuse, self.prefix_min_fraction, self.stats,
+                                forward_masked=self._tree_forward() if self.prefix_reuse else None)
+        for i, answer in zip(keep, scored):
+            results[i] = answer
+        for (request_str, _, _), answer in zip(requests, results):
+            if request_str is not None:
+                self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        self._log_events()
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
+        """Whole-document log-likelihood; one window for models without a length limit."""
+        windows, owner = [], []
+        for r, (string,) in enumerate(req.args for req in requests):
+            tokens = self.tok_encode(string)
+            max_len = self.max_length or (len(tokens) + 1)
+            for window in get_rolling_token_windows(tokens, self.prefix_token_id, max_len, 1):
+                windows.append(make_disjoint_window(window))
+                owner.append(r)
+        scored = score_requests(self._forward, windows, self.batch_size, self.prefix_token_id, self._device,
+                                prefix_reuse=False, stats=self.stats)
+        totals = [0.0] * len(requests)
+        for r, (logprob, _) in zip(owner, scored):
+            totals[r] += logprob
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
+        """Greedy generation: one prefill per batch (shared prefixes once), then cached decoding.
+
+        A batch holds contexts of equal token length, so no padding enters the model.
+        """
+        out: List[Optional[str]] = [None] * len(requests)
+        buckets: Dict[Tuple[str, int], List[int]] = defaultdict(list)
+        encoded = []
+        for i, (context, gen_kwargs) in enumerate(req.args for req in requests):
+            ctx = self.tok_encode(context) or [self.prefix_token_id]
+            encoded.append(ctx)
+            buckets[(json.dumps(gen_kwargs, sort_keys=True, default=str), len(ctx))].append(i)
+        for (_, length), members in buckets.items():
+            kwargs = normalize_gen_kwargs(requests[members[0]].args[1], self.max_gen_toks)
+            if kwargs.get("do_sample"):
+                raise ValueError("qdelta generates greedily; the task asks do_sample=True: pass "
+                                 "--gen_kwargs do_sample=False (or temperature=0)")
+            eos = self.eot_token_id
+            eos_text = None if eos is None else self.tokenizer.decode([eos], skip_special_tokens=False)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            budget = int(kwargs.pop("max_gen_toks"))
+            if self._too_long(length, "generate_until"):
+                for i in members:
+                    out[i] = ""
+                continue
+            if self.max_length is not None and length + budget > self.max_length:
+                budget = self.max_length - length
+                self.events["generation_capped_at_max_length"] += len(members)
+            if self.prefix_reuse:
+                groups = [g.members for g in plan_prefix_groups([encoded[i] for i in members], self.prefix_min_fraction)]
+                shared = [[members[j] for j in g] for g in groups if len(g) > 1]
+                singles = [[members[g[0]] for g in groups if len(g) == 1]]
+            else:
+                shared, singles = [], [members]
+            for batch_source in shared + singles:
+                for start in range(0, len(batch_source), self.batch_size):
+                    batch = batch_source[start : start + self.batch_size]
+                    texts = self._generate_batch([encoded[i] for i in batch], budget, until)
+                    for i, text in zip(batch, texts):
+                        out[i] = text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        self._log_events()
+        return out
+
+    def _generate_batch(self, contexts: List[List[int]], budget: int, until: List[str]) -> List[str]:
+        """contexts: B token lists of one length L -> B generated strings (stop strings removed)."""
+        B, L = len(contexts), len(contexts[0])
+        shared = L
+        for ctx in contexts[1:]:
+            shared = min(shared, common_prefix_len(contexts[0], ctx))
+        ids = torch.tensor(contexts, dtype=torch.long, device=self._device)
+        if B > 1 and self.prefix_reuse and shared >= 1 and shared >= self.prefix_min_fraction * L:
+            logits, cache = self._forward(ids[:1, :shared], None, True)
+            cache = repeat_cache(cache, B)
+            self.stats.tokens_saved += shared * (B - 1)
+            if shared < L:
+                logits, cache = self._forward(ids[:, shared:], cache, True)
+            last = logits[:, -1].expand(B, -1)
+        else:
+            logits, cache = self._forward(ids, None, True)
+            last = logits[:, -1]
+        generated: List[List[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        for step in range(budget):
+            next_ids = last.argmax(-1)  # (B,)
+            for b in range(B):
+                token = int(next_ids[b])
+                if done[b]:
+                    continue
+                if token == self.eot_token_id:
+                    done[b] = True
+                    continue
+                generated[b].append(token)
+                if any(stop and stop in self.tok_decode(generated[b]) for stop in until):
+                    done[b] = True
+            if all(done) or step == budget - 1:
+                break
+            logits, cache = self._forward(next_ids[:, None], cache, True)
+            last = logits[:, -1]
+        return [postprocess_generated_text(self.tok_decode(g), until, None) for g in generated]
+
+    # ---------------------------------------------------------------- reporting
+    def _log_events(self) -> None:
+        for name, count in sorted(self.events.items()):
+            log.warning("qdelta: %d request(s) %s (on_overflow=%s)", count, name.replace("_", " "), self.on_overflow)
+
+    def take_stats(self) -> dict:
+        """Prefix-reuse savings and overflow events since the last call (then reset)."""
+        info = {**self.stats.as_dict(), "events": dict(self.events)}
+        self.stats, self.events = ReuseStats(), defaultdict(int)
+        return info
+
+    def state_size(self) -> dict:
+        """Cached state elements per sequence: ``fixed + per_token * T`` (measured at T = 8, 16)."""
+        sizes = []
+        for length in (8, 16):
+            ids = torch.full((1, length), self.prefix_token_id, dtype=torch.long, device=self._device)
+            _, cache = self._forward(ids, None, True)
+            sizes.append(_cache_floats(cache))
+        per_token = (sizes[1] - sizes[0]) / 8
+        return {"fixed": int(sizes[0] - 8 * per_token), "per_token": per_token}
+
+    def get_model_info(self) -> dict:
+        config = self.model.config
+        return {"model_type": getattr(config, "model_type", type(self.model).__name__),
+                "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+                "model_dtype": str(next(self.model.parameters()).dtype),
+                "pretrained": self.pretrained, "prefix_reuse": self.prefix_reuse,
+                "on_overflow": self.on_overflow, "max_sequence_length": self.max_length}
+
+
+if "qdelta" not in model_registry:
+    register_model("qdelta")(QDeltaLM)
