@@ -2,6 +2,7 @@
 
 All three share one signature and one meaning (DESIGN §2); see each function's docstring.
 """
+
 from ._inputs import l2norm
 from .chunk import chunk_qdelta
 from .fused_recurrent import fused_recurrent_qdelta

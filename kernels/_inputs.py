@@ -6,6 +6,7 @@ Every public op calls :func:`prepare` first. It checks shapes, dtypes, devices,
 defaults of DESIGN §2 (``g=None`` -> no decay, ``beta=None`` -> 1, ``lam=None`` -> 0,
 ``scale=None`` -> K ** -0.5) and applies the optional q/k l2-norm.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def prepare(q, k, v, g, beta, lam, *, scale, initial_state, use_qk_l2norm, cu_se
     if T == 0:
         raise ValueError("q has T = 0 tokens; pass at least one token")
     if scale is None:
-        scale = K ** -0.5
+        scale = K**-0.5
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise TypeError(f"scale must be a Python float, got {type(scale).__name__}")
     cu = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, T)
@@ -136,8 +137,10 @@ def prepare(q, k, v, g, beta, lam, *, scale, initial_state, use_qk_l2norm, cu_se
     want = (N, H, K, v.shape[-1])
     if isinstance(initial_state, OfficialState):
         if variant != "official":
-            raise TypeError("initial_state is an OfficialState, which only variant='official' carries; "
-                            "pass its .state tensor for variant='paper'")
+            raise TypeError(
+                "initial_state is an OfficialState, which only variant='official' carries; "
+                "pass its .state tensor for variant='paper'"
+            )
         for name, s in initial_state.tensors():
             _check_state(f"initial_state.{name}", s, want, q.device)
         initial_state.check_offsets(N, OFFICIAL_CHUNK)

@@ -4,6 +4,7 @@ The PyTorch reference paths (token loop and chunkwise) work on one sequence at a
 heads vectorised: tensors ``(T, H, ...)`` in the state dtype, a state ``(H, K, V)`` or, for
 ``variant="official"``, an :class:`OfficialState` of ``(H, K, V)`` tensors and an int offset.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,12 @@ def _initial(inp: Inputs, n: int, H: int, K: int, V: int, acc, device):
     if inp.variant == "paper":
         return s[n].to(acc)
     official = s.select(n) if isinstance(s, OfficialState) else OfficialState.at_boundary(s[n : n + 1])
-    return OfficialState(official.state[0].to(acc), official.chunk_start[0].to(acc),
-                         official.x_memory[0].to(acc), int(official.offset[0]))
+    return OfficialState(
+        official.state[0].to(acc),
+        official.chunk_start[0].to(acc),
+        official.x_memory[0].to(acc),
+        int(official.offset[0]),
+    )
 
 
 def _final(inp: Inputs, finals, device):

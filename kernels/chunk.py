@@ -13,6 +13,7 @@ and ``Gam_ij = exp(G_i - G_j)`` (i >= j)::
 the x-memory (see :mod:`qdelta.kernels.state`) and fixes chunks at 64 tokens from every
 sequence start. Exact for any chunk size in the paper variant.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def _chunk(q, k, v, g, beta, lam, scale, state):
         prediction = x @ S
     L = (beta[..., None] * pairing * Gam).tril(-1)
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    U = torch.linalg.solve_triangular(eye + L, beta[..., None] * (v - gam * prediction),
-                                      upper=False, unitriangular=True)  # (H, C, V)
+    U = torch.linalg.solve_triangular(
+        eye + L, beta[..., None] * (v - gam * prediction), upper=False, unitriangular=True
+    )  # (H, C, V)
     o = scale * (gam * (q @ S) + ((q @ k.transpose(1, 2)) * Gam) @ U)
     to_end = (G[:, -1:] - G).exp()[..., None]  # gam_C / gam_i, (H, C, 1)
     decay = gam[:, -1:]  # (H, 1, 1)
@@ -118,12 +120,26 @@ def chunk_qdelta(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if variant == "official" and chunk_size != OFFICIAL_CHUNK:
-        raise ValueError(f"variant='official' is defined by the authors' {OFFICIAL_CHUNK}-token chunks; "
-                         f"chunk_size must be {OFFICIAL_CHUNK}, got {chunk_size}")
-    inp = prepare(q, k, v, g, beta, lam, scale=scale, initial_state=initial_state,
-                  use_qk_l2norm=use_qk_l2norm, cu_seqlens=cu_seqlens, variant=variant)
+        raise ValueError(
+            f"variant='official' is defined by the authors' {OFFICIAL_CHUNK}-token chunks; "
+            f"chunk_size must be {OFFICIAL_CHUNK}, got {chunk_size}"
+        )
+    inp = prepare(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        lam,
+        scale=scale,
+        initial_state=initial_state,
+        use_qk_l2norm=use_qk_l2norm,
+        cu_seqlens=cu_seqlens,
+        variant=variant,
+    )
     if inp.q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":  # Triton (qdelta.kernels.triton)
         from .triton import chunk_qdelta_triton, chunk_supports
+
         if chunk_supports(inp, chunk_size):
             return chunk_qdelta_triton(inp, chunk_size, output_final_state)
     return run_per_sequence(inp, partial(chunk_sequence, chunk_size=chunk_size), output_final_state)

@@ -4,6 +4,7 @@ Both variants; ``variant="official"`` carries the chunk-start state and x-memory
 :class:`~qdelta.kernels.state.OfficialState`, so decoding token by token after a prefill gives
 what the authors' chunk kernel gives for the whole sequence.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,13 +55,27 @@ def fused_recurrent_qdelta(
         >>> o.shape
         torch.Size([4, 1, 2, 32])
     """
-    inp = prepare(q, k, v, g, beta, lam, scale=scale, initial_state=initial_state,
-                  use_qk_l2norm=use_qk_l2norm, cu_seqlens=cu_seqlens, variant=variant)
+    inp = prepare(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        lam,
+        scale=scale,
+        initial_state=initial_state,
+        use_qk_l2norm=use_qk_l2norm,
+        cu_seqlens=cu_seqlens,
+        variant=variant,
+    )
     if inplace and initial_state is None:
-        raise ValueError("inplace=True writes the final state over initial_state, but initial_state is None; "
-                         "pass a state or drop inplace")
+        raise ValueError(
+            "inplace=True writes the final state over initial_state, but initial_state is None; "
+            "pass a state or drop inplace"
+        )
     if inp.q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":  # Triton (qdelta.kernels.triton)
         from .triton import fused_recurrent_qdelta_triton, recurrent_supports
+
         if recurrent_supports(inp):
             return fused_recurrent_qdelta_triton(inp, output_final_state, inplace)
     o, final = run_per_sequence(inp, recurrent_sequence, output_final_state or inplace)
@@ -68,8 +83,10 @@ def fused_recurrent_qdelta(
         targets = initial_state if isinstance(initial_state, OfficialState) else (initial_state,)
         sources = final if isinstance(final, OfficialState) else (final,)
         if isinstance(initial_state, torch.Tensor) and isinstance(final, OfficialState):
-            raise ValueError("inplace=True with variant='official' needs initial_state to be an OfficialState, "
-                             "got a tensor; pass OfficialState.at_boundary(state)")
+            raise ValueError(
+                "inplace=True with variant='official' needs initial_state to be an OfficialState, "
+                "got a tensor; pass OfficialState.at_boundary(state)"
+            )
         for dst, src in zip(targets, sources):
             dst.copy_(src)
         final = initial_state

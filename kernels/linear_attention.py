@@ -12,6 +12,7 @@ computed chunk by chunk (``G`` the in-chunk cumulative gate, ``Gam_ij = exp(G_i 
 
 The result does not depend on the chunk size, so decoding calls the same function with T = 1.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -23,7 +24,7 @@ def _sequence(q, k, v, g, scale, state, chunk_size):
     """One sequence: q, k (H, T, K); v (H, T, V); g (H, T); state (H, K, V) -> (o (H, T, V), state)."""
     outputs = []
     for start in range(0, q.shape[1], chunk_size):
-        qc, kc, vc, gc = (t[:, start:start + chunk_size] for t in (q, k, v, g))
+        qc, kc, vc, gc = (t[:, start : start + chunk_size] for t in (q, k, v, g))
         C = qc.shape[1]
         G = gc.cumsum(-1)  # (H, C)
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -67,7 +68,7 @@ def chunk_linear_attention(
     """
     B, T, H, K = q.shape
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scale = K ** -0.5 if scale is None else scale
+    scale = K**-0.5 if scale is None else scale
     if g is None:
         g = q.new_zeros(B, T, H)
     if cu_seqlens is None:
@@ -81,10 +82,8 @@ def chunk_linear_attention(
     outputs, finals = [], []
     for n, (b, start, end) in enumerate(bounds):
         heads_first = lambda t: t[b, start:end].transpose(0, 1).to(acc)  # noqa: E731
-        state = (q.new_zeros(H, K, v.shape[-1], dtype=acc) if initial_state is None
-                 else initial_state[n].to(acc))
-        o, state = _sequence(heads_first(q), heads_first(k), heads_first(v), heads_first(g), scale, state,
-                             chunk_size)
+        state = q.new_zeros(H, K, v.shape[-1], dtype=acc) if initial_state is None else initial_state[n].to(acc)
+        o, state = _sequence(heads_first(q), heads_first(k), heads_first(v), heads_first(g), scale, state, chunk_size)
         outputs.append(o.transpose(0, 1))
         finals.append(state)
     o = torch.stack(outputs) if cu_seqlens is None else torch.cat(outputs)[None]
@@ -101,8 +100,7 @@ def _equal_lengths(q, k, v, g, bounds, scale, initial_state, output_final_state,
         seqs = torch.stack([t[b, start:end] for b, start, end in bounds])  # (N, T_n, H, ...)
         return seqs.transpose(1, 2).reshape((N * H, T_n) + t.shape[3:]).to(acc)
 
-    state = (q.new_zeros(N * H, K, V, dtype=acc) if initial_state is None
-             else initial_state.reshape(N * H, K, V).to(acc))
+    state = q.new_zeros(N * H, K, V, dtype=acc) if initial_state is None else initial_state.reshape(N * H, K, V).to(acc)
     o, state = _sequence(heads_first(q), heads_first(k), heads_first(v), heads_first(g), scale, state, chunk_size)
     o = o.reshape(N, H, T_n, V).transpose(1, 2)  # (N, T_n, H, V)
     o = o if B == N else o.reshape(1, N * T_n, H, V)

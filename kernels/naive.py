@@ -9,6 +9,7 @@ Paper semantics, per token (DESIGN §2)::
 hybrid, ``chunk_start^T x_t + x_memory^T k_t`` (see :mod:`qdelta.kernels.state`).
 Runs in float64 when given float64 inputs; otherwise in fp32. Differentiable by autograd.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -96,6 +97,17 @@ def naive_recurrent_qdelta(
         >>> o.shape, S.shape
         (torch.Size([2, 10, 3, 12]), torch.Size([2, 3, 8, 12]))
     """
-    inp = prepare(q, k, v, g, beta, lam, scale=scale, initial_state=initial_state,
-                  use_qk_l2norm=use_qk_l2norm, cu_seqlens=cu_seqlens, variant=variant)
+    inp = prepare(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        lam,
+        scale=scale,
+        initial_state=initial_state,
+        use_qk_l2norm=use_qk_l2norm,
+        cu_seqlens=cu_seqlens,
+        variant=variant,
+    )
     return run_per_sequence(inp, recurrent_sequence, output_final_state)

@@ -17,6 +17,7 @@ by ``exp(g_i)``; ``offset`` counts the tokens already in the current chunk (0..6
 boundary ``chunk_start = state``, ``x_memory = 0``, ``offset = 0``: a plain state tensor
 means exactly that, which is why ``initial_state`` may also be a tensor for this variant.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -1,4 +1,5 @@
 """Random Q-Delta inputs for tests and benchmarks (seeded; never zeros)."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -7,7 +8,12 @@ import torch
 
 
 def random_inputs(
-    B: int, T: int, H: int, K: int, V: int, *,
+    B: int,
+    T: int,
+    H: int,
+    K: int,
+    V: int,
+    *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -31,8 +37,7 @@ def random_inputs(
             x = low + (high - low) * torch.rand(*shape, generator=gen, dtype=torch.float64)
         return x.to(device=device, dtype=dtype)
 
-    out = dict(q=draw(B, T, H, K), k=draw(B, T, H, K), v=draw(B, T, H, V),
-               beta=draw(B, T, H, low=0.05, high=0.95))
+    out = dict(q=draw(B, T, H, K), k=draw(B, T, H, K), v=draw(B, T, H, V), beta=draw(B, T, H, low=0.05, high=0.95))
     if with_decay:
         out["g"] = draw(B, T, H, low=0.6, high=1.0).log()
     if with_lam:
@@ -41,5 +46,6 @@ def random_inputs(
         N = B if num_sequences is None else num_sequences
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         out["initial_state"] = (0.5 * torch.randn(N, H, K, V, generator=gen, dtype=torch.float64)).to(
-            device=device, dtype=state_dtype)
+            device=device, dtype=state_dtype
+        )
     return out

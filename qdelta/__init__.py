@@ -8,12 +8,21 @@ Importing the package registers every model type with ``transformers``' ``AutoCo
 __version__ = "0.1.0"
 
 from .cache import QDeltaCache  # noqa: E402
-from .configuration import (DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig,  # noqa: E402
-                            QDeltaConfig, TransformerConfig)
+from .configuration import DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig, QDeltaConfig, TransformerConfig  # noqa: E402
 from .loading import load_model  # noqa: E402
-from .modeling import (DeltaNetForCausalLM, DeltaNetModel, GatedDeltaNetForCausalLM,  # noqa: E402
-                       GatedDeltaNetModel, LinearAttentionForCausalLM, LinearAttentionModel, QDeltaForCausalLM,
-                       QDeltaModel, TransformerForCausalLM, TransformerModel, MODEL_CLASSES)
+from .modeling import (  # noqa: E402
+    MODEL_CLASSES,
+    DeltaNetForCausalLM,
+    DeltaNetModel,
+    GatedDeltaNetForCausalLM,
+    GatedDeltaNetModel,
+    LinearAttentionForCausalLM,
+    LinearAttentionModel,
+    QDeltaForCausalLM,
+    QDeltaModel,
+    TransformerForCausalLM,
+    TransformerModel,
+)
 
 
 def _register() -> None:
@@ -27,7 +36,23 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["__version__", "load_model", "QDeltaCache", "QDeltaConfig", "QDeltaModel", "QDeltaForCausalLM",
-           "GatedDeltaNetConfig", "GatedDeltaNetModel", "GatedDeltaNetForCausalLM", "DeltaNetConfig",
-           "DeltaNetModel", "DeltaNetForCausalLM", "LinearAttentionConfig", "LinearAttentionModel",
-           "LinearAttentionForCausalLM", "TransformerConfig", "TransformerModel", "TransformerForCausalLM"]
+__all__ = [
+    "__version__",
+    "load_model",
+    "QDeltaCache",
+    "QDeltaConfig",
+    "QDeltaModel",
+    "QDeltaForCausalLM",
+    "GatedDeltaNetConfig",
+    "GatedDeltaNetModel",
+    "GatedDeltaNetForCausalLM",
+    "DeltaNetConfig",
+    "DeltaNetModel",
+    "DeltaNetForCausalLM",
+    "LinearAttentionConfig",
+    "LinearAttentionModel",
+    "LinearAttentionForCausalLM",
+    "TransformerConfig",
+    "TransformerModel",
+    "TransformerForCausalLM",
+]

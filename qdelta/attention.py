@@ -9,6 +9,7 @@ a padded batch, a packed batch and one sequence at a time agree.
 Cache state per layer: ``key``, ``value`` of shape (N, H_kv, L, Dh), row n valid for its first
 ``past[n]`` positions (the cache's per-row token counts).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -48,8 +49,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
 
-    def forward(self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None,
-                use_cache: bool = False) -> Tuple[torch.Tensor, Optional[dict]]:
+    def forward(
+        self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None, use_cache: bool = False
+    ) -> Tuple[torch.Tensor, Optional[dict]]:
         """h: (1, total, d) packed -> (out (1, total, d), new cache state or None)."""
         total, N, Dh = h.shape[1], packing.batch, self.head_dim
         q = self.q_proj(h).view(total, self.num_heads, Dh)
@@ -64,8 +66,9 @@ class Attention(nn.Module):
         if state is None and packing.dense:
             shape = (N, packing.width)
             qd, kd, vd = (t.view(*shape, -1, Dh).transpose(1, 2) for t in (q, k, v))  # (N, H, T, Dh)
-            o = F.scaled_dot_product_attention(qd, kd.repeat_interleave(group, 1), vd.repeat_interleave(group, 1),
-                                               is_causal=True)
+            o = F.scaled_dot_product_attention(
+                qd, kd.repeat_interleave(group, 1), vd.repeat_interleave(group, 1), is_causal=True
+            )
             out = o.transpose(1, 2).reshape(1, total, -1)
             new_state = {"key": kd, "value": vd} if use_cache else None
             return self.o_proj(out), new_state
@@ -85,8 +88,12 @@ class Attention(nn.Module):
         queries[rows, pos] = q
         query_pos = packing.past[:, None] + torch.arange(Tq, device=h.device)  # (N, Tq)
         allowed = torch.arange(width, device=h.device)[None, None, :] <= query_pos[:, :, None]  # (N, Tq, L)
-        o = F.scaled_dot_product_attention(queries.transpose(1, 2), keys.repeat_interleave(group, 1),
-                                           values.repeat_interleave(group, 1), attn_mask=allowed[:, None])
+        o = F.scaled_dot_product_attention(
+            queries.transpose(1, 2),
+            keys.repeat_interleave(group, 1),
+            values.repeat_interleave(group, 1),
+            attn_mask=allowed[:, None],
+        )
         out = o.transpose(1, 2)[rows, pos].reshape(1, total, -1)  # (1, total, H * Dh)
         new_state = {"key": keys, "value": values} if use_cache else None
         return self.o_proj(out), new_state

@@ -6,6 +6,7 @@
 Names (``attn_norm``, ``attn``, ``mlp_norm``, ``mlp.{gate,up,down}_proj``) are the authors' and
 flash-linear-attention's, so their checkpoints load.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -47,8 +48,9 @@ class Block(nn.Module):
         width = mlp_intermediate_size(config.hidden_size, config.hidden_ratio, config.intermediate_size)
         self.mlp = SwiGLU(config.hidden_size, width)
 
-    def forward(self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None,
-                use_cache: bool = False) -> Tuple[torch.Tensor, Optional[dict]]:
+    def forward(
+        self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None, use_cache: bool = False
+    ) -> Tuple[torch.Tensor, Optional[dict]]:
         """h: (1, total, d) packed -> (h, the mixer's new cache state or None)."""
         mixed, new_state = self.attn(self.attn_norm(h), packing, state, use_cache)
         h = h + mixed

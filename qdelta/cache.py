@@ -9,6 +9,7 @@ and ``value`` (N, H_kv, L, Dh), row n valid up to ``token_counts[n]``.
 passed so far), which is what ``generate()`` needs to slice new tokens; ``token_counts`` counts
 each row's real tokens. The cache is updated in place by a forward and also returned.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional
@@ -59,8 +60,10 @@ class QDeltaCache:
         if self.token_counts is None:
             return torch.zeros(batch, dtype=torch.int64, device=device)
         if self.batch_size != batch:
-            raise ValueError(f"the cache holds {self.batch_size} rows but the input has batch size {batch}; "
-                             "use cache.select(...) or cache.repeat_interleave(...) to match it")
+            raise ValueError(
+                f"the cache holds {self.batch_size} rows but the input has batch size {batch}; "
+                "use cache.select(...) or cache.repeat_interleave(...) to match it"
+            )
         return self.token_counts.to(device)
 
     def update(self, layer_states: List[dict], new_tokens: torch.Tensor, width: int) -> None:
@@ -92,8 +95,11 @@ class QDeltaCache:
         index = torch.as_tensor(index, dtype=torch.int64)
         if index.dim() != 1:
             raise ValueError(f"index must be a 1-D LongTensor of row numbers, got shape {tuple(index.shape)}")
-        if self.batch_size is not None and index.numel() and (int(index.min()) < 0 or
-                                                              int(index.max()) >= self.batch_size):
+        if (
+            self.batch_size is not None
+            and index.numel()
+            and (int(index.min()) < 0 or int(index.max()) >= self.batch_size)
+        ):
             raise ValueError(f"index must lie in [0, {self.batch_size}), got {index.tolist()}")
         return self._apply(lambda t: t.index_select(0, index.to(t.device)))
 

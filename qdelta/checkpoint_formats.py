@@ -7,6 +7,7 @@ model types; same weight names as ours). Weights: ``model.safetensors``, a shard
 ``model.safetensors.index.json``, or (fallback) ``pytorch_model.bin`` read with
 ``weights_only=True``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,15 @@ TORCH_BIN = "pytorch_model.bin"
 def checkpoint_folder(path) -> Path:
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise FileNotFoundError(f"checkpoint folder {str(folder)!r} does not exist; pass a folder holding "
-                                f"config.json and {SAFETENSORS} (as written by save_pretrained)")
+        raise FileNotFoundError(
+            f"checkpoint folder {str(folder)!r} does not exist; pass a folder holding "
+            f"config.json and {SAFETENSORS} (as written by save_pretrained)"
+        )
     if not folder.is_dir():
-        raise ValueError(f"checkpoint path {str(folder)!r} is a file, expected a folder holding config.json and "
-                         f"{SAFETENSORS}; pass its parent folder")
+        raise ValueError(
+            f"checkpoint path {str(folder)!r} is a file, expected a folder holding config.json and "
+            f"{SAFETENSORS}; pass its parent folder"
+        )
     return folder
 
 
@@ -38,8 +43,10 @@ def read_config_dict(folder: Path) -> dict:
     """The parsed ``config.json`` of ``folder`` (FileNotFoundError / ValueError when absent or invalid)."""
     path = folder / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing: a checkpoint folder needs config.json "
-                                f"(found: {sorted(p.name for p in folder.iterdir())})")
+        raise FileNotFoundError(
+            f"{str(path)!r} is missing: a checkpoint folder needs config.json "
+            f"(found: {sorted(p.name for p in folder.iterdir())})"
+        )
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -58,8 +65,9 @@ def weight_files(folder: Path) -> List[Path]:
         try:
             names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, AttributeError) as err:
-            raise ValueError(f"{str(index)!r} is not a valid safetensors index ({err}); re-save the checkpoint") \
-                from err
+            raise ValueError(
+                f"{str(index)!r} is not a valid safetensors index ({err}); re-save the checkpoint"
+            ) from err
         files = [folder / name for name in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -67,8 +75,10 @@ def weight_files(folder: Path) -> List[Path]:
         return files
     if legacy.is_file():
         return [legacy]
-    raise FileNotFoundError(f"no weights in {str(folder)!r}: expected {SAFETENSORS} (or {SAFETENSORS_INDEX} with "
-                            f"its shards); found {sorted(p.name for p in folder.iterdir())}")
+    raise FileNotFoundError(
+        f"no weights in {str(folder)!r}: expected {SAFETENSORS} (or {SAFETENSORS_INDEX} with "
+        f"its shards); found {sorted(p.name for p in folder.iterdir())}"
+    )
 
 
 def read_state_dict(files: List[Path]) -> Dict[str, torch.Tensor]:
@@ -84,8 +94,10 @@ def read_state_dict(files: List[Path]) -> Dict[str, torch.Tensor]:
             else:
                 part = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # safetensors raises its own error types for bad headers and offsets
-            raise ValueError(f"cannot read weights from {str(path)!r}: the file is truncated or corrupt "
-                             f"({type(err).__name__}: {err}); re-download or re-save the checkpoint") from err
+            raise ValueError(
+                f"cannot read weights from {str(path)!r}: the file is truncated or corrupt "
+                f"({type(err).__name__}: {err}); re-download or re-save the checkpoint"
+            ) from err
         state.update(part)
     return state
 
@@ -94,8 +106,11 @@ def check_weights(expected: Mapping[str, Tuple[int, ...]], found: Mapping[str, t
     """Raise ValueError naming missing, unexpected and wrongly shaped weights (at most 8 of each)."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    mismatched = [f"{name}: checkpoint {list(found[name].shape)}, model {list(expected[name])}"
-                  for name in sorted(set(expected) & set(found)) if tuple(found[name].shape) != tuple(expected[name])]
+    mismatched = [
+        f"{name}: checkpoint {list(found[name].shape)}, model {list(expected[name])}"
+        for name in sorted(set(expected) & set(found))
+        if tuple(found[name].shape) != tuple(expected[name])
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing weights (e.g. {missing[:8]})")
@@ -104,9 +119,12 @@ def check_weights(expected: Mapping[str, Tuple[int, ...]], found: Mapping[str, t
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches ({'; '.join(mismatched[:8])})")
     if problems:
-        raise ValueError(f"weights in {where} do not match the model its config.json describes: "
-                         + "; ".join(problems) + ". Check that config.json belongs to these weights "
-                         "(hidden_size, num_heads, head_dim, expand_v, num_hidden_layers, vocab_size).")
+        raise ValueError(
+            f"weights in {where} do not match the model its config.json describes: "
+            + "; ".join(problems)
+            + ". Check that config.json belongs to these weights "
+            "(hidden_size, num_heads, head_dim, expand_v, num_hidden_layers, vocab_size)."
+        )
 
 
 def describe(config: dict) -> str:

@@ -14,6 +14,7 @@ SwiGLU MLP, norms); each model type adds its mixer's fields.
 A Q-Delta ``config.json`` without a ``variant`` field comes from the authors' code: it loads as
 ``variant="official"`` (logged). Configs we write always record the variant.
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,13 @@ class BaseLMConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.use_cache = use_cache
         self.attn = attn
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
         self.validate_fields()
 
     @property
@@ -92,13 +98,28 @@ class BaseLMConfig(PretrainedConfig):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value > 0, name, "a positive int", value, "fix config.json")
-        _require(self.hidden_act in ("swish", "silu"), "hidden_act", "'swish' (SwiGLU MLP)", self.hidden_act,
-                 "only the SwiGLU MLP of DESIGN §3 is implemented")
-        _require(self.attn is None, "attn", "null (no hybrid attention layers)", self.attn,
-                 "hybrid checkpoints mixing attention layers into a recurrent stack are not supported")
+        _require(
+            self.hidden_act in ("swish", "silu"),
+            "hidden_act",
+            "'swish' (SwiGLU MLP)",
+            self.hidden_act,
+            "only the SwiGLU MLP of DESIGN §3 is implemented",
+        )
+        _require(
+            self.attn is None,
+            "attn",
+            "null (no hybrid attention layers)",
+            self.attn,
+            "hybrid checkpoints mixing attention layers into a recurrent stack are not supported",
+        )
         affine = getattr(self, "elementwise_affine", True)
-        _require(affine in (True, None), "elementwise_affine", "true (norms with weights)", affine,
-                 "norms without weights are not implemented")
+        _require(
+            affine in (True, None),
+            "elementwise_affine",
+            "true (norms with weights)",
+            affine,
+            "norms without weights are not implemented",
+        )
 
 
 class _RecurrentConfig(BaseLMConfig):
@@ -148,19 +169,43 @@ class _RecurrentConfig(BaseLMConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _require(isinstance(self.head_dim, int) and self.head_dim > 0, "head_dim", "a positive int",
-                 self.head_dim, "fix config.json")
+        _require(
+            isinstance(self.head_dim, int) and self.head_dim > 0,
+            "head_dim",
+            "a positive int",
+            self.head_dim,
+            "fix config.json",
+        )
         v = self.head_dim * self.expand_v
-        _require(math.isclose(v, round(v)) and v >= 1, "expand_v", "a ratio giving an integer head_dim * expand_v",
-                 self.expand_v, f"head_dim * expand_v = {v}")
-        _require(self.value_heads % self.num_heads == 0 and self.value_heads >= self.num_heads, "num_v_heads",
-                 f"a multiple of num_heads={self.num_heads} (grouped values) or null", self.num_v_heads,
-                 "set num_v_heads to k * num_heads")
+        _require(
+            math.isclose(v, round(v)) and v >= 1,
+            "expand_v",
+            "a ratio giving an integer head_dim * expand_v",
+            self.expand_v,
+            f"head_dim * expand_v = {v}",
+        )
+        _require(
+            self.value_heads % self.num_heads == 0 and self.value_heads >= self.num_heads,
+            "num_v_heads",
+            f"a multiple of num_heads={self.num_heads} (grouped values) or null",
+            self.num_v_heads,
+            "set num_v_heads to k * num_heads",
+        )
         _require(not self.conv_bias, "conv_bias", "false", self.conv_bias, "short convolutions have no bias here")
-        _require(isinstance(self.conv_size, int) and self.conv_size >= 1, "conv_size", "an int >= 1",
-                 self.conv_size, "fix config.json")
-        _require(0 < self.dt_min <= self.dt_max, "dt_min/dt_max", "0 < dt_min <= dt_max",
-                 (self.dt_min, self.dt_max), "fix config.json")
+        _require(
+            isinstance(self.conv_size, int) and self.conv_size >= 1,
+            "conv_size",
+            "an int >= 1",
+            self.conv_size,
+            "fix config.json",
+        )
+        _require(
+            0 < self.dt_min <= self.dt_max,
+            "dt_min/dt_max",
+            "0 < dt_min <= dt_max",
+            (self.dt_min, self.dt_max),
+            "fix config.json",
+        )
 
 
 class QDeltaConfig(_RecurrentConfig):
@@ -176,8 +221,10 @@ class QDeltaConfig(_RecurrentConfig):
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
         if config_dict.get("variant") is None:
-            logger.info("Q-Delta config has no 'variant' field (a checkpoint from the authors' code): "
-                        "using variant='official', the function their chunk kernel computes (DESIGN §2)")
+            logger.info(
+                "Q-Delta config has no 'variant' field (a checkpoint from the authors' code): "
+                "using variant='official', the function their chunk kernel computes (DESIGN §2)"
+            )
             config_dict = {**config_dict, "variant": "official"}
         return super().from_dict(config_dict, **kwargs)
 
@@ -188,11 +235,20 @@ class QDeltaConfig(_RecurrentConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _require(self.variant in VARIANTS, "variant", f"one of {VARIANTS}", self.variant,
-                 "'official' reproduces checkpoints trained with the authors' code")
-        _require(self.value_heads == self.num_heads, "num_v_heads", f"null or num_heads={self.num_heads}",
-                 self.num_v_heads, "grouped values are not defined for Q-Delta's lamb_proj; "
-                 "they are supported for gated_deltanet")
+        _require(
+            self.variant in VARIANTS,
+            "variant",
+            f"one of {VARIANTS}",
+            self.variant,
+            "'official' reproduces checkpoints trained with the authors' code",
+        )
+        _require(
+            self.value_heads == self.num_heads,
+            "num_v_heads",
+            f"null or num_heads={self.num_heads}",
+            self.num_v_heads,
+            "grouped values are not defined for Q-Delta's lamb_proj; they are supported for gated_deltanet",
+        )
 
 
 class GatedDeltaNetConfig(_RecurrentConfig):
@@ -209,10 +265,20 @@ class DeltaNetConfig(_RecurrentConfig):
 
     model_type = "delta_net"
 
-    def __init__(self, expand_k: float = 1.0, expand_v: float = 1.0, head_dim: Optional[int] = None,
-                 use_gate: bool = False, use_beta: bool = True, use_output_norm: bool = True,
-                 qk_norm: str = "l2", qk_activation: str = "silu", num_heads: int = 16, hidden_size: int = 2048,
-                 **kwargs):
+    def __init__(
+        self,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        head_dim: Optional[int] = None,
+        use_gate: bool = False,
+        use_beta: bool = True,
+        use_output_norm: bool = True,
+        qk_norm: str = "l2",
+        qk_activation: str = "silu",
+        num_heads: int = 16,
+        hidden_size: int = 2048,
+        **kwargs,
+    ):
         self.expand_k = expand_k
         self.use_beta = use_beta
         self.use_output_norm = use_output_norm
@@ -220,18 +286,39 @@ class DeltaNetConfig(_RecurrentConfig):
         self.qk_activation = qk_activation
         if head_dim is None:
             head_dim = int(hidden_size * expand_k) // num_heads
-        super().__init__(head_dim=head_dim, expand_v=expand_v, use_gate=use_gate, num_heads=num_heads,
-                         hidden_size=hidden_size, **kwargs)
+        super().__init__(
+            head_dim=head_dim,
+            expand_v=expand_v,
+            use_gate=use_gate,
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            **kwargs,
+        )
 
     def validate_fields(self) -> None:
         super().validate_fields()
         _require(self.qk_norm == "l2", "qk_norm", "'l2'", self.qk_norm, "only l2-normalised q, k are implemented")
-        _require(self.qk_activation == "silu", "qk_activation", "'silu'", self.qk_activation,
-                 "only the SiLU feature map is implemented")
-        _require(self.use_output_norm, "use_output_norm", "true", self.use_output_norm,
-                 "the output RMSNorm is always applied")
-        _require(self.value_heads == self.num_heads, "num_v_heads", "null", self.num_v_heads,
-                 "DeltaNet has no grouped values")
+        _require(
+            self.qk_activation == "silu",
+            "qk_activation",
+            "'silu'",
+            self.qk_activation,
+            "only the SiLU feature map is implemented",
+        )
+        _require(
+            self.use_output_norm,
+            "use_output_norm",
+            "true",
+            self.use_output_norm,
+            "the output RMSNorm is always applied",
+        )
+        _require(
+            self.value_heads == self.num_heads,
+            "num_v_heads",
+            "null",
+            self.num_v_heads,
+            "DeltaNet has no grouped values",
+        )
 
 
 class LinearAttentionConfig(_RecurrentConfig):
@@ -250,11 +337,21 @@ class LinearAttentionConfig(_RecurrentConfig):
     def validate_fields(self) -> None:
         super().validate_fields()
         feature_map = getattr(self, "feature_map", None)
-        _require(feature_map is None, "feature_map", "absent", feature_map,
-                 "flash-linear-attention's feature-map LinearAttention is not implemented; 'linear_attn' here "
-                 "is the gated linear attention of qdelta.kernels.linear_attention")
-        _require(self.value_heads == self.num_heads, "num_v_heads", "null", self.num_v_heads,
-                 "linear attention here has no grouped values")
+        _require(
+            feature_map is None,
+            "feature_map",
+            "absent",
+            feature_map,
+            "flash-linear-attention's feature-map LinearAttention is not implemented; 'linear_attn' here "
+            "is the gated linear attention of qdelta.kernels.linear_attention",
+        )
+        _require(
+            self.value_heads == self.num_heads,
+            "num_v_heads",
+            "null",
+            self.num_v_heads,
+            "linear attention here has no grouped values",
+        )
 
 
 class TransformerConfig(BaseLMConfig):
@@ -262,9 +359,17 @@ class TransformerConfig(BaseLMConfig):
 
     model_type = "transformer"
 
-    def __init__(self, num_heads: int = 32, num_kv_heads: Optional[int] = None, qkv_bias: bool = False,
-                 qk_norm: bool = False, window_size: Optional[int] = None, rope_theta: float = 10000.0,
-                 max_position_embeddings: int = 2048, **kwargs):
+    def __init__(
+        self,
+        num_heads: int = 32,
+        num_kv_heads: Optional[int] = None,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        window_size: Optional[int] = None,
+        rope_theta: float = 10000.0,
+        max_position_embeddings: int = 2048,
+        **kwargs,
+    ):
         self.num_kv_heads = num_kv_heads
         self.qkv_bias = qkv_bias
         self.qk_norm = qk_norm
@@ -286,17 +391,40 @@ class TransformerConfig(BaseLMConfig):
 
     def validate_fields(self) -> None:
         super().validate_fields()
-        _require(self.hidden_size % self.num_heads == 0, "num_heads", f"a divisor of hidden_size={self.hidden_size}",
-                 self.num_heads, "fix config.json")
-        _require(self.head_dim % 2 == 0, "hidden_size / num_heads", "even (rotary pairs)", self.head_dim,
-                 "fix config.json")
-        _require(self.num_heads % self.kv_heads == 0, "num_kv_heads", f"a divisor of num_heads={self.num_heads}",
-                 self.num_kv_heads, "fix config.json")
-        _require(self.window_size is None, "window_size", "null", self.window_size,
-                 "sliding-window attention is not implemented")
-        _require(isinstance(self.max_position_embeddings, int) and self.max_position_embeddings > 0,
-                 "max_position_embeddings", "a positive int", self.max_position_embeddings, "fix config.json")
+        _require(
+            self.hidden_size % self.num_heads == 0,
+            "num_heads",
+            f"a divisor of hidden_size={self.hidden_size}",
+            self.num_heads,
+            "fix config.json",
+        )
+        _require(
+            self.head_dim % 2 == 0, "hidden_size / num_heads", "even (rotary pairs)", self.head_dim, "fix config.json"
+        )
+        _require(
+            self.num_heads % self.kv_heads == 0,
+            "num_kv_heads",
+            f"a divisor of num_heads={self.num_heads}",
+            self.num_kv_heads,
+            "fix config.json",
+        )
+        _require(
+            self.window_size is None,
+            "window_size",
+            "null",
+            self.window_size,
+            "sliding-window attention is not implemented",
+        )
+        _require(
+            isinstance(self.max_position_embeddings, int) and self.max_position_embeddings > 0,
+            "max_position_embeddings",
+            "a positive int",
+            self.max_position_embeddings,
+            "fix config.json",
+        )
 
 
-CONFIG_CLASSES = {cls.model_type: cls for cls in
-                  (QDeltaConfig, GatedDeltaNetConfig, DeltaNetConfig, LinearAttentionConfig, TransformerConfig)}
+CONFIG_CLASSES = {
+    cls.model_type: cls
+    for cls in (QDeltaConfig, GatedDeltaNetConfig, DeltaNetConfig, LinearAttentionConfig, TransformerConfig)
+}

@@ -14,6 +14,7 @@ Gated DeltaNet) repeat each q/k head for its ``num_v_heads / num_heads`` value h
 Prefill and training run ``chunk_qdelta``; a decoding step (one token per sequence) runs
 ``fused_recurrent_qdelta``. Inputs arrive packed, ``(1, total, d)`` with :class:`~qdelta.packing.Packing`.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,15 @@ DELTA_KINDS = ("qdelta", "gated_deltanet", "delta_net")
 KINDS = DELTA_KINDS + ("linear_attn",)
 
 
-def init_decay_parameters(A_log: torch.Tensor, dt_bias: torch.Tensor, generator=None,
-                          dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
+def init_decay_parameters(
+    A_log: torch.Tensor, dt_bias: torch.Tensor, generator=None, dt_min: float = 1e-3, dt_max: float = 1e-1
+) -> None:
     """Mamba-2 style: ``A ~ U(1, 16)``, ``dt ~ logU(dt_min, dt_max)`` stored as softplus^-1(dt)."""
     with torch.no_grad():
         A = torch.empty(A_log.shape, dtype=torch.float32).uniform_(1, 16, generator=generator)
-        dt = torch.exp(torch.rand(dt_bias.shape, generator=generator) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=min(1e-4, dt_min))
+        dt = torch.exp(
+            torch.rand(dt_bias.shape, generator=generator) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=min(1e-4, dt_min))
         A_log.copy_(A.log())
         dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
@@ -107,8 +110,9 @@ class RecurrentMixer(nn.Module):
             lam = scale * torch.sigmoid(acc(self.lamb_proj(h)) - self.lamb_bias)
         return g, beta, lam
 
-    def forward(self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None,
-                use_cache: bool = False) -> Tuple[torch.Tensor, Optional[dict]]:
+    def forward(
+        self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None, use_cache: bool = False
+    ) -> Tuple[torch.Tensor, Optional[dict]]:
         """h: (1, total, d) packed -> (out (1, total, d), the layer's new cache state or None)."""
         (q, k, v), conv_states = self._qkv(h, packing, state, use_cache)
         total = h.shape[1]
@@ -125,15 +129,28 @@ class RecurrentMixer(nn.Module):
             initial = q.new_zeros(packing.batch, self.num_v_heads, self.head_k_dim, self.head_v_dim, dtype=acc)
         if self.kind == "linear_attn":
             q, k = l2norm(q), l2norm(k)
-            o, final = chunk_linear_attention(q, k, v, g, initial_state=initial, output_final_state=use_cache,
-                                              cu_seqlens=packing.cu_seqlens)
+            o, final = chunk_linear_attention(
+                q, k, v, g, initial_state=initial, output_final_state=use_cache, cu_seqlens=packing.cu_seqlens
+            )
         else:
             op = fused_recurrent_qdelta if packing.single_token else chunk_qdelta
-            o, final = op(q, k, v, g, beta, lam, initial_state=initial, output_final_state=use_cache,
-                          use_qk_l2norm=True, cu_seqlens=packing.cu_seqlens, variant=self.variant)
+            o, final = op(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                lam,
+                initial_state=initial,
+                output_final_state=use_cache,
+                use_qk_l2norm=True,
+                cu_seqlens=packing.cu_seqlens,
+                variant=self.variant,
+            )
         if self.capture is not None:
-            self.capture.append({"q": q.detach(), "k": k.detach(), "beta": _detach(beta), "lam": _detach(lam),
-                                 "g": _detach(g)})
+            self.capture.append(
+                {"q": q.detach(), "k": k.detach(), "beta": _detach(beta), "lam": _detach(lam), "g": _detach(g)}
+            )
         gate = self.g_proj(h).view(1, total, self.num_v_heads, self.head_v_dim) if self.use_gate else None
         o = self.o_norm(o, gate).reshape(1, total, self.num_v_heads * self.head_v_dim)
         new_state = {**conv_states, "recurrent": final} if use_cache else None
@@ -142,4 +159,3 @@ class RecurrentMixer(nn.Module):
 
 def _detach(t):
     return None if t is None else t.detach()
-

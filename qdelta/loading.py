@@ -7,6 +7,7 @@
 ``transformers.AutoModelForCausalLM.from_pretrained(path)`` also works once ``import qdelta``
 has run, but it only warns about missing or unexpected weights; ``load_model`` refuses them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,15 +15,26 @@ from typing import Optional, Union
 
 import torch
 
-from .checkpoint_formats import (check_weights, checkpoint_folder, describe, read_config_dict, read_state_dict,
-                                 weight_files)
+from .checkpoint_formats import (
+    check_weights,
+    checkpoint_folder,
+    describe,
+    read_config_dict,
+    read_state_dict,
+    weight_files,
+)
 from .configuration import CONFIG_CLASSES, VARIANTS
 
 logger = logging.getLogger(__name__)
 
 
-def load_model(path, *, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
-               variant: Optional[str] = None):
+def load_model(
+    path,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    variant: Optional[str] = None,
+):
     """Load a ``...ForCausalLM`` (eval mode) from a checkpoint folder.
 
     Args:
@@ -42,8 +54,9 @@ def load_model(path, *, device: Union[str, torch.device] = "cpu", dtype: Optiona
     raw = read_config_dict(folder)
     model_type = raw.get("model_type")
     if model_type not in CONFIG_CLASSES:
-        raise ValueError(f"config.json of {str(folder)!r} has model_type {model_type!r}; this package loads "
-                         f"{sorted(CONFIG_CLASSES)}")
+        raise ValueError(
+            f"config.json of {str(folder)!r} has model_type {model_type!r}; this package loads {sorted(CONFIG_CLASSES)}"
+        )
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}")
     logger.info("loading %s from %s", describe(raw), folder)

@@ -6,6 +6,7 @@ be padded (``attention_mask``, 1 = token): the valid tokens are packed into one 
 attention score; outputs at pads are zeros. One :class:`~qdelta.cache.QDeltaCache` serves every
 model type; ``generate()`` from ``transformers`` works with it (transformers 5.x).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,7 @@ from transformers.utils import ModelOutput
 
 from .blocks import Block
 from .cache import QDeltaCache
-from .configuration import (DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig, QDeltaConfig,
-                            TransformerConfig)
+from .configuration import DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig, QDeltaConfig, TransformerConfig
 from .layers import RecurrentMixer, init_decay_parameters
 from .norms import GatedRMSNorm, RMSNorm
 from .packing import Packing
@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - transformers 4.x
 _CACHE_FIELD = "cache" if isinstance(getattr(ModelOutput, "past_key_values", None), property) else "past_key_values"
 
 if _CACHE_FIELD == "cache":
+
     @dataclass
     class LMOutput(ModelOutput):
         loss: Optional[torch.FloatTensor] = None
@@ -50,6 +51,7 @@ if _CACHE_FIELD == "cache":
         def past_key_values(self):
             return self.cache
 else:  # pragma: no cover - transformers < 5.2x
+
     @dataclass
     class LMOutput(ModelOutput):
         loss: Optional[torch.FloatTensor] = None
@@ -91,10 +93,13 @@ class QDeltaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (RMSNorm, GatedRMSNorm)):
             init.ones_(module.weight)
         elif isinstance(module, ShortConvolution):
-            bound = 1.0 / module.kernel_size ** 0.5  # nn.Conv1d's default for a depthwise kernel
+            bound = 1.0 / module.kernel_size**0.5  # nn.Conv1d's default for a depthwise kernel
             init.uniform_(module.weight, -bound, bound)
         elif isinstance(module, RecurrentMixer) and module.use_decay:
-            A_log, dt_bias = torch.empty_like(module.A_log, device="cpu"), torch.empty_like(module.dt_bias, device="cpu")
+            A_log, dt_bias = (
+                torch.empty_like(module.A_log, device="cpu"),
+                torch.empty_like(module.dt_bias, device="cpu"),
+            )
             init_decay_parameters(A_log, dt_bias, dt_min=self.config.dt_min, dt_max=self.config.dt_max)
             init.copy_(module.A_log, A_log.to(module.A_log.device))
             init.copy_(module.dt_bias, dt_bias.to(module.dt_bias.device))
@@ -118,11 +123,18 @@ class _BaseModel(QDeltaPreTrainedModel):
         linear = [self.config.model_type != "transformer"] * len(self.layers)
         return QDeltaCache(len(self.layers), linear)
 
-    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                past_key_values: Optional[QDeltaCache] = None, use_cache: Optional[bool] = None,
-                inputs_embeds: Optional[torch.Tensor] = None, cache: Optional[QDeltaCache] = None,
-                output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None,
-                **kwargs) -> LMOutput:
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[QDeltaCache] = None,
+        use_cache: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        cache: Optional[QDeltaCache] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> LMOutput:
         """input_ids (B, T) [or inputs_embeds (B, T, d)], attention_mask (B, T') with T' >= T (last T used)."""
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
@@ -142,8 +154,10 @@ class _BaseModel(QDeltaPreTrainedModel):
         packing = Packing.from_mask(mask, B, T, h.device, past)
         limit = self.config.max_sequence_length
         if limit is not None and int((packing.past + packing.lengths).max()) > limit:
-            raise ValueError(f"sequence of {int((packing.past + packing.lengths).max())} tokens exceeds "
-                             f"max_sequence_length={limit} of this {self.config.model_type} model")
+            raise ValueError(
+                f"sequence of {int((packing.past + packing.lengths).max())} tokens exceeds "
+                f"max_sequence_length={limit} of this {self.config.model_type} model"
+            )
         x = packing.pack(h)
         states, hidden = [], []
         for i, block in enumerate(self.layers):
@@ -157,8 +171,9 @@ class _BaseModel(QDeltaPreTrainedModel):
         out = packing.unpack(x)
         if output_hidden_states:
             hidden.append(out)
-        return _output(cache if use_cache else None, last_hidden_state=out,
-                       hidden_states=tuple(hidden) if hidden else None)
+        return _output(
+            cache if use_cache else None, last_hidden_state=out, hidden_states=tuple(hidden) if hidden else None
+        )
 
 
 class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
@@ -169,8 +184,10 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
         self.model = self.model_class(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
-            raise ValueError("config field 'tie_word_embeddings' must be false: the models of DESIGN §3 have an "
-                             "untied lm_head; set it to false in config.json")
+            raise ValueError(
+                "config field 'tie_word_embeddings' must be false: the models of DESIGN §3 have an "
+                "untied lm_head; set it to false in config.json"
+            )
         self.post_init()
 
     def get_input_embeddings(self):
@@ -185,32 +202,59 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids: Optional[torch.LongTensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                past_key_values: Optional[QDeltaCache] = None, use_cache: Optional[bool] = None,
-                labels: Optional[torch.LongTensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
-                cache: Optional[QDeltaCache] = None, output_hidden_states: Optional[bool] = None,
-                return_dict: Optional[bool] = None, **kwargs) -> LMOutput:
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[QDeltaCache] = None,
+        use_cache: Optional[bool] = None,
+        labels: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        cache: Optional[QDeltaCache] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> LMOutput:
         """Returns ``.logits`` (B, T, vocab) (zeros at pads), ``.past_key_values`` / ``.cache``, ``.loss``
         (mean next-token cross-entropy over labels != -100, when ``labels`` (B, T) is given)."""
-        out = self.model(input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-                         use_cache=use_cache, inputs_embeds=inputs_embeds, cache=cache,
-                         output_hidden_states=output_hidden_states)
+        out = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
             shifted = labels[:, 1:].to(logits.device)
-            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100
+            )
         return _output(out.cache, loss=loss, logits=logits, hidden_states=out.hidden_states)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, cache=None, use_cache=True, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        cache=None,
+        use_cache=True,
+        **kwargs,
+    ):
         """Feed only the tokens the cache has not seen (works with transformers 5.17 and 5.24)."""
         cache = cache if cache is not None else past_key_values
         if cache is not None and cache.seq_length > 0:
-            input_ids = input_ids[:, cache.seq_length:]
-        return {"input_ids": input_ids.contiguous(), "attention_mask": attention_mask,
-                "past_key_values": cache, "use_cache": use_cache}
+            input_ids = input_ids[:, cache.seq_length :]
+        return {
+            "input_ids": input_ids.contiguous(),
+            "attention_mask": attention_mask,
+            "past_key_values": cache,
+            "use_cache": use_cache,
+        }
 
 
 class QDeltaModel(_BaseModel):
@@ -258,6 +302,13 @@ class TransformerForCausalLM(_BaseForCausalLM):
     model_class = TransformerModel
 
 
-MODEL_CLASSES = {cls.config_class.model_type: (cls.model_class, cls) for cls in
-                 (QDeltaForCausalLM, GatedDeltaNetForCausalLM, DeltaNetForCausalLM, LinearAttentionForCausalLM,
-                  TransformerForCausalLM)}
+MODEL_CLASSES = {
+    cls.config_class.model_type: (cls.model_class, cls)
+    for cls in (
+        QDeltaForCausalLM,
+        GatedDeltaNetForCausalLM,
+        DeltaNetForCausalLM,
+        LinearAttentionForCausalLM,
+        TransformerForCausalLM,
+    )
+}

@@ -3,6 +3,7 @@
 Both compute in fp32 (fp64 for fp64 inputs) and return the input dtype. Parameter names (``weight``) match
 flash-linear-attention's ``RMSNorm`` and ``FusedRMSNormGated`` so checkpoints load.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -6,6 +6,7 @@ valid tokens, row by row, with ``cu_seqlens`` marking the rows. Mixers see only 
 per-token modules (norms, MLP, head) do not care. Row ``n`` of the batch is sequence ``n``
 of the cache, so a cache keeps one state per batch row.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,14 +28,17 @@ class Packing:
     dense: bool  # no padding: indices == arange(B*T)
 
     @classmethod
-    def from_mask(cls, attention_mask: Optional[torch.Tensor], batch: int, width: int, device,
-                  past: Optional[torch.Tensor] = None) -> "Packing":
+    def from_mask(
+        cls, attention_mask: Optional[torch.Tensor], batch: int, width: int, device, past: Optional[torch.Tensor] = None
+    ) -> "Packing":
         """``attention_mask``: (B, T) of 0/1 (or bool) for the current tokens, or None (all valid)."""
         if past is None:
             past = torch.zeros(batch, dtype=torch.int64, device=device)
         if attention_mask is not None and tuple(attention_mask.shape) != (batch, width):
-            raise ValueError(f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
-                             f"tokens (a 2-D 0/1 padding mask), got {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
+                f"tokens (a 2-D 0/1 padding mask), got {tuple(attention_mask.shape)}"
+            )
         if attention_mask is None or bool(attention_mask.all()):
             lengths = torch.full((batch,), width, dtype=torch.int64, device=device)
             indices = torch.arange(batch * width, device=device)
@@ -44,8 +48,10 @@ class Packing:
             lengths = mask.sum(1).to(torch.int64)
             if bool((lengths == 0).any()):
                 empty = torch.nonzero(lengths == 0).flatten().tolist()
-                raise ValueError(f"attention_mask rows {empty} have no tokens (all padding); "
-                                 "drop those rows or give each at least one token")
+                raise ValueError(
+                    f"attention_mask rows {empty} have no tokens (all padding); "
+                    "drop those rows or give each at least one token"
+                )
             indices = torch.nonzero(mask.flatten()).flatten()
             dense = False
         cu = torch.zeros(batch + 1, dtype=torch.int64, device=device)

@@ -5,6 +5,7 @@ before a sequence start read the sequence's conv state (the last ``W-1`` inputs 
 call, zeros for a fresh sequence), never a neighbouring sequence or a pad. The parameter is
 ``weight: [D, 1, W]`` as in ``nn.Conv1d`` / flash-linear-attention's ``ShortConvolution``.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ class ShortConvolution(nn.Module):
         in_history = seq * hist + hist + pos
         return torch.where(pos >= 0, in_call, in_history)
 
-    def forward(self, x: torch.Tensor, packing: Packing, state: Optional[torch.Tensor] = None,
-                output_state: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, packing: Packing, state: Optional[torch.Tensor] = None, output_state: bool = False
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: (1, total, D) packed; state: (N, D, W-1) or None -> (y (1, total, D), new state or None)."""
         W, hist, N = self.kernel_size, self.kernel_size - 1, packing.batch
         tokens = x[0]

@@ -15,6 +15,7 @@ For one long input this module measures, per layer and head:
 The input runs through the model in pieces with the cache, exactly as in decoding, so the state
 norm is read between pieces. Transformers have no recurrent state and are rejected.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,10 @@ def _mixers(model) -> List[RecurrentMixer]:
     layers = model.model.layers if hasattr(model, "model") else model.layers
     mixers = [block.attn for block in layers]
     if not all(isinstance(m, RecurrentMixer) for m in mixers):
-        raise ValueError(f"stability diagnostics need a recurrent model (qdelta, gated_deltanet, delta_net, "
-                         f"linear_attn); got model_type {model.config.model_type!r}, which has no recurrent state")
+        raise ValueError(
+            f"stability diagnostics need a recurrent model (qdelta, gated_deltanet, delta_net, "
+            f"linear_attn); got model_type {model.config.model_type!r}, which has no recurrent state"
+        )
     return mixers
 
 
@@ -87,7 +90,7 @@ def analyse_stability(model, input_ids: torch.Tensor, piece: int = 256) -> Stabi
         for m in mixers:
             m.capture = []
         for start in range(0, input_ids.shape[1], piece):
-            cache = model(input_ids[:, start:start + piece], past_key_values=cache, use_cache=True).past_key_values
+            cache = model(input_ids[:, start : start + piece], past_key_values=cache, use_cache=True).past_key_values
             positions.append(min(start + piece, input_ids.shape[1]))
             for i, m in enumerate(mixers):
                 for record in m.capture:
@@ -106,26 +109,55 @@ def analyse_stability(model, input_ids: torch.Tensor, piece: int = 256) -> Stabi
         for h in range(ba.shape[1]):
             qs = torch.quantile(ba[:, h].double(), torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
             lq = torch.quantile(lam[:, h].double(), torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
-            rows.append({
-                "layer": i, "head": h,
-                "beta_a_min": qs[0], "beta_a_p01": qs[1], "beta_a_p50": qs[2], "beta_a_p99": qs[3],
-                "beta_a_max": qs[4],
-                "outside": float(((ba[:, h] <= 0) | (ba[:, h] >= 2)).float().mean()),
-                "rho": float((1 - ba[:, h]).abs().max()),
-                "lam_p01": lq[1], "lam_p50": lq[2], "lam_p99": lq[3],
-                "alpha_mean": float(alpha[:, h].mean()),
-                "state_first": float(state_norms[i, h, 0]), "state_last": float(state_norms[i, h, -1]),
-                "state_growth": float(state_norms[i, h, -1] / state_norms[i, h, 0].clamp_min(1e-30)),
-            })
-    return StabilityReport(model.config.model_type, getattr(model.config, "variant", None), input_ids.shape[1],
-                           rows, positions, state_norms, beta_a)
+            rows.append(
+                {
+                    "layer": i,
+                    "head": h,
+                    "beta_a_min": qs[0],
+                    "beta_a_p01": qs[1],
+                    "beta_a_p50": qs[2],
+                    "beta_a_p99": qs[3],
+                    "beta_a_max": qs[4],
+                    "outside": float(((ba[:, h] <= 0) | (ba[:, h] >= 2)).float().mean()),
+                    "rho": float((1 - ba[:, h]).abs().max()),
+                    "lam_p01": lq[1],
+                    "lam_p50": lq[2],
+                    "lam_p99": lq[3],
+                    "alpha_mean": float(alpha[:, h].mean()),
+                    "state_first": float(state_norms[i, h, 0]),
+                    "state_last": float(state_norms[i, h, -1]),
+                    "state_growth": float(state_norms[i, h, -1] / state_norms[i, h, 0].clamp_min(1e-30)),
+                }
+            )
+    return StabilityReport(
+        model.config.model_type,
+        getattr(model.config, "variant", None),
+        input_ids.shape[1],
+        rows,
+        positions,
+        state_norms,
+        beta_a,
+    )
 
 
-COLUMNS = [("layer", "{:d}"), ("head", "{:d}"), ("beta_a_min", "{:.3f}"), ("beta_a_p01", "{:.3f}"),
-           ("beta_a_p50", "{:.3f}"), ("beta_a_p99", "{:.3f}"), ("beta_a_max", "{:.3f}"), ("outside", "{:.2%}"),
-           ("rho", "{:.3f}"), ("lam_p01", "{:.3f}"), ("lam_p50", "{:.3f}"), ("lam_p99", "{:.3f}"),
-           ("alpha_mean", "{:.4f}"), ("state_first", "{:.3g}"), ("state_last", "{:.3g}"),
-           ("state_growth", "{:.3g}")]
+COLUMNS = [
+    ("layer", "{:d}"),
+    ("head", "{:d}"),
+    ("beta_a_min", "{:.3f}"),
+    ("beta_a_p01", "{:.3f}"),
+    ("beta_a_p50", "{:.3f}"),
+    ("beta_a_p99", "{:.3f}"),
+    ("beta_a_max", "{:.3f}"),
+    ("outside", "{:.2%}"),
+    ("rho", "{:.3f}"),
+    ("lam_p01", "{:.3f}"),
+    ("lam_p50", "{:.3f}"),
+    ("lam_p99", "{:.3f}"),
+    ("alpha_mean", "{:.4f}"),
+    ("state_first", "{:.3g}"),
+    ("state_last", "{:.3g}"),
+    ("state_growth", "{:.3g}"),
+]
 
 
 def format_table(report: StabilityReport) -> str:
@@ -137,9 +169,11 @@ def format_table(report: StabilityReport) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     worst = max(report.rows, key=lambda r: r["rho"])
     contracting = sum(r["rho"] < 1 for r in report.rows)
-    lines.append(f"{report.model_type} (variant={report.variant}), {report.num_tokens} tokens: "
-                 f"{contracting}/{len(report.rows)} heads have rho < 1 (beta*a in (0, 2) on every token); "
-                 f"worst rho {worst['rho']:.3f} at layer {worst['layer']} head {worst['head']}")
+    lines.append(
+        f"{report.model_type} (variant={report.variant}), {report.num_tokens} tokens: "
+        f"{contracting}/{len(report.rows)} heads have rho < 1 (beta*a in (0, 2) on every token); "
+        f"worst rho {worst['rho']:.3f} at layer {worst['layer']} head {worst['head']}"
+    )
     return "\n".join(lines)
 
 
@@ -155,16 +189,27 @@ def plot_stability(report: StabilityReport, path) -> str:
     colors = plt.get_cmap("viridis")([i / max(layers - 1, 1) for i in range(layers)])
     for i in range(layers):
         for h in range(heads):
-            left.plot(report.positions, report.state_norms[i, h].tolist(), color=colors[i], alpha=0.8,
-                      label=f"layer {i}" if h == 0 else None)
-        right.hist(report.beta_a[i].flatten().tolist(), bins=60, histtype="step", color=colors[i],
-                   label=f"layer {i}")
-    left.set(xlabel="tokens seen", ylabel="||S|| (Frobenius, per head)", yscale="log",
-             title="recurrent state norm along the input")
+            left.plot(
+                report.positions,
+                report.state_norms[i, h].tolist(),
+                color=colors[i],
+                alpha=0.8,
+                label=f"layer {i}" if h == 0 else None,
+            )
+        right.hist(report.beta_a[i].flatten().tolist(), bins=60, histtype="step", color=colors[i], label=f"layer {i}")
+    left.set(
+        xlabel="tokens seen",
+        ylabel="||S|| (Frobenius, per head)",
+        yscale="log",
+        title="recurrent state norm along the input",
+    )
     for edge in (0.0, 2.0):
         right.axvline(edge, color="red", linestyle="--", linewidth=1)
-    right.set(xlabel="beta * a  (contraction needs (0, 2))", ylabel="tokens x heads",
-              title=f"{report.model_type} (variant={report.variant})")
+    right.set(
+        xlabel="beta * a  (contraction needs (0, 2))",
+        ylabel="tokens x heads",
+        title=f"{report.model_type} (variant={report.variant})",
+    )
     left.legend(fontsize="small")
     right.legend(fontsize="small")
     fig.tight_layout()

@@ -10,6 +10,7 @@ Writes a JSON summary. Usage::
 
     python scripts/compare_evals.py OUT.json CKPT:RUN_RECORD_DIR ...
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ def compare(ckpt: Path, record: Path) -> dict:
     vocab, settings = int(cfg["data"]["vocab_size"]), [tuple(s) for s in cfg["data"]["configs"]]
     model = qdelta.load_model(str(ckpt)).eval()
     with torch.no_grad():
-        held_out = evaluate_mqar(model, vocab, settings=settings, num_examples=int(cfg["eval"]["num_examples"]),
-                                 seed=int(cfg["eval"]["seed"]), batch_size=64)
+        held_out = evaluate_mqar(
+            model,
+            vocab,
+            settings=settings,
+            num_examples=int(cfg["eval"]["num_examples"]),
+            seed=int(cfg["eval"]["seed"]),
+            batch_size=64,
+        )
         summary = json.loads((record / "summary.json").read_text())
         meta = summary["tasks"]["qd_mqar"]
         samples = [json.loads(line) for line in (record / "tasks" / "qd_mqar" / "samples.jsonl").open()]
@@ -49,11 +56,18 @@ def compare(ckpt: Path, record: Path) -> dict:
                 worst = max(worst, abs(native_ll - harness_ll))
                 disagree += native_greedy != harness_greedy
     metrics = json.loads((ckpt / "metrics.json").read_text())
-    return {"checkpoint": ckpt.name, "gpu_bf16_held_out": metrics["eval"], "cpu_fp32_held_out": held_out,
-            "cpu_fp32_on_qd_mqar_data": same_data,
-            "harness_qd_mqar": {k.split(",")[0]: v for k, v in meta["metrics"].items()
-                                if k.startswith("acc") and "stderr" not in k},
-            "harness_queries": len(samples), "max_abs_loglik_diff": worst, "greedy_disagreements": disagree}
+    return {
+        "checkpoint": ckpt.name,
+        "gpu_bf16_held_out": metrics["eval"],
+        "cpu_fp32_held_out": held_out,
+        "cpu_fp32_on_qd_mqar_data": same_data,
+        "harness_qd_mqar": {
+            k.split(",")[0]: v for k, v in meta["metrics"].items() if k.startswith("acc") and "stderr" not in k
+        },
+        "harness_queries": len(samples),
+        "max_abs_loglik_diff": worst,
+        "greedy_disagreements": disagree,
+    }
 
 
 def main(argv) -> int:
@@ -63,10 +77,19 @@ def main(argv) -> int:
     tmp.write_text(json.dumps(rows, indent=2) + "\n")
     tmp.replace(out)
     for r in rows:
-        print(r["checkpoint"], "native held-out mean", round(r["cpu_fp32_held_out"]["mean"], 4),
-              "native on qd_mqar data", round(r["cpu_fp32_on_qd_mqar_data"]["mean"], 4),
-              "harness", round(r["harness_qd_mqar"]["acc"], 4), "max |dll|", f"{r['max_abs_loglik_diff']:.2e}",
-              "greedy disagreements", r["greedy_disagreements"])
+        print(
+            r["checkpoint"],
+            "native held-out mean",
+            round(r["cpu_fp32_held_out"]["mean"], 4),
+            "native on qd_mqar data",
+            round(r["cpu_fp32_on_qd_mqar_data"]["mean"], 4),
+            "harness",
+            round(r["harness_qd_mqar"]["acc"], 4),
+            "max |dll|",
+            f"{r['max_abs_loglik_diff']:.2e}",
+            "greedy disagreements",
+            r["greedy_disagreements"],
+        )
     return 0
 
 

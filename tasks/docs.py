@@ -17,6 +17,7 @@ Every recall doc has these fields (plus the task's slicing fields such as ``seq_
 - ``data_hash``: sha256 of the whole generated test split (every doc without this field), the
   same in every doc, for run records.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,7 @@ def to_dataset(docs: List[Dict[str, Any]], task: str):
     import datasets
 
     if not docs:
-        raise ValueError(f"{task}: the parameters produce no examples; check metadata.num_examples and the "
-                         f"slice lists")
+        raise ValueError(f"{task}: the parameters produce no examples; check metadata.num_examples and the slice lists")
     for doc in docs:
         missing = [f for f in COMMON_FIELDS if f not in doc]
         assert not missing, f"{task} doc lacks {missing}"

@@ -10,6 +10,7 @@ Two haystacks, both lists of sentences that are consumed in order (wrapping arou
 - ``text``: real English prose: Genesis and Exodus of the King James Version (public domain; see
   ``tasks/data/SOURCES.md``), split into sentences, starting at a seeded position.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,20 +57,25 @@ class LengthCounter:
         try:
             return self._tok(text, add_special_tokens=False)["input_ids"]
         except Exception as err:  # the tokenizers library raises a bare Exception for unknown words
-            raise ValueError(f"metadata.tokenizer: {self.tokenizer_name!r} cannot encode the task's English text "
-                             f"({err}); this model's vocabulary cannot read text tasks (e.g. a token-level MQAR "
-                             f"checkpoint: evaluate it with qdelta.tasks.mqar.evaluate_mqar instead)") from err
+            raise ValueError(
+                f"metadata.tokenizer: {self.tokenizer_name!r} cannot encode the task's English text "
+                f"({err}); this model's vocabulary cannot read text tasks (e.g. a token-level MQAR "
+                f"checkpoint: evaluate it with qdelta.tasks.mqar.evaluate_mqar instead)"
+            ) from err
 
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(name: str):
     try:
         from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(name)
     except Exception as err:  # transformers raises OSError, ValueError, ... for a bad name or folder
-        raise ValueError(f"metadata.tokenizer: cannot load tokenizer {name!r} offline ({err}); pass a "
-                         f"folder that holds tokenizer files (the checkpoint folder), or drop the key "
-                         f"to count whitespace words") from err
+        raise ValueError(
+            f"metadata.tokenizer: cannot load tokenizer {name!r} offline ({err}); pass a "
+            f"folder that holds tokenizer files (the checkpoint folder), or drop the key "
+            f"to count whitespace words"
+        ) from err
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,8 +101,9 @@ def pool_size(kind: str) -> int:
     return len(NOISE_SENTENCES) if kind == "noise" else len(text_sentences())
 
 
-def fill_to_length(count: LengthCounter, render: Callable[[List[str]], str], next_sentence: Callable[[int], str],
-                   budget: int) -> List[str]:
+def fill_to_length(
+    count: LengthCounter, render: Callable[[List[str]], str], next_sentence: Callable[[int], str], budget: int
+) -> List[str]:
     """The longest run of haystack sentences ``s`` (from ``next_sentence(0)`` on) with ``count(render(s)) <= budget``.
 
     ``render`` builds the whole prompt from the sentences (template, needle and question included),
@@ -106,8 +113,10 @@ def fill_to_length(count: LengthCounter, render: Callable[[List[str]], str], nex
     """
     base = count(render([]))
     if base > budget:
-        raise ValueError(f"the prompt without any haystack is already {base} {count.unit} long, more than the "
-                         f"context length {budget}; raise metadata.context_lengths")
+        raise ValueError(
+            f"the prompt without any haystack is already {base} {count.unit} long, more than the "
+            f"context length {budget}; raise metadata.context_lengths"
+        )
     guess, used = 0, base
     while True:
         batch = [next_sentence(guess + j) for j in range(64)]
@@ -126,7 +135,7 @@ def fill_to_length(count: LengthCounter, render: Callable[[List[str]], str], nex
         return count(render([next_sentence(i) for i in range(m)]))
 
     actual = size(guess)
-    if guess and actual > budget:   # sentences alone tokenize differently from running text: rescale once
+    if guess and actual > budget:  # sentences alone tokenize differently from running text: rescale once
         guess = int(guess * (budget - base) / (actual - base))
     m = _largest_fitting(lambda k: size(k) <= budget, guess)
     return [next_sentence(i) for i in range(m)]

@@ -3,6 +3,7 @@
 One doc per chapter (4 docs, 2,574 words), scored by ``loglikelihood_rolling`` like wikitext:
 word perplexity, byte perplexity and bits per byte. The text is not part of the NIAH haystack.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -18,6 +18,7 @@ One example of length ``seq_len`` (tokens are integer ids in ``[0, vocab_size)``
 Accuracy (zoology's metric) is the fraction of labelled positions whose arg-max prediction equals
 the label, reported per ``(seq_len, num_kv_pairs)`` slice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,9 @@ __all__ = ["IGNORE_INDEX", "make_mqar", "query_gap_probabilities", "evaluate_mqa
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}; "
-                        f"pass a whole number")
+        raise TypeError(
+            f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}; pass a whole number"
+        )
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}; raise it to at least {minimum}")
     return value
@@ -54,9 +56,16 @@ def query_gap_probabilities(space: int, power_a: float = 0.01) -> torch.Tensor:
     return p / p.sum()
 
 
-def make_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: int, seed: int,
-              power_a: float = 0.01, num_passes: int = 1,
-              random_non_queries: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+def make_mqar(
+    vocab_size: int,
+    seq_len: int,
+    num_kv_pairs: int,
+    num_examples: int,
+    seed: int,
+    power_a: float = 0.01,
+    num_passes: int = 1,
+    random_non_queries: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Generate MQAR examples.
 
     Args:
@@ -87,23 +96,27 @@ def make_mqar(vocab_size: int, seq_len: int, num_kv_pairs: int, num_examples: in
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     half = vocab_size // 2
     if half - 1 < num_kv_pairs:
-        raise ValueError(f"vocab_size={vocab_size} gives only {half - 1} distinct keys in [1, {half}) but "
-                         f"num_kv_pairs={num_kv_pairs}; use vocab_size >= {2 * (num_kv_pairs + 1)}")
+        raise ValueError(
+            f"vocab_size={vocab_size} gives only {half - 1} distinct keys in [1, {half}) but "
+            f"num_kv_pairs={num_kv_pairs}; use vocab_size >= {2 * (num_kv_pairs + 1)}"
+        )
     context = 2 * num_kv_pairs * num_passes
     space = (seq_len - context) // 2
     if space < num_kv_pairs:
-        raise ValueError(f"seq_len={seq_len} leaves {max(space, 0)} query slots after {context} context tokens, "
-                         f"fewer than num_kv_pairs={num_kv_pairs}; use seq_len >= {context + 2 * num_kv_pairs} "
-                         f"or fewer pairs")
+        raise ValueError(
+            f"seq_len={seq_len} leaves {max(space, 0)} query slots after {context} context tokens, "
+            f"fewer than num_kv_pairs={num_kv_pairs}; use seq_len >= {context + 2 * num_kv_pairs} "
+            f"or fewer pairs"
+        )
     gen = torch.Generator().manual_seed(seed)
     n = num_examples
     # distinct keys and values per example: first K of a random permutation of each range
-    keys = torch.rand(n, half - 1, generator=gen).argsort(dim=1)[:, :num_kv_pairs] + 1          # (N, K)
+    keys = torch.rand(n, half - 1, generator=gen).argsort(dim=1)[:, :num_kv_pairs] + 1  # (N, K)
     values = torch.rand(n, vocab_size - half, generator=gen).argsort(dim=1)[:, :num_kv_pairs] + half
     p = query_gap_probabilities(space, power_a)
     gaps = torch.multinomial(p.expand(n, space), num_kv_pairs, replacement=False, generator=gen)  # (N, K)
 
-    kv = torch.stack([keys, values], dim=2).reshape(n, 2 * num_kv_pairs).repeat(1, num_passes)    # (N, 2K*passes)
+    kv = torch.stack([keys, values], dim=2).reshape(n, 2 * num_kv_pairs).repeat(1, num_passes)  # (N, 2K*passes)
     tail = torch.zeros(n, seq_len - context, dtype=torch.long)
     tail.scatter_(1, 2 * gaps, keys)
     inputs = torch.cat([kv, tail], dim=1)
@@ -132,16 +145,23 @@ def _logits_of(model: Callable, x: torch.Tensor) -> torch.Tensor:
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     if not torch.is_tensor(logits) or logits.dim() != 3:
-        raise TypeError("model(input_ids) must return logits (B, T, vocab) or an object with .logits; "
-                        f"got {type(out).__name__}")
+        raise TypeError(
+            f"model(input_ids) must return logits (B, T, vocab) or an object with .logits; got {type(out).__name__}"
+        )
     return logits
 
 
 @torch.no_grad()
-def evaluate_mqar(model: Callable, vocab_size: int,
-                  settings: Iterable[Tuple[int, int]] = ((64, 4), (128, 8), (256, 16), (512, 64)),
-                  num_examples: int = 256, seed: int = 1234, power_a: float = 0.01,
-                  batch_size: int = 64, device: Optional[str] = None) -> Dict[str, float]:
+def evaluate_mqar(
+    model: Callable,
+    vocab_size: int,
+    settings: Iterable[Tuple[int, int]] = ((64, 4), (128, 8), (256, 16), (512, 64)),
+    num_examples: int = 256,
+    seed: int = 1234,
+    power_a: float = 0.01,
+    batch_size: int = 64,
+    device: Optional[str] = None,
+) -> Dict[str, float]:
     """Zoology accuracy of ``model`` on fresh MQAR data, per ``(seq_len, num_kv_pairs)`` slice.
 
     Args:
@@ -170,8 +190,8 @@ def evaluate_mqar(model: Callable, vocab_size: int,
         inputs, labels = make_mqar(vocab_size, seq_len, num_kv_pairs, num_examples, seed + i, power_a)
         hits, count = 0, 0
         for start in range(0, num_examples, batch_size):
-            x = inputs[start:start + batch_size].to(device)
-            y = labels[start:start + batch_size].to(device)
+            x = inputs[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device)
             preds = _logits_of(model, x).argmax(dim=-1)
             mask = y != IGNORE_INDEX
             hits += int((preds[mask] == y[mask]).sum())

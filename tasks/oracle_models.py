@@ -14,6 +14,7 @@
 Importing this module registers both names (``lm_eval.models`` is imported first so that the
 built-in models stay registered). Use with ``lm_eval.simple_evaluate(model="qd_oracle", ...)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,10 @@ from .scoring import PUNCTUATION
 def _doc_of(request) -> Dict[str, Any]:
     doc = getattr(request, "doc", None)
     if not isinstance(doc, dict) or "answer_pattern" not in doc:
-        raise ValueError("qd_oracle reads recall docs with an 'answer_pattern' field (the qd_ recall tasks and "
-                         "tasks built on qdelta.tasks generators); this request's doc has none")
+        raise ValueError(
+            "qd_oracle reads recall docs with an 'answer_pattern' field (the qd_ recall tasks and "
+            "tasks built on qdelta.tasks generators); this request's doc has none"
+        )
     return doc
 
 

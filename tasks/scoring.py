@@ -12,6 +12,7 @@ Scoring by request type:
   punctuation, equals the answer;
 - generation, ``match: contains``: 1 when the answer appears in the generation, case-insensitive.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -30,7 +31,9 @@ def score(doc: Dict[str, Any], result: Any) -> float:
     if isinstance(result, (tuple, list)):
         return float(bool(result[1]))
     if not isinstance(result, str):
-        raise TypeError(f"expected a (loglikelihood, is_greedy) pair or a generated string, got {type(result).__name__}")
+        raise TypeError(
+            f"expected a (loglikelihood, is_greedy) pair or a generated string, got {type(result).__name__}"
+        )
     if doc["match"] == "contains":
         return float(doc["answer"].lower() in result.lower())
     return float(first_word(result) == doc["answer"])

@@ -7,6 +7,7 @@ lm-eval passes the whole ``metadata`` dict to the generator, plus keys of its ow
 ``config_source``, the model's arguments), so at run time unknown keys are ignored;
 ``qdelta tasks validate`` parses the file's own ``metadata`` with ``strict=True`` instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,9 @@ def _coerce(value: Any, tp, field: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(field, f"expected an integer, got {type(value).__name__} {value!r}; "
-                                   f"write a whole number without quotes")
+            raise SpecError(
+                field, f"expected an integer, got {type(value).__name__} {value!r}; write a whole number without quotes"
+            )
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -62,8 +64,9 @@ def spec_fields(cls) -> Dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def parse_spec(cls: Type[T], metadata: Mapping[str, Any] | None, *, strict: bool = False,
-               prefix: str = "metadata") -> T:
+def parse_spec(
+    cls: Type[T], metadata: Mapping[str, Any] | None, *, strict: bool = False, prefix: str = "metadata"
+) -> T:
     """Build ``cls`` from ``metadata``; unknown keys raise only when ``strict``.
 
     Raises :class:`SpecError` (a ``ValueError``) naming ``metadata.<field>`` with the fix.
@@ -76,8 +79,7 @@ def parse_spec(cls: Type[T], metadata: Mapping[str, Any] | None, *, strict: bool
                 close = difflib.get_close_matches(key, list(types), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(sorted(types))}"
                 raise SpecError(f"{prefix}.{key}", f"unknown field; {hint}")
-    kwargs = {name: _coerce(metadata[name], tp, f"{prefix}.{name}")
-              for name, tp in types.items() if name in metadata}
+    kwargs = {name: _coerce(metadata[name], tp, f"{prefix}.{name}") for name, tp in types.items() if name in metadata}
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -94,4 +96,3 @@ def require(cond: bool, field: str, message: str) -> None:
     """Raise :class:`SpecError` for ``field`` unless ``cond``."""
     if not cond:
         raise SpecError(field, message)
-

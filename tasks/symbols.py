@@ -9,6 +9,7 @@ Kinds (``kind`` in the task YAML):
 - ``syllable``: two consonant-vowel syllables, e.g. ``bako`` (the synthetic vocabulary of text MQAR;
   ``syllable_name(i)`` is a bijection from ``i`` in ``[0, 10000)``).
 """
+
 from __future__ import annotations
 
 import random
@@ -28,8 +29,8 @@ NOUNS = (
     "kettle lantern lemon meadow mirror needle orchard otter pebble pepper quarry raven river "
     "saddle spruce thistle timber tulip valley walnut willow"
 ).split()
-CONSONANTS = "bdfghjklmnprstvwxyzc"   # 20
-VOWELS = "aeiou"                      # 5
+CONSONANTS = "bdfghjklmnprstvwxyzc"  # 20
+VOWELS = "aeiou"  # 5
 SYLLABLES = [c + v for c in CONSONANTS for v in VOWELS]  # 100
 
 
@@ -38,7 +39,7 @@ def capacity(kind: str, digits: int = 7) -> int:
     if kind == "number":
         return 9 * 10 ** (digits - 1)
     if kind == "uuid":
-        return 2 ** 122
+        return 2**122
     if kind == "word":
         return len(ADJECTIVES) * len(NOUNS)
     if kind == "letter":
@@ -56,7 +57,7 @@ def syllable_name(index: int) -> str:
 
 def _one(kind: str, rng: random.Random, digits: int) -> str:
     if kind == "number":
-        return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+        return str(rng.randrange(10 ** (digits - 1), 10**digits))
     if kind == "uuid":
         return str(uuid.UUID(int=rng.getrandbits(128), version=4))
     if kind == "word":
@@ -68,13 +69,16 @@ def _one(kind: str, rng: random.Random, digits: int) -> str:
     raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
 
-def sample_distinct(kind: str, n: int, rng: random.Random, digits: int = 7,
-                    exclude: frozenset = frozenset()) -> List[str]:
+def sample_distinct(
+    kind: str, n: int, rng: random.Random, digits: int = 7, exclude: frozenset = frozenset()
+) -> List[str]:
     """``n`` distinct items of ``kind`` (none in ``exclude``), in draw order."""
     room = capacity(kind, digits) - len(exclude)
     if n > room:
-        raise ValueError(f"asked for {n} distinct '{kind}' items but only {room} exist; "
-                         f"use fewer pairs or a larger kind (e.g. 'word' or 'number')")
+        raise ValueError(
+            f"asked for {n} distinct '{kind}' items but only {room} exist; "
+            f"use fewer pairs or a larger kind (e.g. 'word' or 'number')"
+        )
     if kind in ("letter", "word", "syllable") and n > room // 4:
         pool = [x for x in _all(kind) if x not in exclude]
         return rng.sample(pool, n)

@@ -14,6 +14,7 @@ file is fine. Checked:
   name no field of the generated docs;
 - a task name that shadows one of lm-eval's built-in tasks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,21 +32,50 @@ from .docs import COMMON_FIELDS
 from .spec import SpecError, parse_spec
 
 TASK_FIELDS: Dict[str, Tuple[type, ...]] = {
-    "task": (str,), "task_alias": (str,), "tag": (str, list), "custom_dataset": ("function",),
-    "dataset_path": (str,), "dataset_name": (str, type(None)), "dataset_kwargs": (dict,),
-    "training_split": (str,), "validation_split": (str,), "test_split": (str,), "fewshot_split": (str,),
-    "process_docs": ("function",), "doc_to_text": (str, int, "function"), "doc_to_target": (str, int, list, "function"),
-    "doc_to_image": (str, list, "function"), "doc_to_audio": (str, list, "function"), "unsafe_code": (bool,),
-    "doc_to_choice": (str, list, dict, "function"), "process_results": ("function",), "use_prompt": (str,),
-    "description": (str,), "target_delimiter": (str,), "fewshot_delimiter": (str,), "fewshot_config": (dict,),
-    "num_fewshot": (int,), "metric_list": (list,), "output_type": (str,), "generation_kwargs": (dict,),
-    "repeats": (int,), "filter_list": (str, list), "should_decontaminate": (bool,),
-    "doc_to_decontamination_query": (str,), "gen_prefix": (str,), "metadata": (dict,),
-    "include": (str, list), "class": ("function",),
+    "task": (str,),
+    "task_alias": (str,),
+    "tag": (str, list),
+    "custom_dataset": ("function",),
+    "dataset_path": (str,),
+    "dataset_name": (str, type(None)),
+    "dataset_kwargs": (dict,),
+    "training_split": (str,),
+    "validation_split": (str,),
+    "test_split": (str,),
+    "fewshot_split": (str,),
+    "process_docs": ("function",),
+    "doc_to_text": (str, int, "function"),
+    "doc_to_target": (str, int, list, "function"),
+    "doc_to_image": (str, list, "function"),
+    "doc_to_audio": (str, list, "function"),
+    "unsafe_code": (bool,),
+    "doc_to_choice": (str, list, dict, "function"),
+    "process_results": ("function",),
+    "use_prompt": (str,),
+    "description": (str,),
+    "target_delimiter": (str,),
+    "fewshot_delimiter": (str,),
+    "fewshot_config": (dict,),
+    "num_fewshot": (int,),
+    "metric_list": (list,),
+    "output_type": (str,),
+    "generation_kwargs": (dict,),
+    "repeats": (int,),
+    "filter_list": (str, list),
+    "should_decontaminate": (bool,),
+    "doc_to_decontamination_query": (str,),
+    "gen_prefix": (str,),
+    "metadata": (dict,),
+    "include": (str, list),
+    "class": ("function",),
 }
 GROUP_FIELDS: Dict[str, Tuple[type, ...]] = {
-    "group": (str,), "group_alias": (str,), "task": (str, list), "aggregate_metric_list": (list, dict),
-    "metadata": (dict,), "include": (str, list),
+    "group": (str,),
+    "group_alias": (str,),
+    "task": (str, list),
+    "aggregate_metric_list": (list, dict),
+    "metadata": (dict,),
+    "include": (str, list),
 }
 OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until", "multiple_choice")
 GENERATOR_MODULES = ("qdelta.tasks.synthetic", "qdelta.tasks.needle")  # each defines SPECS
@@ -54,6 +84,7 @@ GENERATOR_MODULES = ("qdelta.tasks.synthetic", "qdelta.tasks.needle")  # each de
 @dataclasses.dataclass(frozen=True)
 class FunctionRef:
     """A ``!function module.name`` value, kept unresolved."""
+
     spec: str
     base_dir: Path
 
@@ -84,8 +115,10 @@ def load_task_yaml(path: Path, _seen: Optional[set] = None) -> Dict[str, Any]:
     for inc in includes if isinstance(includes, list) else [includes]:
         inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
         if not inc_path.is_file():
-            raise ValueError(f"include: {inc!r} not found (looked for {inc_path}); give a path relative to "
-                             f"{path.parent} or an absolute path")
+            raise ValueError(
+                f"include: {inc!r} not found (looked for {inc_path}); give a path relative to "
+                f"{path.parent} or an absolute path"
+            )
         sub = load_task_yaml(inc_path, seen)
         sub.pop("task_list", None)
         merged.update(sub)
@@ -124,9 +157,12 @@ def _type_ok(value: Any, allowed: Tuple) -> bool:
 
 
 def _names(allowed: Tuple) -> str:
-    return " or ".join("!function module.name" if k == "function" else
-                       {str: "string", int: "integer", bool: "true/false", list: "list", dict: "mapping",
-                        type(None): "null"}[k] for k in allowed)
+    return " or ".join(
+        "!function module.name"
+        if k == "function"
+        else {str: "string", int: "integer", bool: "true/false", list: "list", dict: "mapping", type(None): "null"}[k]
+        for k in allowed
+    )
 
 
 def _check_fields(cfg: Dict[str, Any], table: Dict[str, Tuple], what: str, problems: List[str]) -> None:
@@ -159,35 +195,46 @@ def _check_task(cfg: Dict[str, Any], problems: List[str]) -> None:
     _check_fields(cfg, TASK_FIELDS, "task", problems)
     name = cfg.get("task")
     if isinstance(name, str) and name in builtin_task_names():
-        problems.append(f"task: '{name}' is also one of lm-eval's built-in tasks and would replace it; "
-                        f"rename it (our convention: prefix qd_ or your own)")
+        problems.append(
+            f"task: '{name}' is also one of lm-eval's built-in tasks and would replace it; "
+            f"rename it (our convention: prefix qd_ or your own)"
+        )
     output_type = cfg.get("output_type", "generate_until")
     if output_type not in OUTPUT_TYPES:
         close = difflib.get_close_matches(str(output_type), OUTPUT_TYPES, n=1)
-        problems.append(f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}"
-                        + (f"; did you mean '{close[0]}'?" if close else ""))
+        problems.append(
+            f"output_type: {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}"
+            + (f"; did you mean '{close[0]}'?" if close else "")
+        )
     if "custom_dataset" not in cfg and "dataset_path" not in cfg:
-        problems.append("custom_dataset: the task has no data; add custom_dataset: !function module.build "
-                        "(e.g. qdelta.tasks.synthetic.build_kv_recall) or dataset_path")
+        problems.append(
+            "custom_dataset: the task has no data; add custom_dataset: !function module.build "
+            "(e.g. qdelta.tasks.synthetic.build_kv_recall) or dataset_path"
+        )
     if not any(k in cfg for k in ("test_split", "validation_split")):
         problems.append("test_split: no evaluation split; add test_split: test (the qdelta generators make 'test')")
     if "generation_kwargs" in cfg and output_type != "generate_until":
-        problems.append(f"generation_kwargs: only used with output_type: generate_until, but output_type is "
-                        f"{output_type}; remove generation_kwargs or change output_type")
+        problems.append(
+            f"generation_kwargs: only used with output_type: generate_until, but output_type is "
+            f"{output_type}; remove generation_kwargs or change output_type"
+        )
     gen = cfg.get("generation_kwargs")
     if isinstance(gen, dict):
         if "until" in gen and not (isinstance(gen["until"], list) and all(isinstance(u, str) for u in gen["until"])):
             problems.append(f"generation_kwargs.until: expected a list of strings, got {gen['until']!r}")
-        if "max_gen_toks" in gen and (isinstance(gen["max_gen_toks"], bool) or not isinstance(gen["max_gen_toks"], int)
-                                      or gen["max_gen_toks"] < 1):
+        if "max_gen_toks" in gen and (
+            isinstance(gen["max_gen_toks"], bool) or not isinstance(gen["max_gen_toks"], int) or gen["max_gen_toks"] < 1
+        ):
             problems.append(f"generation_kwargs.max_gen_toks: expected a positive integer, got {gen['max_gen_toks']!r}")
     if output_type == "multiple_choice" and "doc_to_choice" not in cfg:
         problems.append("doc_to_choice: output_type multiple_choice needs the list of choices; add doc_to_choice")
     metrics = cfg.get("metric_list")
     for i, metric in enumerate(metrics if isinstance(metrics, list) else []):
         if not isinstance(metric, dict) or "metric" not in metric:
-            problems.append(f"metric_list[{i}]: each entry needs a 'metric' key, e.g. {{metric: acc, aggregation: "
-                            f"mean, higher_is_better: true}}")
+            problems.append(
+                f"metric_list[{i}]: each entry needs a 'metric' key, e.g. {{metric: acc, aggregation: "
+                f"mean, higher_is_better: true}}"
+            )
     for key, value in cfg.items():
         if isinstance(value, FunctionRef):
             try:
@@ -204,7 +251,7 @@ def _check_generator(cfg: Dict[str, Any], problems: List[str]) -> None:
         return
     specs = importlib.import_module(module_name).SPECS
     if fn_name not in specs:
-        return                      # reported as an import problem above
+        return  # reported as an import problem above
     spec_cls, extra_fields = specs[fn_name]
     metadata = cfg.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -223,8 +270,10 @@ def _check_generator(cfg: Dict[str, Any], problems: List[str]) -> None:
                     hint = f"did you mean '{close[0]}'?" if close else f"fields: {', '.join(sorted(doc_fields))}"
                     problems.append(f"{key}: uses {{{{{used}}}}} but the generated docs have no field '{used}'; {hint}")
     if cfg.get("output_type") == "loglikelihood" and cfg.get("doc_to_target") == "{{answer}}":
-        problems.append("doc_to_target: with loglikelihood use {{target}} (it carries the separator before the "
-                        "answer); {{answer}} glues the answer to the prompt")
+        problems.append(
+            "doc_to_target: with loglikelihood use {{target}} (it carries the separator before the "
+            "answer); {{answer}} glues the answer to the prompt"
+        )
 
 
 def validate_task_file(path) -> List[str]:

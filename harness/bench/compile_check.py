@@ -19,6 +19,7 @@ the kernel's own name: equal digests before and after an edit mean the GPU
 runs the same code, which is how a refactor made after the last GPU run is shown to change nothing
 (run both versions with the same Triton and settings and compare).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ import sys
 from typing import Dict, List
 
 SHARED_LIMIT = 232448  # bytes of shared memory per block on sm_90 (H100 / H200)
-_TRITON_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16",
-                 "torch.int32": "i32", "torch.int64": "i64"}
+_TRITON_TYPES = {
+    "torch.float32": "fp32",
+    "torch.bfloat16": "bf16",
+    "torch.float16": "fp16",
+    "torch.int32": "i32",
+    "torch.int64": "i64",
+}
 
 
 def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
@@ -46,7 +52,6 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
 
     from qdelta.kernels import chunk_qdelta, fused_recurrent_qdelta
     from qdelta.kernels.testing import random_inputs
-
     from qdelta.kernels.triton import chunk, chunk_bwd, fused_recurrent, launch
 
     seen: List[dict] = []
@@ -68,8 +73,16 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
                     aligned.append(name)
         # ``aligned``: the arguments Triton's launcher would mark divisible by 16 (16-byte aligned
         # pointers, integers that are multiples of 16), which is what lets it vectorise loads and stores
-        seen.append({"module": kernel.fn.__module__, "name": kernel.fn.__name__, "signature": signature,
-                     "constexprs": {**constexprs, **cfg}, "options": options, "aligned": aligned})
+        seen.append(
+            {
+                "module": kernel.fn.__module__,
+                "name": kernel.fn.__name__,
+                "signature": signature,
+                "constexprs": {**constexprs, **cfg},
+                "options": options,
+                "aligned": aligned,
+            }
+        )
         return real(kernel, grid, {**cfg, **options}, *args, **constexprs)
 
     chunk.launch = chunk_bwd.launch = fused_recurrent._launch = recording
@@ -88,8 +101,9 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
             chunk_qdelta(**again, use_qk_l2norm=True, variant=variant)[0].float().sum().backward()
         step = {n: t[:, :1].detach() for n, t in leaves.items()}
         with torch.no_grad():
-            fused_recurrent_qdelta(**step, initial_state=x["initial_state"].float(), use_qk_l2norm=True,
-                                   variant=variant)
+            fused_recurrent_qdelta(
+                **step, initial_state=x["initial_state"].float(), use_qk_l2norm=True, variant=variant
+            )
     finally:
         chunk.launch = chunk_bwd.launch = fused_recurrent._launch = real
     return seen
@@ -98,8 +112,11 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
 def ptx_digest(ptx: str, name: str) -> str:
     """sha1 (12 hex digits) of PTX with debug info, inlined-scope labels and the kernel name removed."""
     ptx = re.sub(r"\.section\s+\.debug.*", "", ptx, flags=re.S)
-    keep = [ln for ln in ptx.splitlines()
-            if not ln.strip().startswith((".loc", ".file", "//")) and not re.fullmatch(r"\$L__tmp\d+:", ln.strip())]
+    keep = [
+        ln
+        for ln in ptx.splitlines()
+        if not ln.strip().startswith((".loc", ".file", "//")) and not re.fullmatch(r"\$L__tmp\d+:", ln.strip())
+    ]
     return hashlib.sha1("\n".join(keep).replace(name, "KERNEL").encode()).hexdigest()[:12]
 
 
@@ -137,16 +154,23 @@ def compile_for_hopper(desc: dict) -> Dict[str, object]:
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in desc.get("aligned", [])}
     options = dict(desc["options"])
     while True:  # as launch.launch does at run time: fewer pipeline stages until it fits
-        compiled = triton.compile(ASTSource(jit, signature, constexprs=values, attrs=attrs),
-                                  target=GPUTarget("cuda", 90, 32), options=options)
+        compiled = triton.compile(
+            ASTSource(jit, signature, constexprs=values, attrs=attrs), target=GPUTarget("cuda", 90, 32), options=options
+        )
         shared = compiled.metadata.shared
         if shared <= SHARED_LIMIT or options["num_stages"] <= 1:
             break
         options["num_stages"] -= 1
-    return {"kernel": desc["name"], "shared": shared, "num_warps": options["num_warps"],
-            "num_stages_asked": desc["options"]["num_stages"], "num_stages_used": options["num_stages"],
-            "fits": shared <= SHARED_LIMIT, **register_usage(compiled.asm["cubin"]),
-            "ptx_sha1": ptx_digest(compiled.asm["ptx"], desc["name"])}
+    return {
+        "kernel": desc["name"],
+        "shared": shared,
+        "num_warps": options["num_warps"],
+        "num_stages_asked": desc["options"]["num_stages"],
+        "num_stages_used": options["num_stages"],
+        "fits": shared <= SHARED_LIMIT,
+        **register_usage(compiled.asm["cubin"]),
+        "ptx_sha1": ptx_digest(compiled.asm["ptx"], desc["name"]),
+    }
 
 
 def main(argv=None) -> int:
@@ -163,14 +187,28 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET (the recording runs in a child process that sets it)")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    child = subprocess.run([sys.executable, "-m", "qdelta.harness.bench.compile_check", "--record", "--heads",
-                            *args.heads, "--dtype", args.dtype, "--variant", args.variant],
-                           capture_output=True, text=True, env=env)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qdelta.harness.bench.compile_check",
+            "--record",
+            "--heads",
+            *args.heads,
+            "--dtype",
+            args.dtype,
+            "--variant",
+            args.variant,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     lines = [ln for ln in child.stdout.splitlines() if ln.startswith("LAUNCHES ")]
     if child.returncode or not lines:
         raise SystemExit(f"recording the launches failed:\n{child.stderr[-3000:]}")
     ok = True
-    for heads, launches in json.loads(lines[-1][len("LAUNCHES "):]).items():
+    for heads, launches in json.loads(lines[-1][len("LAUNCHES ") :]).items():
         for desc in launches:
             row = {"heads": heads, "dtype": args.dtype, **compile_for_hopper(desc)}
             ok &= row["fits"]

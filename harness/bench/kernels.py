@@ -6,6 +6,7 @@ Times (median of ``triton.testing.do_bench``, bf16, 32,768 tokens a batch) our T
 and the recurrent decode step at 64 sequences with its effective state bandwidth next to a
 measured device-to-device copy bandwidth. Results go to ``results/bench/`` as JSON + markdown.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,11 +31,22 @@ DECODE_SEQUENCES = 64
 
 # DESIGN §5 anchors: the authors' chunk kernel (fwd, fwd+bwd ms), H200 and H100, torch 2.11, Triton 3.6.
 AUTHORS = {
-    "H200": {("340M", 2048): (0.76, 3.23), ("340M", 4096): (0.85, 3.41), ("340M", 8192): (1.06, 4.03),
-             ("340M", 16384): (1.56, 5.53), ("1.3B", 2048): (1.89, 10.98), ("1.3B", 4096): (1.90, 10.99),
-             ("1.3B", 8192): (2.13, 11.47), ("1.3B", 16384): (2.17, 12.76)},
-    "H100": {("340M", 2048): (1.11, 3.86), ("340M", 16384): (1.64, 6.05),
-             ("1.3B", 2048): (2.07, 11.92), ("1.3B", 16384): (2.36, 13.70)},
+    "H200": {
+        ("340M", 2048): (0.76, 3.23),
+        ("340M", 4096): (0.85, 3.41),
+        ("340M", 8192): (1.06, 4.03),
+        ("340M", 16384): (1.56, 5.53),
+        ("1.3B", 2048): (1.89, 10.98),
+        ("1.3B", 4096): (1.90, 10.99),
+        ("1.3B", 8192): (2.13, 11.47),
+        ("1.3B", 16384): (2.17, 12.76),
+    },
+    "H100": {
+        ("340M", 2048): (1.11, 3.86),
+        ("340M", 16384): (1.64, 6.05),
+        ("1.3B", 2048): (2.07, 11.92),
+        ("1.3B", 16384): (2.36, 13.70),
+    },
 }
 
 
@@ -85,6 +97,7 @@ class Report:
 
 def _bench(fn) -> float:
     import triton.testing
+
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
@@ -111,6 +124,7 @@ def _inputs(B, T, H, K, V, requires_grad=False, seed=0):
 
 def time_ours(B, T, H, K, V, variant="paper"):
     from qdelta.kernels import chunk_qdelta
+
     q, k, v, g, beta, lam = _inputs(B, T, H, K, V, requires_grad=True)
     do = torch.randn(B, T, H, V, device="cuda").bfloat16()
     with torch.no_grad():
@@ -119,6 +133,7 @@ def time_ours(B, T, H, K, V, variant="paper"):
     def fwdbwd():
         o, _ = chunk_qdelta(q, k, v, g, beta, lam, variant=variant)
         o.backward(do)
+
     return fwd, _bench(fwdbwd)
 
 
@@ -126,18 +141,20 @@ def batch_size(T: int) -> int:
     """Sequences a batch at length ``T`` (a batch is ``TOKENS`` tokens); an error naming the problem where
     ``T`` does not divide it (the benchmark, tune.py and profile.py take their lengths through this)."""
     if T <= 0 or TOKENS % T:
-        raise ValueError(f"a batch of {TOKENS} tokens does not split into sequences of {T}; "
-                         f"use a length that divides it, e.g. one of {', '.join(map(str, LENGTHS))}")
+        raise ValueError(
+            f"a batch of {TOKENS} tokens does not split into sequences of {T}; "
+            f"use a length that divides it, e.g. one of {', '.join(map(str, LENGTHS))}"
+        )
     return TOKENS // T
 
 
 def time_sdpa(config, T):
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     heads, dim = SDPA_HEADS[config]
     B = batch_size(T)
-    q, k, v = (torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     do = torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         with torch.no_grad():
@@ -170,8 +187,10 @@ def fla_backward_guard_lifted() -> Iterator[bool]:
 
     for name in ("IS_NVIDIA_HOPPER", "TRITON_ABOVE_3_4_0", "TRITON_ABOVE_3_7_1"):
         if not hasattr(chunk_o, name):
-            raise RuntimeError(f"fla.ops.common.chunk_o has no {name}: this fla version guards its backward "
-                               "differently; update fla_backward_guard_lifted in harness/bench/kernels.py")
+            raise RuntimeError(
+                f"fla.ops.common.chunk_o has no {name}: this fla version guards its backward "
+                "differently; update fla_backward_guard_lifted in harness/bench/kernels.py"
+            )
     saved = chunk_o.TRITON_ABOVE_3_7_1
     active = bool(chunk_o.IS_NVIDIA_HOPPER and chunk_o.TRITON_ABOVE_3_4_0 and not saved)
     chunk_o.TRITON_ABOVE_3_7_1 = True
@@ -186,6 +205,7 @@ def time_fla(B, T, H, K, V, report: Optional[Report] = None):
     The backward runs with fla's Hopper/Triton guard lifted; ``report.fla_note`` says so where
     the guard was active."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
     q, k, v, g, beta, _ = _inputs(B, T, H, K, V, requires_grad=True)
     do = torch.randn(B, T, H, V, device="cuda").bfloat16()
     with torch.no_grad():
@@ -201,20 +221,34 @@ def time_decode(config, variant, copy_gbps):
     from qdelta.kernels import OfficialState, fused_recurrent_qdelta
     from qdelta.kernels._inputs import prepare
     from qdelta.kernels.triton.fused_recurrent import build_launch
+
     H, K, V = HEAD_CONFIGS[config]
     N = DECODE_SEQUENCES
     q, k, v, g, beta, lam = _inputs(N, 1, H, K, V)
     state = torch.randn(N, H, K, V, device="cuda") * 0.1
     mats = 1
     if variant == "official":
-        state = OfficialState(state, state.clone(), torch.zeros_like(state),
-                              torch.zeros(N, dtype=torch.int64, device="cuda"))
+        state = OfficialState(
+            state, state.clone(), torch.zeros_like(state), torch.zeros(N, dtype=torch.int64, device="cuda")
+        )
         mats = 3
     with torch.no_grad():
-        us = 1e3 * _bench(lambda: fused_recurrent_qdelta(q, k, v, g, beta, lam, initial_state=state,
-                                                     inplace=True, variant=variant))
-        inp = prepare(q, k, v, g, beta, lam, scale=None, initial_state=state, use_qk_l2norm=False,
-                      cu_seqlens=None, variant=variant)
+        us = 1e3 * _bench(
+            lambda: fused_recurrent_qdelta(q, k, v, g, beta, lam, initial_state=state, inplace=True, variant=variant)
+        )
+        inp = prepare(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            lam,
+            scale=None,
+            initial_state=state,
+            use_qk_l2norm=False,
+            cu_seqlens=None,
+            variant=variant,
+        )
         launch, _ = build_launch(inp, output_final_state=False, inplace=True)
         kernel_us = 1e3 * _bench(launch)
     nbytes = 2 * mats * N * H * K * V * 4  # each fp32 state matrix read once and written once
@@ -255,6 +289,7 @@ def left_out(configs, lengths) -> List[str]:
 def resolved_launch_settings() -> Dict[str, Dict[str, Dict]]:
     """Every kernel's launch settings at both head configs, as this process would launch them."""
     from qdelta.kernels.triton import launch
+
     kernels = ("intra", "state", "output", "reverse", "intra_bwd", "kq_bwd", "recurrent")
     return {c: {k: launch.settings(k, K, V) for k in kernels} for c, (_, K, V) in HEAD_CONFIGS.items()}
 
@@ -265,12 +300,18 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
     if not torch.cuda.is_available():
         raise ValueError("qdelta bench kernels needs a CUDA GPU (none is visible); run it on the GPU machine")
     import triton
+
     name = torch.cuda.get_device_name()
-    report = Report(card=name, torch=torch.__version__, triton=triton.__version__,
-                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    fla=fla_version() or "not installed", copy_gbps=copy_bandwidth_gbps(),
-                    launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""),
-                    launch_settings=resolved_launch_settings())
+    report = Report(
+        card=name,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        fla=fla_version() or "not installed",
+        copy_gbps=copy_bandwidth_gbps(),
+        launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""),
+        launch_settings=resolved_launch_settings(),
+    )
     skipped = left_out(configs, lengths)
     if skipped:
         report.notes.append(NOT_RUN + ", ".join(skipped))
@@ -285,8 +326,9 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
             sdpa = _guarded(report, f"SDPA {config} T={T}", lambda: time_sdpa(config, T))
             row = Row(config, T, B, *ours, *sdpa)
             if report.fla != "not installed":
-                row.fla_fwd_ms, row.fla_fwdbwd_ms = _guarded(report, f"fla {config} T={T}",
-                                                             lambda: time_fla(B, T, H, K, V, report))
+                row.fla_fwd_ms, row.fla_fwdbwd_ms = _guarded(
+                    report, f"fla {config} T={T}", lambda: time_fla(B, T, H, K, V, report)
+                )
             log.info("%s", row)
             row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((config, T), (None, None))
             report.rows.append(row)
@@ -323,8 +365,10 @@ def merge_reports(reports: List[Report]) -> Report:
     for r in reports[1:]:
         for name in MERGE_MUST_MATCH:
             if getattr(r, name) != getattr(first, name):
-                raise ValueError(f"cannot merge runs with different {name}: {getattr(first, name)!r} vs "
-                                 f"{getattr(r, name)!r}; benchmark the missing shapes again under the same {name}")
+                raise ValueError(
+                    f"cannot merge runs with different {name}: {getattr(first, name)!r} vs "
+                    f"{getattr(r, name)!r}; benchmark the missing shapes again under the same {name}"
+                )
     rows, decode, copy_gbps = {}, {}, first.copy_gbps
     for r in reports:
         rows.update({(w.config, w.T): w for w in r.rows})
@@ -333,8 +377,12 @@ def merge_reports(reports: List[Report]) -> Report:
             copy_gbps = r.copy_gbps
     order = list(HEAD_CONFIGS)
     by_shape = lambda w: (order.index(w.config), w.T)  # noqa: E731  (table order)
-    merged = Report(**{n: getattr(first, n) for n in MERGE_MUST_MATCH}, date=reports[-1].date, copy_gbps=copy_gbps,
-                    fla_note=next((r.fla_note for r in reports if r.fla_note), None))
+    merged = Report(
+        **{n: getattr(first, n) for n in MERGE_MUST_MATCH},
+        date=reports[-1].date,
+        copy_gbps=copy_gbps,
+        fla_note=next((r.fla_note for r in reports if r.fla_note), None),
+    )
     merged.rows = sorted(rows.values(), key=by_shape)
     merged.decode = sorted(decode.values(), key=lambda d: (order.index(d.config), d.variant != "paper"))
     runs = [f"{r.date} ({', '.join(f'{w.config} T={w.T}' for w in sorted(r.rows, key=by_shape))})" for r in reports]
@@ -352,32 +400,44 @@ def _fmt(x, digits=2):
 
 
 def to_markdown(r: Report) -> str:
-    lines = [f"# Kernel benchmark ({r.card})", "",
-             f"torch {r.torch}, Triton {r.triton}, flash-linear-attention: {r.fla}, {r.date}. "
-             f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
-             "Ours = Triton forward and Triton backward (kernels/triton/NOTES.md; launch settings in launch.py). "
-             "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none)."
-             + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}."
-                if r.launch_overrides else ""),
-             "",
-             "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
-             "| authors fwd | authors fwd+bwd |", "|" + "---|" * 11]
+    lines = [
+        f"# Kernel benchmark ({r.card})",
+        "",
+        f"torch {r.torch}, Triton {r.triton}, flash-linear-attention: {r.fla}, {r.date}. "
+        f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
+        "Ours = Triton forward and Triton backward (kernels/triton/NOTES.md; launch settings in launch.py). "
+        "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none)."
+        + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}." if r.launch_overrides else ""),
+        "",
+        "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
+        "| authors fwd | authors fwd+bwd |",
+        "|" + "---|" * 11,
+    ]
     for w in r.rows:
-        lines.append(f"| {w.config} | {w.T} | {w.batch} | {_fmt(w.ours_fwd_ms)} | {_fmt(w.ours_fwdbwd_ms)} | "
-                     f"{_fmt(w.sdpa_fwd_ms)} | {_fmt(w.sdpa_fwdbwd_ms)} | "
-                     f"{_fmt(w.fla_fwd_ms) if r.fla != 'not installed' else 'not installed'} | "
-                     f"{_fmt(w.fla_fwdbwd_ms) if r.fla != 'not installed' else 'not installed'} | "
-                     f"{_fmt(w.authors_fwd_ms)} | {_fmt(w.authors_fwdbwd_ms)} |")
+        lines.append(
+            f"| {w.config} | {w.T} | {w.batch} | {_fmt(w.ours_fwd_ms)} | {_fmt(w.ours_fwdbwd_ms)} | "
+            f"{_fmt(w.sdpa_fwd_ms)} | {_fmt(w.sdpa_fwdbwd_ms)} | "
+            f"{_fmt(w.fla_fwd_ms) if r.fla != 'not installed' else 'not installed'} | "
+            f"{_fmt(w.fla_fwdbwd_ms) if r.fla != 'not installed' else 'not installed'} | "
+            f"{_fmt(w.authors_fwd_ms)} | {_fmt(w.authors_fwdbwd_ms)} |"
+        )
     if r.fla_note:
         lines += ["", r.fla_note + "."]
-    lines += ["", f"Decode step (one token, {DECODE_SEQUENCES} sequences, state updated in place); "
-              f"measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write).", "",
-              "GB/s and share of copy use the kernel time.", "",
-              "| heads | variant | call us | kernel us | state bytes | GB/s | of copy |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Decode step (one token, {DECODE_SEQUENCES} sequences, state updated in place); "
+        f"measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write).",
+        "",
+        "GB/s and share of copy use the kernel time.",
+        "",
+        "| heads | variant | call us | kernel us | state bytes | GB/s | of copy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for d in r.decode:
-        lines.append(f"| {d.config} | {d.variant} | {d.step_us:.1f} | {d.kernel_us:.1f} | {d.state_bytes} | "
-                     f"{d.gbps:.0f} | {100 * d.fraction_of_copy:.0f}% |")
+        lines.append(
+            f"| {d.config} | {d.variant} | {d.step_us:.1f} | {d.kernel_us:.1f} | {d.state_bytes} | "
+            f"{d.gbps:.0f} | {100 * d.fraction_of_copy:.0f}% |"
+        )
     lines += [""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
 

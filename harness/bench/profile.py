@@ -7,6 +7,7 @@
 Prints one table per (config, implementation): each kernel's CUDA time in one call (B x T = 32,768
 tokens, bf16), largest first, and the total. Needs a GPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(f"--T must divide the benchmark batch: {e}")
     from qdelta.kernels import chunk_qdelta
+
     for name in args.configs:
         H, K, V = HEAD_CONFIGS[name]
         q, k, v, g, beta, lam = _inputs(B, args.T, H, K, V, requires_grad=True)
@@ -51,6 +53,7 @@ def main(argv=None) -> int:
         print(kernel_table(lambda: chunk_qdelta(q, k, v, g, beta, lam)[0].backward(do)))
         if not args.no_fla and fla_version() is not None:
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
             print(f"== {name}: fla {fla_version()} chunk_gated_delta_rule fwd+bwd (backward guard lifted)")
             with fla_backward_guard_lifted():
                 print(kernel_table(lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0].backward(do)))

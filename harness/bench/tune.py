@@ -12,6 +12,7 @@ forward time, backward kernels by forward+backward, the decoding kernel ``recurr
 variant's kernel time, its pair reading (paper, official) in ms) and the chunk time with all the best ones together.
 The chosen values go into ``launch.py`` by hand, with the numbers in NOTES.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import torch
 from triton.testing import do_bench
 
 from qdelta.harness.bench.kernels import HEAD_CONFIGS, batch_size
-
 from qdelta.kernels.triton import launch
 
 TRIALS = {  # changes from the v10 defaults (launch.py); risky ones (faults, out of shared memory) last
@@ -32,8 +32,14 @@ TRIALS = {  # changes from the v10 defaults (launch.py); risky ones (faults, out
     "state": [{"FUSE_OUTPUT": True}, {"BV": 32}, {"num_stages": 3}, {"num_warps": 4}, {"num_warps": 8}],
     "output": [{"BK": 32}, {"BV": 64}, {"num_warps": 4}, {"num_stages": 3}],
     "reverse": [{"num_stages": 2}, {"num_warps": 4}, {"num_warps": 8}, {"BV": 128, "num_warps": 8}],
-    "intra_bwd": [{"SAVED_PAIRS": False}, {"BV": 32, "BK": 32}, {"BK": 32}, {"num_warps": 8}, {"BV": 32},
-                  {"num_stages": 1}],
+    "intra_bwd": [
+        {"SAVED_PAIRS": False},
+        {"BV": 32, "BK": 32},
+        {"BK": 32},
+        {"num_warps": 8},
+        {"BV": 32},
+        {"num_stages": 1},
+    ],
     "kq_bwd": [{"BK": 32}, {"num_warps": 8}, {"BV": 32}, {"LOWP": False}, {"BK": 32, "BV": 32, "LOWP": False}],
     # decoding: judged by the paper variant's kernel time (a 64-sequence step), official beside it; the
     # default V tile is 64 columns at K <= 128 and 32 above, so one of BV 32 / 64 repeats the baseline
@@ -45,22 +51,26 @@ FORWARD_KERNELS = ("intra", "state", "output", "recurrent")
 def _inputs(T, H, K, V, B):
     """The benchmark's inputs (``qdelta bench kernels``), leaves needing gradients, and an output gradient."""
     from qdelta.harness.bench.kernels import _inputs as bench_inputs
+
     leaves = bench_inputs(B, T, H, K, V, requires_grad=True)
     return leaves, torch.randn(B, T, H, V, device="cuda").bfloat16()
 
 
 def time_call(leaves, do):
     from qdelta.kernels import chunk_qdelta
+
     with torch.no_grad():
         fwd = do_bench(lambda: chunk_qdelta(*leaves), warmup=25, rep=100, return_mode="median")
-    fwdbwd = do_bench(lambda: chunk_qdelta(*leaves)[0].backward(do), warmup=25, rep=100, return_mode="median",
-                      grad_to_none=leaves)
+    fwdbwd = do_bench(
+        lambda: chunk_qdelta(*leaves)[0].backward(do), warmup=25, rep=100, return_mode="median", grad_to_none=leaves
+    )
     return fwd, fwdbwd
 
 
 def time_decode(name):
     """Kernel time (ms) of one decoding step of 64 sequences: paper, official."""
     from qdelta.harness.bench.kernels import time_decode as bench_decode
+
     return tuple(bench_decode(name, variant, 1.0).kernel_us / 1e3 for variant in ("paper", "official"))
 
 
@@ -91,7 +101,7 @@ def run_group(name: str, kernel: str) -> dict:
     ok = [r for r in runs if not isinstance(r, str)]
     base = (min(r[0] for r in ok), min(r[1] for r in ok)) if ok else runs[0]
     rows = []
-    for o in ([] if isinstance(base, str) else TRIALS.get(kernel, [])):
+    for o in [] if isinstance(base, str) else TRIALS.get(kernel, []):
         res = trial(leaves, do, {kernel: o}, decode)
         rows.append({"overrides": o, "result": res})
         if isinstance(res, str) and "illegal" in res:
@@ -115,13 +125,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(HEAD_CONFIGS))
     parser.add_argument("--kernels", nargs="+", default=list(TRIALS))
-    parser.add_argument("--trials", default=None,
-                        help='JSON {kernel: [overrides, ...]} replacing the built-in trials of those kernels')
+    parser.add_argument(
+        "--trials", default=None, help="JSON {kernel: [overrides, ...]} replacing the built-in trials of those kernels"
+    )
     parser.add_argument("--T", type=int, default=2048, help="sequence length; must divide 32,768 tokens")
     parser.add_argument("--repeat", type=int, default=1, help="time each trial this many times, keep the best")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--best-json", default=None,
-                        help="write the starting settings with the last config's best changes here (JSON)")
+    parser.add_argument(
+        "--best-json", default=None, help="write the starting settings with the last config's best changes here (JSON)"
+    )
     parser.add_argument("--group", nargs=2, metavar=("CONFIG", "KERNEL"), help=argparse.SUPPRESS)
     parser.add_argument("--combined", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -145,8 +157,7 @@ def main(argv=None) -> int:
             result = run_group(name, kernel)
         print("GROUP " + json.dumps(result), flush=True)
         return 0
-    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "T": T_LEN, "base": BASE,
-              "results": {}}
+    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "T": T_LEN, "base": BASE, "results": {}}
 
     def child(name, kernel, combined=None):
         cmd = [sys.executable, "-m", "qdelta.harness.bench.tune", "--group", name, kernel]

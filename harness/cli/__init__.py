@@ -10,6 +10,7 @@ Modules are found by name, so adding a subcommand means adding one file. A subco
 forwards unknown options (``qdelta eval`` passes them to lm-eval) calls
 ``parser.set_defaults(_accepts_extra=True)``; it finds them in ``args.extra``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ import logging
 import pkgutil
 import sys
 from typing import List, Optional
-
 
 
 def _subcommands():
@@ -31,14 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qdelta",
         description="Q-Delta: exact ops, models and a long-context recall evaluation harness.",
         epilog="examples:\n  qdelta eval                 # shipped checkpoints on the offline recall suite\n"
-               "  qdelta eval --help",
+        "  qdelta eval --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _subcommands():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=module.HELP, description=module.HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.command is None:
         parser.print_help()
         return 2
@@ -60,4 +62,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"qdelta {args.command}: error: {err}", file=sys.stderr)
         return 2
-

@@ -7,6 +7,7 @@ Every lm-eval ``run`` option is accepted (``--model``, ``--model_args``, ``--tas
 ``lm_eval.simple_evaluate`` on its own (seeded the same way every time) and is written to the run
 record as soon as it finishes, so an interrupted run resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,21 @@ log = logging.getLogger(__name__)
 HELP = "evaluate with lm-eval (model `qdelta`, tasks qd_*) into run records; no arguments: the README main job"
 MAIN_JOB_GROUP = "qd_recall_quick"
 MAIN_JOB_BATCH = "32"
-RUN_ID_KEYS = ("model", "model_args", "tasks", "limit", "samples", "num_fewshot", "gen_kwargs", "seed",
-               "metadata", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "predict_only")
+RUN_ID_KEYS = (
+    "model",
+    "model_args",
+    "tasks",
+    "limit",
+    "samples",
+    "num_fewshot",
+    "gen_kwargs",
+    "seed",
+    "metadata",
+    "apply_chat_template",
+    "fewshot_as_multiturn",
+    "system_instruction",
+    "predict_only",
+)
 
 EPILOG = """lm-eval options: every `lm-eval run` option is accepted (see `lm-eval run --help`).
 
@@ -42,11 +56,19 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="results/runs", help="run records root (default: results/runs)")
-    parser.add_argument("--leaderboard-dir", default="results/leaderboards",
-                        help="where the leaderboard is rebuilt after the run (default: results/leaderboards)")
-    parser.add_argument("--checkpoints-dir", default="results/checkpoints",
-                        help="checkpoints evaluated by the no-argument main job (default: results/checkpoints)")
-    parser.add_argument("--run-id", default=None, help="name of the run folder (default: <model>-<hash of the command>)")
+    parser.add_argument(
+        "--leaderboard-dir",
+        default="results/leaderboards",
+        help="where the leaderboard is rebuilt after the run (default: results/leaderboards)",
+    )
+    parser.add_argument(
+        "--checkpoints-dir",
+        default="results/checkpoints",
+        help="checkpoints evaluated by the no-argument main job (default: results/checkpoints)",
+    )
+    parser.add_argument(
+        "--run-id", default=None, help="name of the run folder (default: <model>-<hash of the command>)"
+    )
     parser.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     parser.epilog = EPILOG
     parser.set_defaults(_accepts_extra=True)
@@ -90,8 +112,9 @@ def make_run_id(cfg) -> str:
     from qdelta.harness.eval.records import weights_hash
 
     fields = {key: getattr(cfg, key, None) for key in RUN_ID_KEYS}
-    fields["model_args"] = {k: v for k, v in sorted((cfg.model_args or {}).items())
-                            if k not in ("batch_size", "device", "max_batch_size")}
+    fields["model_args"] = {
+        k: v for k, v in sorted((cfg.model_args or {}).items()) if k not in ("batch_size", "device", "max_batch_size")
+    }
     pretrained = (cfg.model_args or {}).get("pretrained")
     fields["weights_sha256"] = weights_hash(pretrained)
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -108,6 +131,7 @@ def _register_plugins():
 def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: dict):
     """A TaskManager (ours alone when that suffices: indexing lm-eval's 14k tasks takes ~15 s) and the names."""
     from lm_eval.tasks import TaskManager
+
     from qdelta.tasks import TASKS_DIR
 
     paths = [str(TASKS_DIR)] + ([include_path] if include_path else [])
@@ -120,11 +144,13 @@ def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: d
         manager = TaskManager(include_path=paths, include_defaults=True, metadata=metadata)
     missing = missing_in(manager)
     if missing:
-        raise ValueError(f"unknown task(s): {', '.join(missing)}; list ours with `qdelta tasks list` and lm-eval's with "
-                         "`lm-eval ls tasks`, or add --include_path DIR for your own YAML")
+        raise ValueError(
+            f"unknown task(s): {', '.join(missing)}; list ours with `qdelta tasks list` and lm-eval's with "
+            "`lm-eval ls tasks`, or add --include_path DIR for your own YAML"
+        )
     names = []
     for t in requested:
-        for name in ([t] if Path(t).is_file() else manager.match_tasks([t])):
+        for name in [t] if Path(t).is_file() else manager.match_tasks([t]):
             if name not in names:
                 names.append(name)
     return manager, names
@@ -133,13 +159,16 @@ def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: d
 def check_model(cfg):
     """The registered model class; for ``qdelta`` also checks the checkpoint folder (cheap, no loading)."""
     from lm_eval.api.registry import get_model
+
     from qdelta.harness.eval.adapter import check_checkpoint
 
     try:
         model_class = get_model(cfg.model)
     except ValueError:
-        raise ValueError(f"unknown --model {cfg.model!r}; use qdelta (our checkpoints), hf, qd_oracle, qd_random "
-                         "or a name from lm-eval's models") from None
+        raise ValueError(
+            f"unknown --model {cfg.model!r}; use qdelta (our checkpoints), hf, qd_oracle, qd_random "
+            "or a name from lm-eval's models"
+        ) from None
     if cfg.model == "qdelta":
         if "pretrained" not in (cfg.model_args or {}):
             raise ValueError("--model qdelta needs --model_args pretrained=PATH (a folder under results/checkpoints/)")
@@ -151,9 +180,12 @@ def build_model(cfg, model_class):
     """The lm-eval model, built exactly as ``simple_evaluate`` would build it from the CLI."""
     try:
         return model_class.create_from_arg_obj(
-            cfg.model_args, {"batch_size": cfg.batch_size, "max_batch_size": cfg.max_batch_size, "device": cfg.device})
+            cfg.model_args, {"batch_size": cfg.batch_size, "max_batch_size": cfg.max_batch_size, "device": cfg.device}
+        )
     except (ValueError, TypeError, OSError, KeyError) as err:
-        raise ValueError(f"could not build --model {cfg.model} from --model_args {cfg.model_args}: {_one_line(err)}") from None
+        raise ValueError(
+            f"could not build --model {cfg.model} from --model_args {cfg.model_args}: {_one_line(err)}"
+        ) from None
 
 
 @contextmanager
@@ -175,6 +207,7 @@ def env_info_once():
 def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> dict:
     """Evaluate one model on its tasks into ``runs_dir/<run-id>``; returns {'run_id', 'failed', 'merged'}."""
     from lm_eval import simple_evaluate
+
     from qdelta.harness.eval import records
 
     pretrained = (cfg.model_args or {}).get("pretrained")
@@ -201,14 +234,26 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
         return {"run_id": run_id, "failed": [], "merged": merged, "writer": writer, "path": record.path}
     if writer:
         header = {
-            "command": command, "model": cfg.model, "model_args": cfg.model_args, "model_label": run_id.rsplit("-", 1)[0],
+            "command": command,
+            "model": cfg.model,
+            "model_args": cfg.model_args,
+            "model_label": run_id.rsplit("-", 1)[0],
             "pretrained": str(pretrained) if pretrained else None,
-            "weights_sha256": records.weights_hash(pretrained), "model_info": _model_info(lm),
-            "tasks_requested": list(cfg.tasks), "tasks": {}, "group_map": loaded.get("group_map", {}),
-            "limit": cfg.limit, "num_fewshot": cfg.num_fewshot, "gen_kwargs": cfg.gen_kwargs, "metadata": metadata,
-            "seed": seeds, "git_commit": records.git_commit(Path(__file__).resolve().parent),
-            "packages": records.package_versions(), "device": records.device_description(lm.device),
-            "world_size": lm.world_size, "batch_size": cfg.batch_size,
+            "weights_sha256": records.weights_hash(pretrained),
+            "model_info": _model_info(lm),
+            "tasks_requested": list(cfg.tasks),
+            "tasks": {},
+            "group_map": loaded.get("group_map", {}),
+            "limit": cfg.limit,
+            "num_fewshot": cfg.num_fewshot,
+            "gen_kwargs": cfg.gen_kwargs,
+            "metadata": metadata,
+            "seed": seeds,
+            "git_commit": records.git_commit(Path(__file__).resolve().parent),
+            "packages": records.package_versions(),
+            "device": records.device_description(lm.device),
+            "world_size": lm.world_size,
+            "batch_size": cfg.batch_size,
         }
         record.start(header)
     failed = []
@@ -227,15 +272,32 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
             started = time.time()
             try:
                 result = simple_evaluate(
-                    model=lm, tasks=[task], task_manager=manager, num_fewshot=cfg.num_fewshot,
-                    batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, device=cfg.device,
-                    use_cache=cfg.use_cache, limit=cfg.limit, samples=cfg.samples, check_integrity=cfg.check_integrity,
-                    write_out=cfg.write_out, log_samples=True, system_instruction=cfg.system_instruction,
-                    apply_chat_template=cfg.apply_chat_template, fewshot_as_multiturn=bool(cfg.fewshot_as_multiturn),
-                    gen_kwargs=cfg.gen_kwargs or None, predict_only=cfg.predict_only, random_seed=seeds[0],
-                    numpy_random_seed=seeds[1], torch_random_seed=seeds[2], fewshot_random_seed=seeds[3],
-                    confirm_run_unsafe_code=cfg.confirm_run_unsafe_code, metadata=metadata,
-                    evaluation_tracker=tracker)
+                    model=lm,
+                    tasks=[task],
+                    task_manager=manager,
+                    num_fewshot=cfg.num_fewshot,
+                    batch_size=cfg.batch_size,
+                    max_batch_size=cfg.max_batch_size,
+                    device=cfg.device,
+                    use_cache=cfg.use_cache,
+                    limit=cfg.limit,
+                    samples=cfg.samples,
+                    check_integrity=cfg.check_integrity,
+                    write_out=cfg.write_out,
+                    log_samples=True,
+                    system_instruction=cfg.system_instruction,
+                    apply_chat_template=cfg.apply_chat_template,
+                    fewshot_as_multiturn=bool(cfg.fewshot_as_multiturn),
+                    gen_kwargs=cfg.gen_kwargs or None,
+                    predict_only=cfg.predict_only,
+                    random_seed=seeds[0],
+                    numpy_random_seed=seeds[1],
+                    torch_random_seed=seeds[2],
+                    fewshot_random_seed=seeds[3],
+                    confirm_run_unsafe_code=cfg.confirm_run_unsafe_code,
+                    metadata=metadata,
+                    evaluation_tracker=tracker,
+                )
             except Exception as err:  # a failed task must not lose the others
                 log.error("%s: task %s failed: %s: %s", run_id, name, type(err).__name__, _one_line(err))
                 failed.append(name)
@@ -250,12 +312,22 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
                 tracker.save_results_aggregated(results=result, samples={name: samples} if cfg.log_samples else None)
                 if cfg.log_samples:
                     tracker.save_results_samples(task_name=name, samples=samples)
-            entry = {"version": result.get("versions", {}).get(name), "n_samples": len(samples),
-                     "data_sha256": next((s["doc"].get("data_hash") for s in samples
-                                          if isinstance(s.get("doc"), dict) and s["doc"].get("data_hash")), None),
-                     "evaluated_docs_sha256": records.data_hash(s.get("doc") for s in samples),
-                     "metrics": result.get("results", {}).get(name, {}), "seconds": round(time.time() - started, 3),
-                     "when": records.now()}
+            entry = {
+                "version": result.get("versions", {}).get(name),
+                "n_samples": len(samples),
+                "data_sha256": next(
+                    (
+                        s["doc"].get("data_hash")
+                        for s in samples
+                        if isinstance(s.get("doc"), dict) and s["doc"].get("data_hash")
+                    ),
+                    None,
+                ),
+                "evaluated_docs_sha256": records.data_hash(s.get("doc") for s in samples),
+                "metrics": result.get("results", {}).get(name, {}),
+                "seconds": round(time.time() - started, 3),
+                "when": records.now(),
+            }
             if hasattr(lm, "take_stats"):
                 entry["adapter"] = lm.take_stats()
             record.write_task(name, result, samples, entry)
@@ -274,10 +346,25 @@ def _model_info(lm) -> dict:
 def main_job_argv(checkpoints_dir: Path) -> List[List[str]]:
     folders = sorted(p for p in Path(checkpoints_dir).glob("*") if (p / "config.json").is_file())
     if not folders:
-        raise ValueError(f"no checkpoints under {checkpoints_dir}/; train one with `qdelta train` or pass "
-                         "--model qdelta --model_args pretrained=PATH --tasks TASKS")
-    return [["--model", "qdelta", "--model_args", f"pretrained={p}", "--tasks", MAIN_JOB_GROUP,
-             "--batch_size", MAIN_JOB_BATCH, "--device", "cpu"] for p in folders]
+        raise ValueError(
+            f"no checkpoints under {checkpoints_dir}/; train one with `qdelta train` or pass "
+            "--model qdelta --model_args pretrained=PATH --tasks TASKS"
+        )
+    return [
+        [
+            "--model",
+            "qdelta",
+            "--model_args",
+            f"pretrained={p}",
+            "--tasks",
+            MAIN_JOB_GROUP,
+            "--batch_size",
+            MAIN_JOB_BATCH,
+            "--device",
+            "cpu",
+        ]
+        for p in folders
+    ]
 
 
 def run(args) -> int:
@@ -311,7 +398,10 @@ def run(args) -> int:
         print("leaderboard files: " + ", ".join(str(p) for p in written))
     failed = [f"{o['run_id']}:{t}" for o in outcomes for t in o["failed"]]
     if failed:
-        print(f"qdelta eval: {len(failed)} task(s) failed ({', '.join(failed)}); the others are recorded. "
-              "Re-run the same command to retry them.", file=sys.stderr)
+        print(
+            f"qdelta eval: {len(failed)} task(s) failed ({', '.join(failed)}); the others are recorded. "
+            "Re-run the same command to retry them.",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -1,4 +1,5 @@
 """``qdelta leaderboard``: rebuild the leaderboard files from the run records and print the table."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,9 @@ EPILOG = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="results/runs", help="run records root (default: results/runs)")
-    parser.add_argument("--out-dir", default="results/leaderboards", help="output folder (default: results/leaderboards)")
+    parser.add_argument(
+        "--out-dir", default="results/leaderboards", help="output folder (default: results/leaderboards)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.epilog = EPILOG
 

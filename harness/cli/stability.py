@@ -1,4 +1,5 @@
 """``qdelta stability CHECKPOINT``: per layer and head, beta*a, rho, lam and state-norm growth."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer path for --text (default: the checkpoint folder)")
     parser.add_argument("--length", type=int, default=2048, help="tokens to run (default 2048)")
     parser.add_argument("--kv-pairs", type=int, default=None, help="MQAR key-value pairs (default length // 8)")
-    parser.add_argument("--piece", type=int, default=256, help="tokens per cached call; state norms are read "
-                        "between pieces (default 256)")
+    parser.add_argument(
+        "--piece",
+        type=int,
+        default=256,
+        help="tokens per cached call; state norms are read between pieces (default 256)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random / MQAR input (default 0)")
     parser.add_argument("--variant", choices=("paper", "official"), help="override a Q-Delta checkpoint's variant")
     parser.add_argument("--device", default="cpu", help="device (default cpu)")
@@ -56,8 +61,10 @@ def _input_ids(args, model):
             raise ValueError(f"cannot load a tokenizer from {source!r} ({err}); pass --tokenizer PATH") from err
         ids = tokenizer(path.read_text(), return_tensors="pt")["input_ids"][:, : args.length]
         if int(ids.max()) >= vocab:
-            raise ValueError(f"the tokenizer produced ids up to {int(ids.max())} but the model's vocab_size is "
-                             f"{vocab}; pass the checkpoint's own tokenizer with --tokenizer")
+            raise ValueError(
+                f"the tokenizer produced ids up to {int(ids.max())} but the model's vocab_size is "
+                f"{vocab}; pass the checkpoint's own tokenizer with --tokenizer"
+            )
         return ids
     if args.mqar:
         from qdelta.tasks.mqar import make_mqar

@@ -1,4 +1,5 @@
 """``qdelta tasks``: list the shipped tasks and groups, or check a task YAML before a run."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     sub = parser.add_subparsers(dest="tasks_command", metavar="ACTION")
     p_list = sub.add_parser("list", help="list tasks and groups (name, kind, output type, file)")
-    p_list.add_argument("--include_path", "--include-path", action="append", default=[], metavar="DIR",
-                        help="also list the YAML files under DIR (repeatable)")
+    p_list.add_argument(
+        "--include_path",
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also list the YAML files under DIR (repeatable)",
+    )
     p_val = sub.add_parser("validate", help="check task YAML files: fields, types, impossible combinations")
     p_val.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
@@ -76,8 +83,10 @@ def run(args) -> int:
         width = max((len(r[0]) for r in rows), default=4)
         for name, kind, note, path in rows:
             print(f"{name:<{width}}  {kind:<5}  {note}")
-        print("\nThe qd_ recall tasks run offline. lm-eval's built-in tasks in qd_lm (wikitext, lambada_openai, "
-              "piqa, ...) download their data from the Hugging Face hub: offline they need a filled cache.")
+        print(
+            "\nThe qd_ recall tasks run offline. lm-eval's built-in tasks in qd_lm (wikitext, lambada_openai, "
+            "piqa, ...) download their data from the Hugging Face hub: offline they need a filled cache."
+        )
         return 0
     print("usage: qdelta tasks {list,validate} ...  (qdelta tasks --help)")
     return 2

@@ -1,4 +1,5 @@
 """``qdelta train``: train a model from a YAML config (see :mod:`qdelta.harness.train.config`)."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,22 @@ A list of learning rates (optim.lr: [1e-3, 3e-3]) trains each and reports the be
 def add_arguments(parser) -> None:
     parser.epilog = EXAMPLES
     parser.add_argument("--config", required=True, metavar="FILE.yaml", help="training config (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. optim.lr=3e-3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. optim.lr=3e-3 (repeatable)",
+    )
     parser.add_argument("--output-dir", default=None, help="where to write (overrides output_dir)")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    from qdelta.harness.train.loop import train
     from qdelta.harness.train.config import load_config
+    from qdelta.harness.train.loop import train
 
     overrides = list(args.overrides)
     if args.output_dir:

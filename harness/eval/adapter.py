@@ -22,6 +22,7 @@
 Data parallel: launched with ``accelerate launch`` (WORLD_SIZE > 1) each process takes its
 shard of every task through lm-eval's rank/world_size mechanism.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-
 import lm_eval.models  # noqa: F401  (registers the built-in models first: `hf` etc. stay available)
+import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
@@ -46,8 +46,15 @@ log = logging.getLogger(__name__)
 
 QDELTA_MODEL_TYPES = ("qdelta", "gated_deltanet", "delta_net", "linear_attn", "transformer")
 OVERFLOW_POLICIES = ("error", "count")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-           "float64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def parse_bool(name: str, value) -> bool:
@@ -71,8 +78,9 @@ def parse_batch_size(batch_size, max_batch_size=None) -> int:
     try:
         size = int(text)
     except ValueError:
-        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}; "
-                         "e.g. --batch_size 16") from None
+        raise ValueError(
+            f"batch_size must be a positive integer or 'auto', got {batch_size!r}; e.g. --batch_size 16"
+        ) from None
     if size < 1:
         raise ValueError(f"batch_size must be >= 1, got {size}; e.g. --batch_size 16")
     return size
@@ -90,8 +98,9 @@ def resolve_device(device: Optional[str]) -> torch.device:
         log.warning("device=%s requested but CUDA is not available: falling back to the CPU", device)
         return torch.device("cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                         "pass --device cuda:0")
+        raise ValueError(
+            f"device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; pass --device cuda:0"
+        )
     return dev
 
 
@@ -102,15 +111,16 @@ def parse_dtype(dtype) -> Optional[torch.dtype]:
     if text == "auto":
         return None
     if text not in _DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}; "
-                         "e.g. dtype=float32")
+        raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}; e.g. dtype=float32")
     return _DTYPES[text]
 
 
 def check_checkpoint(path) -> dict:
     """The checkpoint's config.json, after checking it is one of our model types."""
     folder = Path(str(path))
-    fix = "pass a checkpoint folder holding config.json and model.safetensors, e.g. pretrained=results/checkpoints/<name>"
+    fix = (
+        "pass a checkpoint folder holding config.json and model.safetensors, e.g. pretrained=results/checkpoints/<name>"
+    )
     if not folder.is_dir():
         raise ValueError(f"pretrained={path!r}: no such folder; {fix}")
     config_file = folder / "config.json"
@@ -119,8 +129,10 @@ def check_checkpoint(path) -> dict:
     config = json.loads(config_file.read_text())
     model_type = config.get("model_type")
     if model_type not in QDELTA_MODEL_TYPES:
-        raise ValueError(f"pretrained={path!r} is a {model_type!r} checkpoint, not one of qdelta's model types "
-                         f"({', '.join(QDELTA_MODEL_TYPES)}); evaluate it with --model hf --model_args pretrained={path}")
+        raise ValueError(
+            f"pretrained={path!r} is a {model_type!r} checkpoint, not one of qdelta's model types "
+            f"({', '.join(QDELTA_MODEL_TYPES)}); evaluate it with --model hf --model_args pretrained={path}"
+        )
     return config
 
 
@@ -135,8 +147,10 @@ def _load_tokenizer(tokenizer, pretrained):
     try:
         return AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as err:
-        raise ValueError(f"could not load a tokenizer from {str(source)!r} ({type(err).__name__}); "
-                         "pass tokenizer=<folder with tokenizer.json> in --model_args") from None
+        raise ValueError(
+            f"could not load a tokenizer from {str(source)!r} ({type(err).__name__}); "
+            "pass tokenizer=<folder with tokenizer.json> in --model_args"
+        ) from None
 
 
 def _cache_floats(cache) -> int:
@@ -179,16 +193,34 @@ def align_metric_keys(per_rank: list) -> list:
 class QDeltaLM(TemplateLM):
     """lm-eval model for our checkpoints; see the module docstring for its arguments."""
 
-    def __init__(self, pretrained, tokenizer=None, device=None, dtype=None, batch_size=1, max_batch_size=None,
-                 variant=None, prefix_reuse=True, prefix_min_fraction=0.5, on_overflow="error",
-                 max_gen_toks=256, add_bos_token=False, trust_remote_code=None, **unknown):
+    def __init__(
+        self,
+        pretrained,
+        tokenizer=None,
+        device=None,
+        dtype=None,
+        batch_size=1,
+        max_batch_size=None,
+        variant=None,
+        prefix_reuse=True,
+        prefix_min_fraction=0.5,
+        on_overflow="error",
+        max_gen_toks=256,
+        add_bos_token=False,
+        trust_remote_code=None,
+        **unknown,
+    ):
         super().__init__()
         if unknown:
-            raise ValueError(f"unknown --model_args for model qdelta: {', '.join(sorted(unknown))}; accepted: "
-                             "pretrained, tokenizer, device, dtype, batch_size, max_batch_size, variant, "
-                             "prefix_reuse, prefix_min_fraction, on_overflow, max_gen_toks, add_bos_token")
+            raise ValueError(
+                f"unknown --model_args for model qdelta: {', '.join(sorted(unknown))}; accepted: "
+                "pretrained, tokenizer, device, dtype, batch_size, max_batch_size, variant, "
+                "prefix_reuse, prefix_min_fraction, on_overflow, max_gen_toks, add_bos_token"
+            )
         if on_overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}; e.g. on_overflow=count")
+            raise ValueError(
+                f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}; e.g. on_overflow=count"
+            )
         self.batch_size_per_gpu = parse_batch_size(batch_size, max_batch_size)
         self.prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
         self.prefix_min_fraction = float(prefix_min_fraction)
@@ -204,13 +236,20 @@ class QDeltaLM(TemplateLM):
 
             self.accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
             if self.accelerator.num_processes == 1:
-                raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up one process (no GPU "
-                                 "per process?); on CPUs set ACCELERATE_USE_CPU=true, on GPUs launch with "
-                                 "`accelerate launch --multi_gpu --num_processes N`")
+                raise ValueError(
+                    f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up one process (no GPU "
+                    "per process?); on CPUs set ACCELERATE_USE_CPU=true, on GPUs launch with "
+                    "`accelerate launch --multi_gpu --num_processes N`"
+                )
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
             self._device = self.accelerator.device
-            log.info("data parallel: rank %d of %d on %s (device=%s ignored)", self._rank, self._world_size,
-                     self._device, device)
+            log.info(
+                "data parallel: rank %d of %d on %s (device=%s ignored)",
+                self._rank,
+                self._world_size,
+                self._device,
+                device,
+            )
         else:
             self._device = resolve_device(device)
 
@@ -218,18 +257,24 @@ class QDeltaLM(TemplateLM):
             check_checkpoint(pretrained)
             import qdelta
 
-            self.model = qdelta.load_model(str(pretrained), device=str(self._device), dtype=torch_dtype, variant=variant)
+            self.model = qdelta.load_model(
+                str(pretrained), device=str(self._device), dtype=torch_dtype, variant=variant
+            )
             self.pretrained = str(pretrained)
         elif isinstance(pretrained, torch.nn.Module):
-            self.model = pretrained.to(self._device) if torch_dtype is None else pretrained.to(self._device, torch_dtype)
+            self.model = (
+                pretrained.to(self._device) if torch_dtype is None else pretrained.to(self._device, torch_dtype)
+            )
             self.pretrained = None
         else:
             raise TypeError(f"pretrained must be a checkpoint folder or a torch model, got {type(pretrained).__name__}")
         self.model.eval()
         self.tokenizer = _load_tokenizer(tokenizer, pretrained)
         if self.tokenizer.eos_token_id is None and self.tokenizer.bos_token_id is None:
-            log.warning("the tokenizer has no eos/bos token: empty contexts are prefixed with token 0 and "
-                        "generation stops only at the task's stop strings or its token budget")
+            log.warning(
+                "the tokenizer has no eos/bos token: empty contexts are prefixed with token 0 and "
+                "generation stops only at the task's stop strings or its token budget"
+            )
         self.stats = ReuseStats()
         self.events: Dict[str, int] = defaultdict(int)
         self._uses_qdelta_cache: Optional[bool] = None
@@ -315,9 +360,11 @@ class QDeltaLM(TemplateLM):
         if limit is None or n_tokens <= limit:
             return False
         if self.on_overflow == "error":
-            raise ValueError(f"a {what} request needs {n_tokens} tokens but the model's max_sequence_length is "
-                             f"{limit}; evaluate shorter task settings, or pass on_overflow=count in --model_args "
-                             "to score such requests as wrong and count them")
+            raise ValueError(
+                f"a {what} request needs {n_tokens} tokens but the model's max_sequence_length is "
+                f"{limit}; evaluate shorter task settings, or pass on_overflow=count in --model_args "
+                "to score such requests as wrong and count them"
+            )
         self.events[f"{what}_over_max_length"] += 1
         return True
 
@@ -330,9 +377,17 @@ class QDeltaLM(TemplateLM):
             else:
                 keep.append(i)
         items = [(requests[i][1], requests[i][2]) for i in keep]
-        scored = score_requests(self._forward, items, self.batch_size, self.prefix_token_id, self._device,
-                                self.prefix_reuse, self.prefix_min_fraction, self.stats,
-                                forward_masked=self._tree_forward() if self.prefix_reuse else None)
+        scored = score_requests(
+            self._forward,
+            items,
+            self.batch_size,
+            self.prefix_token_id,
+            self._device,
+            self.prefix_reuse,
+            self.prefix_min_fraction,
+            self.stats,
+            forward_masked=self._tree_forward() if self.prefix_reuse else None,
+        )
         for i, answer in zip(keep, scored):
             results[i] = answer
         for (request_str, _, _), answer in zip(requests, results):
@@ -350,8 +405,15 @@ class QDeltaLM(TemplateLM):
             for window in get_rolling_token_windows(tokens, self.prefix_token_id, max_len, 1):
                 windows.append(make_disjoint_window(window))
                 owner.append(r)
-        scored = score_requests(self._forward, windows, self.batch_size, self.prefix_token_id, self._device,
-                                prefix_reuse=False, stats=self.stats)
+        scored = score_requests(
+            self._forward,
+            windows,
+            self.batch_size,
+            self.prefix_token_id,
+            self._device,
+            prefix_reuse=False,
+            stats=self.stats,
+        )
         totals = [0.0] * len(requests)
         for r, (logprob, _) in zip(owner, scored):
             totals[r] += logprob
@@ -374,8 +436,10 @@ class QDeltaLM(TemplateLM):
         for (_, length), members in buckets.items():
             kwargs = normalize_gen_kwargs(requests[members[0]].args[1], self.max_gen_toks)
             if kwargs.get("do_sample"):
-                raise ValueError("qdelta generates greedily; the task asks do_sample=True: pass "
-                                 "--gen_kwargs do_sample=False (or temperature=0)")
+                raise ValueError(
+                    "qdelta generates greedily; the task asks do_sample=True: pass "
+                    "--gen_kwargs do_sample=False (or temperature=0)"
+                )
             eos = self.eot_token_id
             eos_text = None if eos is None else self.tokenizer.decode([eos], skip_special_tokens=False)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
@@ -388,7 +452,9 @@ class QDeltaLM(TemplateLM):
                 budget = self.max_length - length
                 self.events["generation_capped_at_max_length"] += len(members)
             if self.prefix_reuse:
-                groups = [g.members for g in plan_prefix_groups([encoded[i] for i in members], self.prefix_min_fraction)]
+                groups = [
+                    g.members for g in plan_prefix_groups([encoded[i] for i in members], self.prefix_min_fraction)
+                ]
                 shared = [[members[j] for j in g] for g in groups if len(g) > 1]
                 singles = [[members[g[0]] for g in groups if len(g) == 1]]
             else:
@@ -463,11 +529,15 @@ class QDeltaLM(TemplateLM):
 
     def get_model_info(self) -> dict:
         config = self.model.config
-        return {"model_type": getattr(config, "model_type", type(self.model).__name__),
-                "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
-                "model_dtype": str(next(self.model.parameters()).dtype),
-                "pretrained": self.pretrained, "prefix_reuse": self.prefix_reuse,
-                "on_overflow": self.on_overflow, "max_sequence_length": self.max_length}
+        return {
+            "model_type": getattr(config, "model_type", type(self.model).__name__),
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(next(self.model.parameters()).dtype),
+            "pretrained": self.pretrained,
+            "prefix_reuse": self.prefix_reuse,
+            "on_overflow": self.on_overflow,
+            "max_sequence_length": self.max_length,
+        }
 
 
 if "qdelta" not in model_registry:

@@ -13,6 +13,7 @@ Outputs under the leaderboard folder:
 Slices come from the per-sample records: every document field named in ``SLICE_FIELDS`` groups
 the samples, and the sample's value of the task's primary metric is averaged per group.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,12 @@ from .reported import reported_markdown, reported_rows
 
 log = logging.getLogger(__name__)
 
-SLICE_FIELDS = {"seq_len": "sequence length", "num_kv_pairs": "number of key-value pairs",
-                "depth": "needle depth", "context_length": "context length"}
+SLICE_FIELDS = {
+    "seq_len": "sequence length",
+    "num_kv_pairs": "number of key-value pairs",
+    "depth": "needle depth",
+    "context_length": "context length",
+}
 PLOTS = {"seq_len": "acc_vs_seq_len.png", "num_kv_pairs": "acc_vs_num_kv_pairs.png"}
 
 
@@ -55,10 +60,17 @@ def collect(runs_dir: Path) -> dict:
         summary = run["summary"]
         run_id, model = summary.get("run_id", run["path"].name), summary.get("model_label", "?")
         tasks_status = summary.get("tasks", {})
-        runs.append({"run_id": run_id, "model": model, "summary": summary,
-                     "done": sorted(run["tasks"]),
-                     "failed": sorted(t for t, e in tasks_status.items() if e.get("status") == "failed"
-                                      and t not in run["tasks"])})
+        runs.append(
+            {
+                "run_id": run_id,
+                "model": model,
+                "summary": summary,
+                "done": sorted(run["tasks"]),
+                "failed": sorted(
+                    t for t, e in tasks_status.items() if e.get("status") == "failed" and t not in run["tasks"]
+                ),
+            }
+        )
         for task, data in sorted(run["tasks"].items()):
             found = primary_metric(data["results"].get("results", {}).get(task, {}))
             if found is None:
@@ -74,8 +86,18 @@ def collect(runs_dir: Path) -> dict:
                     if isinstance(doc.get(field), (int, float)):
                         groups[(field, doc[field])].append(float(sample[metric]))
             for (field, key), values in sorted(groups.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
-                slices.append({"run_id": run_id, "model": model, "task": task, "metric": metric, "field": field,
-                               "slice": key, "score": sum(values) / len(values), "n": len(values)})
+                slices.append(
+                    {
+                        "run_id": run_id,
+                        "model": model,
+                        "task": task,
+                        "metric": metric,
+                        "field": field,
+                        "slice": key,
+                        "score": sum(values) / len(values),
+                        "n": len(values),
+                    }
+                )
     return {"scores": scores, "slices": slices, "runs": runs}
 
 
@@ -102,8 +124,12 @@ def _slice_table(data: dict, field: str) -> List[str]:
         return []
     keys = sorted({k for _, k in cells}, key=float)
     run_ids = sorted({r for r, _ in cells})
-    lines = [f"### By {SLICE_FIELDS[field]} (`{field}`; mean over the tasks that carry it)", "",
-             "| run | " + " | ".join(str(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines = [
+        f"### By {SLICE_FIELDS[field]} (`{field}`; mean over the tasks that carry it)",
+        "",
+        "| run | " + " | ".join(str(k) for k in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
     for run_id in run_ids:
         row = [_fmt(statistics.mean(cells[(run_id, k)])) if cells.get((run_id, k)) else "–" for k in keys]
         lines.append(f"| {run_id} | " + " | ".join(row) + " |")
@@ -114,14 +140,20 @@ def render_markdown(data: dict) -> str:
     tasks = sorted({s["task"] for s in data["scores"]} | {t for run in data["runs"] for t in run["failed"]})
     by_cell = {(s["run_id"], s["task"]): s for s in data["scores"]}
     metric_of = {s["task"]: s["metric"] for s in data["scores"]}
-    lines = ["# qdelta leaderboard (measured)", "",
-             "Built by `qdelta leaderboard` from the run records only; each cell is the task's primary lm-eval "
-             "metric in percent (`–`: not run, `failed`: the task failed in that run).", ""]
+    lines = [
+        "# qdelta leaderboard (measured)",
+        "",
+        "Built by `qdelta leaderboard` from the run records only; each cell is the task's primary lm-eval "
+        "metric in percent (`–`: not run, `failed`: the task failed in that run).",
+        "",
+    ]
     if not data["runs"]:
         lines += ["No run records yet: run `qdelta eval`.", ""]
     else:
-        lines += ["| run | model | " + " | ".join(f"{t} ({metric_of.get(t, '–')})" for t in tasks) + " | mean |",
-                  "|---|---|" + "---:|" * (len(tasks) + 1)]
+        lines += [
+            "| run | model | " + " | ".join(f"{t} ({metric_of.get(t, '–')})" for t in tasks) + " | mean |",
+            "|---|---|" + "---:|" * (len(tasks) + 1),
+        ]
         for run in data["runs"]:
             values = [by_cell[(run["run_id"], t)]["value"] for t in tasks if (run["run_id"], t) in by_cell]
             cells = []
@@ -134,13 +166,19 @@ def render_markdown(data: dict) -> str:
         lines += ["## Slices", ""]
         for field in SLICE_FIELDS:
             lines += _slice_table(data, field)
-        lines += ["## Runs", "", "| run | model path | weights sha256 | tasks done | failed | device | git commit | command |",
-                  "|---|---|---|---:|---|---|---|---|"]
+        lines += [
+            "## Runs",
+            "",
+            "| run | model path | weights sha256 | tasks done | failed | device | git commit | command |",
+            "|---|---|---|---:|---|---|---|---|",
+        ]
         for run in data["runs"]:
             s = run["summary"]
-            lines.append(f"| {run['run_id']} | {s.get('pretrained') or s.get('model')} | "
-                         f"{(s.get('weights_sha256') or '–')[:12]} | {len(run['done'])} | {', '.join(run['failed']) or '–'} "
-                         f"| {s.get('device', '–')} | {(s.get('git_commit') or '–')[:12]} | `{s.get('command', '')}` |")
+            lines.append(
+                f"| {run['run_id']} | {s.get('pretrained') or s.get('model')} | "
+                f"{(s.get('weights_sha256') or '–')[:12]} | {len(run['done'])} | {', '.join(run['failed']) or '–'} "
+                f"| {s.get('device', '–')} | {(s.get('git_commit') or '–')[:12]} | `{s.get('command', '')}` |"
+            )
         lines.append("")
     lines.append(reported_markdown())
     return "\n".join(lines)
@@ -220,8 +258,9 @@ def write_leaderboard(runs_dir: Path, out_dir: Path, plots: bool = True) -> List
         "leaderboard.md": render_markdown(data),
         "leaderboard.csv": _csv(data["scores"], ["run_id", "model", "task", "metric", "value"]),
         "slices.csv": _csv(data["slices"], ["run_id", "model", "task", "metric", "field", "slice", "score", "n"]),
-        "reported_paper.csv": _csv(reported_rows(), ["model", "commonsense_avg_340M", "commonsense_avg_1.3B",
-                                                     "sniah_avg_1.3B", "source"]),
+        "reported_paper.csv": _csv(
+            reported_rows(), ["model", "commonsense_avg_340M", "commonsense_avg_1.3B", "sniah_avg_1.3B", "source"]
+        ),
     }
     written = []
     for name, text in outputs.items():

@@ -13,6 +13,7 @@ A task's samples are written before its results, each through a temporary file a
 ``os.replace``, so a killed run leaves either a finished task or none. Re-running the same command
 finds the same run id and skips finished tasks; failed tasks are retried.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -33,8 +34,18 @@ SUMMARY = "summary.json"
 RESULTS = "results.json"
 ENTRY = "entry.json"  # the task's summary entry, kept beside its results
 SAMPLES = "samples.jsonl"
-PACKAGES = ("qdelta", "torch", "transformers", "lm_eval", "datasets", "tokenizers", "triton", "accelerate",
-            "safetensors", "numpy")
+PACKAGES = (
+    "qdelta",
+    "torch",
+    "transformers",
+    "lm_eval",
+    "datasets",
+    "tokenizers",
+    "triton",
+    "accelerate",
+    "safetensors",
+    "numpy",
+)
 
 
 def _json_default(obj):
@@ -97,10 +108,15 @@ def data_hash(docs: Iterable) -> str:
 def git_commit(repo: Path) -> Optional[str]:
     """HEAD of the repository holding ``repo`` (``+dirty`` when tracked files differ); None outside git."""
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) if head else None
@@ -157,8 +173,14 @@ class RunRecord:
         for entry_file in sorted(self.path.glob(f"tasks/*/{ENTRY}")):  # a kill can land before the summary update
             if (entry_file.parent / RESULTS).is_file():
                 tasks[entry_file.parent.name] = json.loads(entry_file.read_text())
-        summary = {**header, "run_id": self.run_id, "created": previous.get("created", now()), "updated": now(),
-                   "status": "running", "tasks": tasks}
+        summary = {
+            **header,
+            "run_id": self.run_id,
+            "created": previous.get("created", now()),
+            "updated": now(),
+            "status": "running",
+            "tasks": tasks,
+        }
         for task_dir in (self.path / "tasks").glob("*") if (self.path / "tasks").is_dir() else []:
             for stale in task_dir.glob(".*.tmp"):
                 stale.unlink()
@@ -222,8 +244,10 @@ def load_runs(runs_dir) -> List[dict]:
         finished = {}
         for task_dir in sorted((folder / "tasks").glob("*")) if (folder / "tasks").is_dir() else []:
             if (task_dir / RESULTS).is_file():
-                finished[task_dir.name] = {"results": json.loads((task_dir / RESULTS).read_text()),
-                                           "samples_path": task_dir / SAMPLES}
+                finished[task_dir.name] = {
+                    "results": json.loads((task_dir / RESULTS).read_text()),
+                    "samples_path": task_dir / SAMPLES,
+                }
         runs.append({"path": folder, "summary": summary, "tasks": finished})
     return runs
 

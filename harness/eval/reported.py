@@ -3,6 +3,7 @@
 A separate, labelled source: zero-shot lm-eval results as printed in the paper, never measured
 here and never merged into the measured leaderboard tables.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -21,23 +22,41 @@ COMMONSENSE_AVG: Dict[str, Dict[str, float]] = {
 
 # S-NIAH average accuracy, 1.3B models
 SNIAH_AVG_1P3B: Dict[str, float] = {
-    "RetNet": 38.09, "Mamba": 62.62, "Mamba2": 76.58, "DeltaNet": 81.29, "Gated DeltaNet": 83.51, "Q-Delta": 90.02,
+    "RetNet": 38.09,
+    "Mamba": 62.62,
+    "Mamba2": 76.58,
+    "DeltaNet": 81.29,
+    "Gated DeltaNet": 83.51,
+    "Q-Delta": 90.02,
 }
 
 
 def reported_rows() -> List[dict]:
     """One row per model: commonsense average at 340M and 1.3B, S-NIAH average at 1.3B (percent)."""
-    return [{"model": name, "commonsense_avg_340M": sizes["340M"], "commonsense_avg_1.3B": sizes["1.3B"],
-             "sniah_avg_1.3B": SNIAH_AVG_1P3B[name], "source": SOURCE}
-            for name, sizes in COMMONSENSE_AVG.items()]
+    return [
+        {
+            "model": name,
+            "commonsense_avg_340M": sizes["340M"],
+            "commonsense_avg_1.3B": sizes["1.3B"],
+            "sniah_avg_1.3B": SNIAH_AVG_1P3B[name],
+            "source": SOURCE,
+        }
+        for name, sizes in COMMONSENSE_AVG.items()
+    ]
 
 
 def reported_markdown() -> str:
-    lines = ["## Reported by the paper (separate source: not measured here)", "",
-             f"Source: {SOURCE}. Percent.", "",
-             "| model | commonsense avg 340M | commonsense avg 1.3B | S-NIAH avg 1.3B |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "## Reported by the paper (separate source: not measured here)",
+        "",
+        f"Source: {SOURCE}. Percent.",
+        "",
+        "| model | commonsense avg 340M | commonsense avg 1.3B | S-NIAH avg 1.3B |",
+        "|---|---:|---:|---:|",
+    ]
     for row in reported_rows():
-        lines.append(f"| {row['model']} | {row['commonsense_avg_340M']:.2f} | {row['commonsense_avg_1.3B']:.2f} "
-                     f"| {row['sniah_avg_1.3B']:.2f} |")
+        lines.append(
+            f"| {row['model']} | {row['commonsense_avg_340M']:.2f} | {row['commonsense_avg_1.3B']:.2f} "
+            f"| {row['sniah_avg_1.3B']:.2f} |"
+        )
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ recomputing the prefix for each request.
 
 Shapes: ``input_ids`` (B, T) long; ``logits`` (B, T, vocab).
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,12 @@ class ReuseStats:
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"prefix_groups": self.groups, "requests_in_groups": self.requests_in_groups,
-                "prefix_tokens_saved": self.tokens_saved, "tokens_run": self.tokens_run}
+        return {
+            "prefix_groups": self.groups,
+            "requests_in_groups": self.requests_in_groups,
+            "prefix_tokens_saved": self.tokens_saved,
+            "tokens_run": self.tokens_run,
+        }
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -64,8 +69,9 @@ def plan_prefix_groups(contexts: Sequence[Sequence[int]], min_fraction: float = 
     one group; a group of one member has ``prefix_len`` = its context length.
     """
     if not 0.0 < min_fraction <= 1.0:
-        raise ValueError(f"prefix_min_fraction must be in (0, 1], got {min_fraction}; "
-                         "pass e.g. prefix_min_fraction=0.5")
+        raise ValueError(
+            f"prefix_min_fraction must be in (0, 1], got {min_fraction}; pass e.g. prefix_min_fraction=0.5"
+        )
     order = sorted(range(len(contexts)), key=lambda i: list(contexts[i]))
     groups: List[PrefixGroup] = []
     for i in order:
@@ -97,8 +103,10 @@ def repeat_cache(cache, n: int):
         copied = copy.deepcopy(cache)
         copied.batch_repeat_interleave(n)
         return copied
-    raise TypeError(f"the model's cache ({type(cache).__name__}) has neither repeat_interleave/clone "
-                    "nor batch_repeat_interleave; pass prefix_reuse=False in --model_args")
+    raise TypeError(
+        f"the model's cache ({type(cache).__name__}) has neither repeat_interleave/clone "
+        "nor batch_repeat_interleave; pass prefix_reuse=False in --model_args"
+    )
 
 
 def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> torch.Tensor:
@@ -120,9 +128,16 @@ def _score_one(step_logits: torch.Tensor, cont: Sequence[int]) -> Tuple[float, b
     return float(total), greedy
 
 
-def score_plain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]],
-                indices: Sequence[int], batch_size: int, pad_id: int, device,
-                out: list, stats: ReuseStats) -> None:
+def score_plain(
+    forward: ForwardFn,
+    items: Sequence[Tuple[Sequence[int], Sequence[int]]],
+    indices: Sequence[int],
+    batch_size: int,
+    pad_id: int,
+    device,
+    out: list,
+    stats: ReuseStats,
+) -> None:
     """Score ``items[i]`` (context, continuation) for ``i`` in ``indices`` in right-padded batches.
 
     Right padding needs no mask: in a causal model a pad only affects positions after it.
@@ -145,8 +160,9 @@ def clone_cache(cache):
     return cache.clone() if hasattr(cache, "clone") else copy.deepcopy(cache)
 
 
-def plan_chains(sequences: Sequence[Sequence[int]], context_lens: Sequence[int],
-                min_fraction: float = 0.5) -> List[List[int]]:
+def plan_chains(
+    sequences: Sequence[Sequence[int]], context_lens: Sequence[int], min_fraction: float = 0.5
+) -> List[List[int]]:
     """Split requests into chains of neighbours (in sorted order) that share long prefixes.
 
     ``sequences[i]`` is request i's model input (context + continuation[:-1]); request i joins the
@@ -155,8 +171,9 @@ def plan_chains(sequences: Sequence[Sequence[int]], context_lens: Sequence[int],
     and identical contexts (answer choices) form chains.
     """
     if not 0.0 < min_fraction <= 1.0:
-        raise ValueError(f"prefix_min_fraction must be in (0, 1], got {min_fraction}; "
-                         "pass e.g. prefix_min_fraction=0.5")
+        raise ValueError(
+            f"prefix_min_fraction must be in (0, 1], got {min_fraction}; pass e.g. prefix_min_fraction=0.5"
+        )
     order = sorted(range(len(sequences)), key=lambda i: list(sequences[i]))
     chains: List[List[int]] = []
     for i in order:
@@ -186,8 +203,14 @@ def _branch_points(shared: Sequence[int], k: int, start: int, length: int) -> se
     return splits
 
 
-def score_chain(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]], chain: List[int],
-                device, out: list, stats: ReuseStats) -> None:
+def score_chain(
+    forward: ForwardFn,
+    items: Sequence[Tuple[Sequence[int], Sequence[int]]],
+    chain: List[int],
+    device,
+    out: list,
+    stats: ReuseStats,
+) -> None:
     """Score a chain (sorted by input sequence) walking the prefix tree once.
 
     Every token position shared by several requests is computed once (batch 1). The recurrent
@@ -260,8 +283,9 @@ def _plan_pieces(items, chain: List[int]):
     return pieces, last
 
 
-def score_chains_batched(forward_masked, items, chains: List[List[int]], batch_size: int, pad_id: int, device,
-                         out: list, stats: ReuseStats) -> None:
+def score_chains_batched(
+    forward_masked, items, chains: List[List[int]], batch_size: int, pad_id: int, device, out: list, stats: ReuseStats
+) -> None:
     """The prefix-tree walk of every chain at once, level by level, in right-padded masked batches.
 
     A piece of level d continues from its parent's row of level d-1 (``cache.select(rows)``); pads
@@ -316,7 +340,7 @@ def score_chains_batched(forward_masked, items, chains: List[List[int]], batch_s
                 rows = [list(items[pieces[q][0]][0]) + list(items[pieces[q][0]][1]) for q in batch]
                 segments = [row[pieces[q][1] : pieces[q][2]] for row, q in zip(rows, batch)]
                 ids = _right_pad(segments, pad_id, device)
-                new_mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([len(x) for x in segments])[:, None])
+                new_mask = torch.arange(ids.shape[1])[None, :] < torch.tensor([len(x) for x in segments])[:, None]
                 new_mask = new_mask.long().to(device)
                 if parent_chunk >= 0:
                     cache, past_mask = chunk_state[parent_chunk]
@@ -341,10 +365,17 @@ def score_chains_batched(forward_masked, items, chains: List[List[int]], batch_s
             out[i] = _score_one(torch.stack([need[k] for k in keys]), items[i][1])
 
 
-def score_requests(forward: ForwardFn, items: Sequence[Tuple[Sequence[int], Sequence[int]]],
-                   batch_size: int, pad_id: int, device, prefix_reuse: bool = True,
-                   min_fraction: float = 0.5, stats: Optional[ReuseStats] = None,
-                   forward_masked=None) -> List[Tuple[float, bool]]:
+def score_requests(
+    forward: ForwardFn,
+    items: Sequence[Tuple[Sequence[int], Sequence[int]]],
+    batch_size: int,
+    pad_id: int,
+    device,
+    prefix_reuse: bool = True,
+    min_fraction: float = 0.5,
+    stats: Optional[ReuseStats] = None,
+    forward_masked=None,
+) -> List[Tuple[float, bool]]:
     """(log-probability, is-greedy) of each continuation given its context.
 
     items: (context token ids, continuation token ids); both non-empty. Requests sharing a

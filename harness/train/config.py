@@ -14,6 +14,7 @@ checks types field by field and raises ``ValueError`` / ``TypeError`` naming the
     optim: {lr: [1.0e-3, 3.0e-3], warmup_steps: 100}       # a list of lrs is a sweep
     train: {steps: 2000, batch_size: 64, eval_every: 500, save_every: 500}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -133,13 +134,15 @@ def _convert(value, tp, where: str):
                 return _convert(value, option, where)
             except (TypeError, ValueError) as err:
                 errors.append(str(err))
-        raise TypeError(f"{where}: expected {' or '.join(_type_name(o) for o in options)}, "
-                        f"got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{where}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r} ({type(value).__name__})"
+        )
     if origin in (list, List):
         (item,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{where}: expected a list, got {value!r} ({type(value).__name__}); "
-                            f"write it as [a, b, ...]")
+            raise TypeError(
+                f"{where}: expected a list, got {value!r} ({type(value).__name__}); write it as [a, b, ...]"
+            )
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
@@ -201,8 +204,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     """Semantic checks beyond types (ranges, choices, consistency); returns ``config``."""
     m, d, o, t, e = config.model, config.data, config.optim, config.train, config.eval
     _check(m.type in MODEL_TYPES, "model.type", f"expected one of {MODEL_TYPES}, got {m.type!r}")
-    _check("vocab_size" not in m.overrides, "model.vocab_size",
-           "the vocabulary comes from the data (data.vocab_size or the tokenizer); remove it here")
+    _check(
+        "vocab_size" not in m.overrides,
+        "model.vocab_size",
+        "the vocabulary comes from the data (data.vocab_size or the tokenizer); remove it here",
+    )
     _check(d.kind in DATA_KINDS, "data.kind", f"expected one of {DATA_KINDS}, got {d.kind!r}")
     if d.kind == "mqar":
         _check(d.vocab_size >= 8, "data.vocab_size", f"expected >= 8, got {d.vocab_size}")
@@ -210,10 +216,16 @@ def validate(config: TrainConfig) -> TrainConfig:
         for i, pair in enumerate(d.configs):
             _check(len(pair) == 2, f"data.configs[{i}]", f"expected [seq_len, num_kv_pairs], got {pair}")
             L, K = pair
-            _check(K >= 1 and 4 * K <= L, f"data.configs[{i}]",
-                   f"need 1 <= num_kv_pairs and 4 * num_kv_pairs <= seq_len, got {pair}")
-            _check(K <= d.vocab_size // 2 - 1, f"data.configs[{i}]",
-                   f"{K} distinct keys do not fit in vocab_size {d.vocab_size}; raise data.vocab_size")
+            _check(
+                K >= 1 and 4 * K <= L,
+                f"data.configs[{i}]",
+                f"need 1 <= num_kv_pairs and 4 * num_kv_pairs <= seq_len, got {pair}",
+            )
+            _check(
+                K <= d.vocab_size // 2 - 1,
+                f"data.configs[{i}]",
+                f"{K} distinct keys do not fit in vocab_size {d.vocab_size}; raise data.vocab_size",
+            )
         _check(d.power_a > 0, "data.power_a", f"expected > 0, got {d.power_a}")
     else:
         _check(len(d.tasks) > 0, "data.tasks", "expected at least one {task: NAME, weight: W} entry")
@@ -221,13 +233,22 @@ def validate(config: TrainConfig) -> TrainConfig:
         _check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
         _check(d.seq_len >= 8, "data.seq_len", f"expected >= 8, got {d.seq_len}")
         _check(d.loss_on in ("answer", "all"), "data.loss_on", f"expected 'answer' or 'all', got {d.loss_on!r}")
-        _check(d.tokenizer_vocab_size >= 300, "data.tokenizer_vocab_size",
-               f"expected >= 300 (256 byte symbols + specials), got {d.tokenizer_vocab_size}")
-    _check(all(lr > 0 for lr in config.lrs) and len(config.lrs) > 0, "optim.lr",
-           f"expected a positive number or a non-empty list of them, got {o.lr!r}")
+        _check(
+            d.tokenizer_vocab_size >= 300,
+            "data.tokenizer_vocab_size",
+            f"expected >= 300 (256 byte symbols + specials), got {d.tokenizer_vocab_size}",
+        )
+    _check(
+        all(lr > 0 for lr in config.lrs) and len(config.lrs) > 0,
+        "optim.lr",
+        f"expected a positive number or a non-empty list of them, got {o.lr!r}",
+    )
     _check(len(set(config.lrs)) == len(config.lrs), "optim.lr", f"duplicate learning rates in {o.lr}")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
-           f"expected [beta1, beta2] in [0, 1), got {o.betas}")
+    _check(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        "optim.betas",
+        f"expected [beta1, beta2] in [0, 1), got {o.betas}",
+    )
     _check(o.weight_decay >= 0, "optim.weight_decay", f"expected >= 0, got {o.weight_decay}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", f"expected >= 0, got {o.warmup_steps}")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"expected in [0, 1], got {o.min_lr_ratio}")
@@ -258,8 +279,9 @@ def _apply_override(data: Dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Union[str, Path, None] = None, overrides: Optional[List[str]] = None,
-                data: Optional[Dict[str, Any]] = None) -> TrainConfig:
+def load_config(
+    path: Union[str, Path, None] = None, overrides: Optional[List[str]] = None, data: Optional[Dict[str, Any]] = None
+) -> TrainConfig:
     """Read a YAML file (or a mapping), apply ``KEY=VALUE`` overrides, validate.
 
     Raises FileNotFoundError for a missing file, ValueError/TypeError naming the bad field.

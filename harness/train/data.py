@@ -12,6 +12,7 @@ scored), so the loss is ``cross_entropy(logits.flatten(0, 1), targets.flatten())
 Nothing is drawn from a global RNG; resuming at step ``s`` sees exactly the batches an
 uninterrupted run sees.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,17 +65,29 @@ class MQARSource:
         from qdelta.tasks.mqar import make_mqar
 
         seq_len, num_kv_pairs = self.spec.configs[step % len(self.spec.configs)]
-        inputs, labels = make_mqar(self.vocab_size, seq_len, num_kv_pairs, batch_size,
-                                   seed=derive_seed(self.seed, "mqar", step), power_a=self.spec.power_a)
+        inputs, labels = make_mqar(
+            self.vocab_size,
+            seq_len,
+            num_kv_pairs,
+            batch_size,
+            seed=derive_seed(self.seed, "mqar", step),
+            power_a=self.spec.power_a,
+        )
         return Batch(inputs, labels)
 
     def evaluate(self, model, device) -> Dict[str, float]:
         from qdelta.tasks.mqar import evaluate_mqar
 
-        return evaluate_mqar(model, self.vocab_size, settings=[tuple(c) for c in self.spec.configs],
-                             num_examples=self.eval_spec.num_examples, seed=self.eval_spec.seed,
-                             power_a=self.spec.power_a, batch_size=self.eval_spec.batch_size,
-                             device=device)
+        return evaluate_mqar(
+            model,
+            self.vocab_size,
+            settings=[tuple(c) for c in self.spec.configs],
+            num_examples=self.eval_spec.num_examples,
+            seed=self.eval_spec.seed,
+            power_a=self.spec.power_a,
+            batch_size=self.eval_spec.batch_size,
+            device=device,
+        )
 
 
 def make_source(spec: DataSpec, eval_spec: EvalSpec, seed: int, tokenizer_dir=None):

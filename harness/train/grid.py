@@ -28,6 +28,7 @@ With ``--gpus N`` (N >= 2; default: every visible GPU) worker ``i`` (and probe `
 auto`` lands there. N = 0 or 1 leaves the environment as it is. ``grid.json`` records ``gpus``
 and, per job, the worker's ``gpu`` and the ``CUDA_VISIBLE_DEVICES`` the worker saw.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,8 +125,10 @@ def visible_devices_for(gpu: Optional[int], parent: Optional[str] = None) -> Opt
     if parent:
         entries = [e.strip() for e in parent.split(",") if e.strip()]
         if gpu >= len(entries):
-            raise ValueError(f"--gpus: GPU {gpu} asked for, but CUDA_VISIBLE_DEVICES={parent!r} names only "
-                             f"{len(entries)}; pass --gpus {len(entries)} or less")
+            raise ValueError(
+                f"--gpus: GPU {gpu} asked for, but CUDA_VISIBLE_DEVICES={parent!r} names only "
+                f"{len(entries)}; pass --gpus {len(entries)} or less"
+            )
         return entries[gpu]
     return str(gpu)
 
@@ -161,8 +164,8 @@ def _worker(jobs, results, out_dir: str, index: int, gpu: Optional[int] = None) 
     import torch
 
     torch.set_num_threads(1)
-    from .loop import train
     from .config import load_config
+    from .loop import train
 
     while True:
         try:
@@ -186,8 +189,8 @@ def _probe_worker(job, steps_per_setting: int, results) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from .loop import _Run
     from .config import load_config
+    from .loop import _Run
 
     try:
         config = load_config(data={**job, "output_dir": None})
@@ -210,15 +213,18 @@ def _probe_worker(job, steps_per_setting: int, results) -> None:
         log.error("probe of %s failed:\n%s", job["name"], traceback.format_exc())
 
 
-def probe_step_time(jobs: List[Dict[str, Any]], workers: int, steps_per_setting: int = 2,
-                    gpus: int = 0) -> Dict[str, float]:
+def probe_step_time(
+    jobs: List[Dict[str, Any]], workers: int, steps_per_setting: int = 2, gpus: int = 0
+) -> Dict[str, float]:
     """Mean seconds per training step (over the data settings) of the first ``workers`` jobs, all
     measured at once (probe i on GPU i % gpus, as the workers), so the number includes the
     contention of a full machine."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [_start(ctx, _probe_worker, (job, steps_per_setting, results), gpu_for_worker(i, gpus))
-             for i, job in enumerate(jobs[:workers])]
+    procs = [
+        _start(ctx, _probe_worker, (job, steps_per_setting, results), gpu_for_worker(i, gpus))
+        for i, job in enumerate(jobs[:workers])
+    ]
     times = dict(results.get() for _ in procs)
     for p in procs:
         p.join()
@@ -230,12 +236,15 @@ def _record(status: Dict[str, Dict[str, Any]], message, started: float) -> None:
     entry = status[name]
     if kind == "start":
         entry["started_s"] = round(when - started, 1)
-    entry.update(state={"start": "running", "done": "done", "error": "error"}[kind], worker=worker,
-                 at_s=round(when - started, 1), **where)
+    entry.update(
+        state={"start": "running", "done": "done", "error": "error"}[kind],
+        worker=worker,
+        at_s=round(when - started, 1),
+        **where,
+    )
 
 
-def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: float,
-             gpus: int = 0) -> Dict[str, Any]:
+def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: float, gpus: int = 0) -> Dict[str, Any]:
     """Run the grid's jobs on ``workers`` processes within ``budget_s`` seconds, worker i on GPU
     i % gpus where gpus >= 2; returns the summary (also written to ``out_dir/grid.json``)."""
     if workers < 1:
@@ -264,9 +273,10 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
     for job in jobs:
         job_queue.put(job)
     started = time.time()
-    procs = [_start(ctx, _worker, (job_queue, results, str(out_dir), i, gpu_for_worker(i, gpus)),
-                    gpu_for_worker(i, gpus))
-             for i in range(workers)]
+    procs = [
+        _start(ctx, _worker, (job_queue, results, str(out_dir), i, gpu_for_worker(i, gpus)), gpu_for_worker(i, gpus))
+        for i in range(workers)
+    ]
     status: Dict[str, Dict[str, Any]] = {job["name"]: {"state": "not started"} for job in jobs}
     while any(p.is_alive() for p in procs) and time.time() - started < budget_s:
         try:
@@ -290,10 +300,17 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
     for name, s in status.items():
         if s["state"] in ("not started", "running"):
             s["state"] = "cut: " + s["state"]
-    summary = {"probe_s_per_step": probe, "steps": jobs[0].get("train", {}).get("steps"),
-               "jobs": len(jobs), "done": sum(s["state"] == "done" for s in status.values()),
-               "wall_s": round(time.time() - started, 1), "workers": workers, "budget_s": budget_s,
-               "gpus": gpus, "status": status}
+    summary = {
+        "probe_s_per_step": probe,
+        "steps": jobs[0].get("train", {}).get("steps"),
+        "jobs": len(jobs),
+        "done": sum(s["state"] == "done" for s in status.values()),
+        "wall_s": round(time.time() - started, 1),
+        "workers": workers,
+        "budget_s": budget_s,
+        "gpus": gpus,
+        "status": status,
+    }
     atomic_write_text(out_dir / "grid.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -324,11 +341,21 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--budget-s", type=float, default=300.0)
     parser.add_argument("--records-tar", default=None)
-    parser.add_argument("--gpus", type=int, default=None,
-                        help="spread workers over this many GPUs, worker i on GPU i %% N (default: every "
-                             "visible GPU; 0 or 1 leaves CUDA_VISIBLE_DEVICES alone)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a grid field, e.g. base.train.steps=2000")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="spread workers over this many GPUs, worker i on GPU i %% N (default: every "
+        "visible GPU; 0 or 1 leaves CUDA_VISIBLE_DEVICES alone)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a grid field, e.g. base.train.steps=2000",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     grid = yaml.safe_load(Path(args.grid).read_text())
@@ -342,8 +369,10 @@ def main(argv=None) -> int:
     visible = default_gpus()
     gpus = visible if args.gpus is None else args.gpus
     if gpus > max(visible, 1):
-        raise ValueError(f"--gpus: {gpus} asked for, but {visible} GPU(s) are visible; pass --gpus {visible} "
-                         "or leave it out to use every visible GPU")
+        raise ValueError(
+            f"--gpus: {gpus} asked for, but {visible} GPU(s) are visible; pass --gpus {visible} "
+            "or leave it out to use every visible GPU"
+        )
     summary = run_grid(grid, Path(args.out_dir), workers=args.workers, budget_s=args.budget_s, gpus=gpus)
     print(json.dumps({k: v for k, v in summary.items() if k != "status"}))
     if args.records_tar:

@@ -19,6 +19,7 @@ Output folder (``output_dir``)::
 Several GPUs: ``torchrun --nproc_per_node N -m qdelta.harness.cli train --config FILE``; each
 rank takes its rows of the same global batch (``batch_size`` must divide by N).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,6 +51,7 @@ LOG = "train_log.jsonl"
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -99,18 +101,23 @@ def _resolve_device(requested: str, dist: _Dist) -> torch.device:
 
 def build_model(spec: ModelSpec, vocab_size: int, seed: int):
     """A freshly initialised model of ``spec.type`` (init drawn from ``seed``, fp32, on CPU)."""
-    import qdelta  # noqa: F401  registers our model types with transformers
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    import qdelta  # noqa: F401  registers our model types with transformers
 
     try:
         defaults = AutoConfig.for_model(spec.type).to_dict()
     except ValueError:
-        raise ValueError(f"model.type: {spec.type!r} is not registered with transformers; "
-                         f"is the qdelta package installed? (pip install -e .)") from None
+        raise ValueError(
+            f"model.type: {spec.type!r} is not registered with transformers; "
+            f"is the qdelta package installed? (pip install -e .)"
+        ) from None
     unknown = sorted(set(spec.overrides) - set(defaults))
     if unknown:
-        raise ValueError(f"model: unknown field(s) {unknown} for model type {spec.type!r}; "
-                         f"known fields include {sorted(k for k in defaults if not k.startswith('_'))[:40]}")
+        raise ValueError(
+            f"model: unknown field(s) {unknown} for model type {spec.type!r}; "
+            f"known fields include {sorted(k for k in defaults if not k.startswith('_'))[:40]}"
+        )
     config = AutoConfig.for_model(spec.type, **{**spec.overrides, "vocab_size": vocab_size})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -151,24 +158,30 @@ def _versions() -> Dict[str, str]:
 
     import qdelta
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "qdelta": qdelta.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "qdelta": qdelta.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------- one run
 
+
 class _Run:
     """One training run (one learning rate) writing into ``out``."""
 
-    def __init__(self, config: TrainConfig, lr: float, out: Path, *, resume: bool, progress: bool,
-                 write: bool = True):
+    def __init__(self, config: TrainConfig, lr: float, out: Path, *, resume: bool, progress: bool, write: bool = True):
         self.config, self.lr, self.out, self.progress = config, lr, out, progress
         self.dist = _setup_distributed("cuda" if config.train.device != "cpu" and torch.cuda.is_available() else "cpu")
         self.device = _resolve_device(config.train.device, self.dist)
         t = config.train
         if t.batch_size % self.dist.world:
-            raise ValueError(f"train.batch_size: {t.batch_size} does not split over {self.dist.world} ranks; "
-                             f"use a multiple of {self.dist.world}")
+            raise ValueError(
+                f"train.batch_size: {t.batch_size} does not split over {self.dist.world} ranks; "
+                f"use a multiple of {self.dist.world}"
+            )
         self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         if write:
             out.mkdir(parents=True, exist_ok=True)
@@ -177,8 +190,10 @@ class _Run:
         if self.resume_from is not None:
             saved = yaml.safe_load((self.resume_from / "train_config.yaml").read_text())
             if {**saved, "output_dir": None} != {**config.to_dict(), "output_dir": None}:
-                raise ValueError(f"{self.resume_from} was written by a different training config; "
-                                 f"train into another output_dir or pass --no-resume")
+                raise ValueError(
+                    f"{self.resume_from} was written by a different training config; "
+                    f"train into another output_dir or pass --no-resume"
+                )
         self.source = make_source(config.data, config.eval, config.seed, tokenizer_dir=self.resume_from)
         if self.resume_from is not None:
             import qdelta
@@ -188,11 +203,11 @@ class _Run:
             self.model = build_model(config.model, self.source.vocab_size, config.seed)
         self.model.to(self.device).train()
         o = config.optim
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=lr,
-                                           betas=tuple(o.betas), eps=o.eps)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, o.weight_decay), lr=lr, betas=tuple(o.betas), eps=o.eps
+        )
         schedule = dict(warmup_steps=o.warmup_steps, total_steps=t.steps, min_lr_ratio=o.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, **schedule))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, **schedule))
         self.step = self.tokens = 0
         if self.resume_from is not None:
             state = torch.load(self.resume_from / TRAINER_STATE, map_location="cpu", weights_only=False)
@@ -253,14 +268,19 @@ class _Run:
         tmp = root / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         self._save_model(tmp)
-        state = {"step": self.step, "tokens": self.tokens, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-                 "world_size": self.dist.world}
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            "world_size": self.dist.world,
+        }
         torch.save(state, tmp / TRAINER_STATE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in _checkpoint_dirs(self.out)[:-max(1, self.config.train.keep_checkpoints)]:
+        for old in _checkpoint_dirs(self.out)[: -max(1, self.config.train.keep_checkpoints)]:
             shutil.rmtree(old)
 
     def _save_model(self, folder: Path) -> None:
@@ -286,8 +306,13 @@ class _Run:
         if self.progress and self.dist.main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.config.name} lr={self.lr:g}",
-                       unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=t.steps,
+                initial=self.step,
+                desc=f"train {self.config.name} lr={self.lr:g}",
+                unit="step",
+                dynamic_ncols=True,
+            )
         started = time.perf_counter()
         eval_metrics: Dict[str, float] = {}
         with open(log_path, "a") if self.dist.main else nullcontext() as log_file:
@@ -302,9 +327,16 @@ class _Run:
                     if self.dist.world > 1:
                         torch.distributed.all_reduce(loss_value)
                         loss_value /= self.dist.world
-                    records.append({"step": self.step, "loss": float(loss_value), "lr": lr_now,
-                                    "grad_norm": float(grad_norm), "tokens": self.tokens,
-                                    "elapsed_s": round(time.perf_counter() - started, 3)})
+                    records.append(
+                        {
+                            "step": self.step,
+                            "loss": float(loss_value),
+                            "lr": lr_now,
+                            "grad_norm": float(grad_norm),
+                            "tokens": self.tokens,
+                            "elapsed_s": round(time.perf_counter() - started, 3),
+                        }
+                    )
                 if (t.eval_every and self.step % t.eval_every == 0) or last:
                     if self.dist.main:
                         eval_metrics = self._evaluate()
@@ -327,14 +359,21 @@ class _Run:
         return self._finish(eval_metrics, time.perf_counter() - started)
 
     def _finish(self, eval_metrics: Dict[str, float], elapsed: float) -> Dict[str, Any]:
-        result = {"name": self.config.name, "model_type": self.config.model.type, "lr": self.lr,
-                  "steps": self.config.train.steps, "seed": self.config.seed,
-                  "num_parameters": sum(p.numel() for p in self.model.parameters()),
-                  "eval": eval_metrics or self._final_eval_from_log(),
-                  "final_loss": self._final_loss_from_log(),
-                  "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                  "world_size": self.dist.world, "precision": "bf16" if self.use_bf16 else "fp32",
-                  "versions": _versions(), "last_session_s": round(elapsed, 3)}
+        result = {
+            "name": self.config.name,
+            "model_type": self.config.model.type,
+            "lr": self.lr,
+            "steps": self.config.train.steps,
+            "seed": self.config.seed,
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "eval": eval_metrics or self._final_eval_from_log(),
+            "final_loss": self._final_loss_from_log(),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "world_size": self.dist.world,
+            "precision": "bf16" if self.use_bf16 else "fp32",
+            "versions": _versions(),
+            "last_session_s": round(elapsed, 3),
+        }
         if self.dist.main:
             self._save_model(self.out)
             _write_atomic(self.out / METRICS, json.dumps(result, indent=2) + "\n")
@@ -357,6 +396,7 @@ class _Run:
 
 
 # ----------------------------------------------------------------------------- public API
+
 
 def primary_metric(metrics: Dict[str, float]) -> Optional[float]:
     """The number a learning-rate sweep maximises: ``mean`` accuracy over slices."""
@@ -390,8 +430,10 @@ def train(config: TrainConfig, *, resume: bool = True, progress: bool = True) ->
         return (-(score if score is not None else -1.0), loss)
 
     best = min(results, key=rank)
-    summary = {"best_lr": best["lr"], "runs": [{"lr": r["lr"], "eval": r["eval"], "final_loss": r["final_loss"]}
-                                               for r in results]}
+    summary = {
+        "best_lr": best["lr"],
+        "runs": [{"lr": r["lr"], "eval": r["eval"], "final_loss": r["final_loss"]} for r in results],
+    }
     if int(os.environ.get("RANK", "0")) == 0:
         _write_atomic(out / "sweep.json", json.dumps(summary, indent=2) + "\n")
     return {**best, "sweep": summary}

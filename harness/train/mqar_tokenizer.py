@@ -10,6 +10,7 @@ context becomes exactly the token id the model was trained on; pass it as
 
 Run `python -m qdelta.harness.train.mqar_tokenizer OUT_DIR [VOCAB]` to (re)write it.
 """
+
 from __future__ import annotations
 
 import sys

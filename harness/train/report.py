@@ -19,6 +19,7 @@ per cell the output is exactly the one-seed output.
 
 Run ``python -m qdelta.harness.train.report RUNS_DIR OUT_DIR``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,13 @@ from typing import Dict, List, Tuple
 import yaml
 
 MODEL_ORDER = ("qdelta", "gated_deltanet", "delta_net", "linear_attn", "transformer")
-MODEL_LABELS = {"qdelta": "Q-Delta", "gated_deltanet": "Gated DeltaNet", "delta_net": "DeltaNet",
-                "linear_attn": "Linear attention", "transformer": "Transformer"}
+MODEL_LABELS = {
+    "qdelta": "Q-Delta",
+    "gated_deltanet": "Gated DeltaNet",
+    "delta_net": "DeltaNet",
+    "linear_attn": "Linear attention",
+    "transformer": "Transformer",
+}
 SLICE = re.compile(r"^L(\d+)_K(\d+)$")
 
 
@@ -63,13 +69,23 @@ def load_records(runs_dir: Path) -> List[Dict]:
         config = yaml.safe_load((folder / "train_config.yaml").read_text())
         slices = {k: float(v) for k, v in metrics["eval"].items() if SLICE.match(k)}
         seed = int(metrics["seed"] if "seed" in metrics else config.get("seed", 0))  # TrainConfig default 0
-        records.append({"run": folder.name, "type": config["model"]["type"], "model": config["model"],
-                        "seed": seed, "vocab_size": int(config["data"]["vocab_size"]),
-                        "batch_size": int(config["train"]["batch_size"]),
-                        "d_model": int(config["model"]["hidden_size"]), "lr": float(metrics["lr"]),
-                        "steps": int(metrics["steps"]), "params": int(metrics["num_parameters"]),
-                        "slices": slices, "mean": float(metrics["eval"]["mean"]),
-                        "final_loss": metrics.get("final_loss")})
+        records.append(
+            {
+                "run": folder.name,
+                "type": config["model"]["type"],
+                "model": config["model"],
+                "seed": seed,
+                "vocab_size": int(config["data"]["vocab_size"]),
+                "batch_size": int(config["train"]["batch_size"]),
+                "d_model": int(config["model"]["hidden_size"]),
+                "lr": float(metrics["lr"]),
+                "steps": int(metrics["steps"]),
+                "params": int(metrics["num_parameters"]),
+                "slices": slices,
+                "mean": float(metrics["eval"]["mean"]),
+                "final_loss": metrics.get("final_loss"),
+            }
+        )
     if not records:
         raise ValueError(f"no run records (folders with metrics.json) under {runs_dir}")
     return records
@@ -103,15 +119,26 @@ def seed_means(records: List[Dict]) -> List[Dict]:
         runs = sorted(runs, key=lambda r: (r["seed"], r["run"]))
         for a, b in zip(runs, runs[1:]):
             if a["seed"] == b["seed"]:
-                raise ValueError(f"runs {a['run']!r} and {b['run']!r} are both seed {a['seed']} of "
-                                 f"({model_type}, d_model {d_model}, lr {lr:g}); keep one of them in the runs folder")
+                raise ValueError(
+                    f"runs {a['run']!r} and {b['run']!r} are both seed {a['seed']} of "
+                    f"({model_type}, d_model {d_model}, lr {lr:g}); keep one of them in the runs folder"
+                )
         keys = {k for r in runs for k in r["slices"]}
-        slices = {k: sum(r["slices"][k] for r in runs if k in r["slices"]) / sum(k in r["slices"] for r in runs)
-                  for k in keys}
+        slices = {
+            k: sum(r["slices"][k] for r in runs if k in r["slices"]) / sum(k in r["slices"] for r in runs) for k in keys
+        }
         means = [r["mean"] for r in runs]
-        rows.append({**{k: v for k, v in runs[0].items() if k not in ("run", "seed")},
-                     "slices": slices, "mean": sum(means) / len(means), "seeds": [r["seed"] for r in runs],
-                     "runs": [r["run"] for r in runs], "mean_min": min(means), "mean_max": max(means)})
+        rows.append(
+            {
+                **{k: v for k, v in runs[0].items() if k not in ("run", "seed")},
+                "slices": slices,
+                "mean": sum(means) / len(means),
+                "seeds": [r["seed"] for r in runs],
+                "runs": [r["run"] for r in runs],
+                "mean_min": min(means),
+                "mean_max": max(means),
+            }
+        )
     return rows
 
 
@@ -141,18 +168,32 @@ def render_markdown(records: List[Dict]) -> str:
     reference = keys == REFERENCE["slices"] and {r["vocab_size"] for r in records} == {REFERENCE["vocab_size"]}
     title = "MQAR reference leaderboard" if reference else "MQAR leaderboard (not the reference protocol)"
     seeded = several_seeds(records)
-    head = f"| model | d_model | best lr | params | state (L={L}) | " + " | ".join(
-        k.replace("_", " ") for k in keys) + " | mean |" + (" seeds | mean min–max |" if seeded else "")
+    head = (
+        f"| model | d_model | best lr | params | state (L={L}) | "
+        + " | ".join(k.replace("_", " ") for k in keys)
+        + " | mean |"
+        + (" seeds | mean min–max |" if seeded else "")
+    )
     vocabs = ", ".join(str(v) for v in sorted({r["vocab_size"] for r in records}))
-    what = ("mean over seeds per row, best learning rate per row by that mean" if seeded
-            else "best learning rate per row")
-    lines = [f"# {title} (generated by qdelta.harness.train.report; do not edit)", "",
-             f"Held-out zoology MQAR accuracy (vocab {vocabs}), {what}. "
-             "Source: the run records in `runs/`.", "", head,
-             "|" + "---|" * (6 + len(keys) + 2 * seeded)]
+    what = (
+        "mean over seeds per row, best learning rate per row by that mean" if seeded else "best learning rate per row"
+    )
+    lines = [
+        f"# {title} (generated by qdelta.harness.train.report; do not edit)",
+        "",
+        f"Held-out zoology MQAR accuracy (vocab {vocabs}), {what}. Source: the run records in `runs/`.",
+        "",
+        head,
+        "|" + "---|" * (6 + len(keys) + 2 * seeded),
+    ]
     for r in best_per_model(records):
-        cells = [MODEL_LABELS.get(r["type"], r["type"]), str(r["d_model"]), f"{r['lr']:g}", str(r["params"]),
-                 str(state_size(r["model"], L))]
+        cells = [
+            MODEL_LABELS.get(r["type"], r["type"]),
+            str(r["d_model"]),
+            f"{r['lr']:g}",
+            str(r["params"]),
+            str(state_size(r["model"], L)),
+        ]
         cells += [f"{r['slices'][k]:.3f}" if k in r["slices"] else "-" for k in keys]
         cells.append(f"{r['mean']:.3f}")
         if seeded:
@@ -161,9 +202,13 @@ def render_markdown(records: List[Dict]) -> str:
     lrs = sorted({r["lr"] for r in records})
     budgets = sorted({(r["steps"], r["batch_size"]) for r in records})
     seeds = f"seeds: {', '.join(str(s) for s in sorted({r['seed'] for r in records}))}; " if seeded else ""
-    lines += ["", f"Runs: {len(records)}; learning rates tried: {', '.join(f'{x:g}' for x in lrs)}; {seeds}"
-              f"training per run: {', '.join(f'{s} steps of {b} sequences' for s, b in budgets)}. "
-              "Every run is in `leaderboard.csv`.", ""]
+    lines += [
+        "",
+        f"Runs: {len(records)}; learning rates tried: {', '.join(f'{x:g}' for x in lrs)}; {seeds}"
+        f"training per run: {', '.join(f'{s} steps of {b} sequences' for s, b in budgets)}. "
+        "Every run is in `leaderboard.csv`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -173,14 +218,38 @@ def render_csv(records: List[Dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     L = _max_len(records)
     seeded = several_seeds(records)  # one row per run either way; the seed column only where seeds vary
-    writer.writerow(["run", "model_type", "d_model", "lr", *(["seed"] if seeded else []), "steps", "params",
-                     f"state_L{L}", *keys, "mean", "final_loss"])
+    writer.writerow(
+        [
+            "run",
+            "model_type",
+            "d_model",
+            "lr",
+            *(["seed"] if seeded else []),
+            "steps",
+            "params",
+            f"state_L{L}",
+            *keys,
+            "mean",
+            "final_loss",
+        ]
+    )
     for r in sorted(records, key=lambda r: r["run"]):
         loss = "" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
-        writer.writerow([r["run"], r["type"], r["d_model"], f"{r['lr']:g}", *([r["seed"]] if seeded else []),
-                         r["steps"], r["params"], state_size(r["model"], L),
-                         *(f"{r['slices'][k]:.4f}" if k in r["slices"] else "" for k in keys),
-                         f"{r['mean']:.4f}", loss])
+        writer.writerow(
+            [
+                r["run"],
+                r["type"],
+                r["d_model"],
+                f"{r['lr']:g}",
+                *([r["seed"]] if seeded else []),
+                r["steps"],
+                r["params"],
+                state_size(r["model"], L),
+                *(f"{r['slices'][k]:.4f}" if k in r["slices"] else "" for k in keys),
+                f"{r['mean']:.4f}",
+                loss,
+            ]
+        )
     return buf.getvalue()
 
 
@@ -197,8 +266,12 @@ def _plots(records: List[Dict], out: Path) -> None:
     fig, axes = plt.subplots(1, len(dims), figsize=(4 * len(dims), 3.4), squeeze=False)
     for ax, d in zip(axes[0], dims):
         for r in (r for r in best if r["d_model"] == d):
-            ax.plot(seq_lens, [r["slices"].get(k, float("nan")) for k in keys], marker="o",
-                    label=MODEL_LABELS.get(r["type"], r["type"]))
+            ax.plot(
+                seq_lens,
+                [r["slices"].get(k, float("nan")) for k in keys],
+                marker="o",
+                label=MODEL_LABELS.get(r["type"], r["type"]),
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(seq_lens, [f"{k.replace('_', ' ')}" for k in keys], fontsize=7)
         ax.set_ylim(-0.02, 1.02)
@@ -215,8 +288,12 @@ def _plots(records: List[Dict], out: Path) -> None:
         for t in MODEL_ORDER:
             rows = sorted((r for r in best if r["type"] == t), key=lambda r: state_size(r["model"], L))
             if rows:
-                ax.plot([state_size(r["model"], L) for r in rows], [r["slices"].get(k, float("nan")) for r in rows],
-                        marker="o", label=MODEL_LABELS[t])
+                ax.plot(
+                    [state_size(r["model"], L) for r in rows],
+                    [r["slices"].get(k, float("nan")) for r in rows],
+                    marker="o",
+                    label=MODEL_LABELS[t],
+                )
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(k.replace("_", " "))

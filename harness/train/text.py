@@ -20,6 +20,7 @@ The tokenizer (unless ``data.tokenizer`` names a folder) is a byte-level BPE tra
 every task (:func:`qdelta.harness.train.tokenizer.build_text_tokenizer`); the generators then measure
 needle lengths in its tokens (``metadata.tokenizer``), as ``qdelta eval`` does with the checkpoint.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -72,8 +73,10 @@ def find_task(name: str) -> Dict[str, Any]:
         raise ValueError(f"data.tasks: no task named {name!r} under {TASKS_DIR}; see `qdelta tasks list`")
     config = _read_task_yaml(found[0])
     if "custom_dataset" not in config:
-        raise ValueError(f"data.tasks: task {name!r} has no custom_dataset generator; only generated "
-                         f"(synthetic) tasks can be rendered for training")
+        raise ValueError(
+            f"data.tasks: task {name!r} has no custom_dataset generator; only generated "
+            f"(synthetic) tasks can be rendered for training"
+        )
     return config
 
 
@@ -110,8 +113,9 @@ def _parse_entry(entry: Dict[str, Any], i: int) -> _Task:
     if not isinstance(extra, dict):
         raise TypeError(f"{where}.metadata: expected a mapping, got {extra!r}")
     config = find_task(entry["task"])
-    return _Task(entry["task"], float(weight), _import(config["custom_dataset"]),
-                 {**(config.get("metadata") or {}), **extra})
+    return _Task(
+        entry["task"], float(weight), _import(config["custom_dataset"]), {**(config.get("metadata") or {}), **extra}
+    )
 
 
 def _encode(tokenizer, doc: Dict[str, Any]) -> Tuple[List[int], int]:
@@ -122,7 +126,7 @@ def _encode(tokenizer, doc: Dict[str, Any]) -> Tuple[List[int], int]:
         context, continuation = context[:-trailing], context[-trailing:] + continuation
     whole = tokenizer.encode(context + continuation, add_special_tokens=False)
     ctx = tokenizer.encode(context, add_special_tokens=False)
-    if whole[:len(ctx)] != ctx:
+    if whole[: len(ctx)] != ctx:
         whole = ctx + tokenizer.encode(continuation, add_special_tokens=False)
     return whole, len(ctx)
 
@@ -141,12 +145,17 @@ class TextSource:
         if tokenizer_dir is not None or spec.tokenizer is not None:
             path = str(tokenizer_dir if tokenizer_dir is not None else spec.tokenizer)
             if not Path(path, "tokenizer.json").is_file():
-                raise FileNotFoundError(f"data.tokenizer: no tokenizer.json in {path!r}; give a tokenizer "
-                                        f"folder or leave data.tokenizer empty to build one")
+                raise FileNotFoundError(
+                    f"data.tokenizer: no tokenizer.json in {path!r}; give a tokenizer "
+                    f"folder or leave data.tokenizer empty to build one"
+                )
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         else:
-            corpus = [d["context"] + d["target"] for task in self.tasks
-                      for d in task.docs(derive_seed(seed, "tokenizer", task.name) % 2**31, 8, None)]
+            corpus = [
+                d["context"] + d["target"]
+                for task in self.tasks
+                for d in task.docs(derive_seed(seed, "tokenizer", task.name) % 2**31, 8, None)
+            ]
             self.tokenizer = build_text_tokenizer(corpus, spec.tokenizer_vocab_size)
         self.tokenizer.save_pretrained(self._tmp.name)  # generators count lengths in these tokens
         self.vocab_size = len(self.tokenizer)
@@ -171,15 +180,18 @@ class TextSource:
             parts = list(mapper(task.docs, seeds, [POOL_CHUNK] * len(seeds), [self._tmp.name] * len(seeds)))
             docs += [d for part in parts for d in part]
             chunk += len(seeds)
-        pool = [self._checked(task, _encode(self.tokenizer, d)) for d in docs[:self.spec.pool_size]]
-        log.info("%s: %d training docs, up to %d tokens", task.name, self.spec.pool_size,
-                 max(len(ids) for ids, _ in pool))
-        return pool[:self.spec.pool_size]
+        pool = [self._checked(task, _encode(self.tokenizer, d)) for d in docs[: self.spec.pool_size]]
+        log.info(
+            "%s: %d training docs, up to %d tokens", task.name, self.spec.pool_size, max(len(ids) for ids, _ in pool)
+        )
+        return pool[: self.spec.pool_size]
 
     def _checked(self, task: _Task, encoded: Tuple[List[int], int]) -> Tuple[List[int], int]:
         if len(encoded[0]) > self.spec.seq_len:
-            raise ValueError(f"data.seq_len: a {task.name} example needs {len(encoded[0])} tokens, more than "
-                             f"seq_len={self.spec.seq_len}; raise data.seq_len or shorten the task")
+            raise ValueError(
+                f"data.seq_len: a {task.name} example needs {len(encoded[0])} tokens, more than "
+                f"seq_len={self.spec.seq_len}; raise data.seq_len or shorten the task"
+            )
         return encoded
 
     def _rows(self, examples: List[Tuple[List[int], int]]) -> Batch:
@@ -193,7 +205,7 @@ class TextSource:
             input_ids[b, :n] = torch.tensor(ids)
             mask[b, :n] = 1
             first = start - 1 if self.spec.loss_on == "answer" else 0  # logits at t predict token t + 1
-            targets[b, first:n - 1] = torch.tensor(ids[first + 1:n])
+            targets[b, first : n - 1] = torch.tensor(ids[first + 1 : n])
         return Batch(input_ids, targets, mask)
 
     def batch(self, step: int, batch_size: int) -> Batch:
@@ -208,17 +220,17 @@ class TextSource:
         scores: Dict[str, float] = {}
         for task in self.tasks:
             docs = task.docs(self.eval_spec.seed, self.eval_spec.num_examples, self._tmp.name)
-            examples = [_encode(self.tokenizer, d) for d in docs][:max(self.eval_spec.num_examples, 1)]
+            examples = [_encode(self.tokenizer, d) for d in docs][: max(self.eval_spec.num_examples, 1)]
             hits = 0
             for start in range(0, len(examples), self.eval_spec.batch_size):
-                part = examples[start:start + self.eval_spec.batch_size]
+                part = examples[start : start + self.eval_spec.batch_size]
                 batch = self._rows(part).to(device)
                 # score the answer only (not the trailing newline): lm-eval's greedy check
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 preds = logits.argmax(-1)
                 for b, (ids, ctx_len) in enumerate(part):
                     answer = slice(ctx_len - 1, len(ids) - 2)
-                    hits += int(torch.equal(preds[b, answer].cpu(), batch.input_ids[b, ctx_len:len(ids) - 1].cpu()))
+                    hits += int(torch.equal(preds[b, answer].cpu(), batch.input_ids[b, ctx_len : len(ids) - 1].cpu()))
             scores[task.name] = hits / len(examples)
         scores["mean"] = sum(scores.values()) / len(self.tasks)
         return scores

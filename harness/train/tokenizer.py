@@ -9,6 +9,7 @@ Two kinds, both saved as ``tokenizer.json`` + ``tokenizer_config.json`` and load
   the task generators. Digits are always single tokens (numbers and UUIDs are spelled digit by
   digit, as in RULER-style recall) and any text encodes (byte fallback, no unknown token).
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -46,16 +47,21 @@ def build_text_tokenizer(corpus: Iterable[str], vocab_size: int = 1024):
     corpus. Returns a ``PreTrainedTokenizerFast``.
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
-        raise ValueError(f"vocab_size must be an int >= 300 (256 byte symbols + specials + merges), "
-                         f"got {vocab_size!r}")
+        raise ValueError(f"vocab_size must be an int >= 300 (256 byte symbols + specials + merges), got {vocab_size!r}")
     tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=[EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(corpus, trainer)
     return _wrap(tokenizer, bos_token=EOS, eos_token=EOS, pad_token=PAD)

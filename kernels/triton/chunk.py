@@ -11,12 +11,13 @@ offset) is rebuilt from the last chunk's start state with the PyTorch chunk step
 differentiable. Continuing from the middle of a chunk goes to the reference path (see
 :func:`supports`).
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
@@ -26,7 +27,8 @@ from ..chunk import _chunk
 from ..state import OfficialState
 from . import chunk_fwd
 from .chunk_bwd import chunk_backward
-from .launch import launch, p2 as _p2, settings
+from .launch import launch, settings
+from .launch import p2 as _p2
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class ChunkTable:
         sizes = [-(-len(p) // 4) * 4 for p in parts]
         table = torch.tensor([x for p, n in zip(parts, sizes) for x in p + [0] * (n - len(p))], dtype=torch.int32)
         views = table.to(device).split(sizes)
-        self.bos, self.len, self.seq_chunks, last = (v[:len(p)] for v, p in zip(views, parts))
+        self.bos, self.len, self.seq_chunks, last = (v[: len(p)] for v, p in zip(views, parts))
         self.last = last.long()  # index of each sequence's last chunk
         self.last_bos = tuple(bos[c] for c in last)  # its first token (host side)
         self.num_chunks, self.num_sequences = len(bos), len(bounds)
@@ -94,8 +96,20 @@ def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: st
     return ChunkTable(bounds, chunk_size, device)
 
 
-def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, chunk_size: int, official: bool,
-                  store_inverse: bool = False):
+def chunk_forward(
+    q,
+    k,
+    v,
+    g,
+    beta,
+    lam,
+    h0,
+    table: ChunkTable,
+    scale: float,
+    chunk_size: int,
+    official: bool,
+    store_inverse: bool = False,
+):
     """Launch the forward kernels. Tokens laid out (T, H, ·), contiguous.
 
     Returns o (T, H, V), h (NC, H, K, V) chunk-start states (None when neither the backward nor
@@ -127,11 +141,34 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     Aqk = torch.empty(NC, H, BC, BC, dtype=q.dtype if a16 else f32, device=dev)
     # P * Gam for a backward that reads the pairing instead of recomputing it (launch.py SAVED_PAIRS)
     PG = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if saved_pairs else None
-    launch(chunk_fwd._intra_kernel, (NC, H), cfg,
-        q, k, v, q if g is None else g, beta, q if lam is None else lam,
-        table.bos, table.len, G, W, U, G if Tinv is None else Tinv, Aqk, G if PG is None else PG,
-        H=H, K=K, V=V, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None, OFFICIAL=official,
-        STORE_T=store_inverse, STORE_PG=PG is not None, HC=max(16, BC // 2),
+    launch(
+        chunk_fwd._intra_kernel,
+        (NC, H),
+        cfg,
+        q,
+        k,
+        v,
+        q if g is None else g,
+        beta,
+        q if lam is None else lam,
+        table.bos,
+        table.len,
+        G,
+        W,
+        U,
+        G if Tinv is None else Tinv,
+        Aqk,
+        G if PG is None else PG,
+        H=H,
+        K=K,
+        V=V,
+        BC=BC,
+        HAS_G=g is not None,
+        HAS_LAM=lam is not None,
+        OFFICIAL=official,
+        STORE_T=store_inverse,
+        STORE_PG=PG is not None,
+        HC=max(16, BC // 2),
     )
     cfg = state
     store_h = store_inverse or official or not fuse
@@ -144,16 +181,55 @@ def chunk_forward(q, k, v, g, beta, lam, h0, table: ChunkTable, scale: float, ch
     Up = torch.empty(T, H, V, dtype=f32, device=dev) if store_inverse or not fuse else None
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
-    launch(chunk_fwd._state_kernel, (triton.cdiv(V, cfg["BV"]), N, H), cfg,
-        k, W, U, G, ht if h0 is None else h0, q, Aqk, o,
-        table.bos, table.len, table.seq_chunks, ht if h is None else h, U if Up is None else Up, ht, scale,
-        H=H, K=K, V=V, BC=BC, BK=_p2(K), HAS_H0=h0 is not None,
-        FUSE_OUTPUT=fuse, STORE_H=store_h, STORE_UP=Up is not None,
+    launch(
+        chunk_fwd._state_kernel,
+        (triton.cdiv(V, cfg["BV"]), N, H),
+        cfg,
+        k,
+        W,
+        U,
+        G,
+        ht if h0 is None else h0,
+        q,
+        Aqk,
+        o,
+        table.bos,
+        table.len,
+        table.seq_chunks,
+        ht if h is None else h,
+        U if Up is None else Up,
+        ht,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BC=BC,
+        BK=_p2(K),
+        HAS_H0=h0 is not None,
+        FUSE_OUTPUT=fuse,
+        STORE_H=store_h,
+        STORE_UP=Up is not None,
     )
     if not fuse:
         cfg = output
-        launch(chunk_fwd._output_kernel, (triton.cdiv(V, cfg["BV"]), NC, H), cfg,
-               q, Aqk, G, h, Up, o, table.bos, table.len, scale, H=H, K=K, V=V, BC=BC)
+        launch(
+            chunk_fwd._output_kernel,
+            (triton.cdiv(V, cfg["BV"]), NC, H),
+            cfg,
+            q,
+            Aqk,
+            G,
+            h,
+            Up,
+            o,
+            table.bos,
+            table.len,
+            scale,
+            H=H,
+            K=K,
+            V=V,
+            BC=BC,
+        )
     return o, h, ht, ((G, W, Up, Aqk, Tinv, PG, h) if store_inverse else None)
 
 
@@ -163,8 +239,9 @@ class _ChunkQDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official):
         needs_grad = any(ctx.needs_input_grad[:7])
-        o, h, ht, for_backward = chunk_forward(q, k, v, g, beta, lam, h0, table, scale, chunk_size, official,
-                                               store_inverse=needs_grad)
+        o, h, ht, for_backward = chunk_forward(
+            q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, store_inverse=needs_grad
+        )
         # the official final state is rebuilt from h_last; h is not kept in a fused no-grad paper call
         h_last = h[table.last] if h is not None else ht.new_empty(0)
         if needs_grad:
@@ -177,10 +254,17 @@ class _ChunkQDelta(torch.autograd.Function):
         q, k, v, g, beta, lam, *forward = ctx.saved_tensors
         table, scale, official, no_h0 = ctx.meta
         N, (H, K, V) = table.num_sequences, forward[-1].shape[1:]
+
         def zero_state(d):
             return torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d.float()
-        saved = {"inputs": (q, k, v, g, beta, lam), "forward": forward, "table": table, "scale": scale,
-                 "official": official}
+
+        saved = {
+            "inputs": (q, k, v, g, beta, lam),
+            "forward": forward,
+            "table": table,
+            "scale": scale,
+            "official": official,
+        }
         dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht), zero_state(dh_last))
         return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None
 
@@ -194,8 +278,9 @@ def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: flo
         gg = zeros if g is None else piece(g)
         ll = zeros if lam is None else piece(lam)
         S0 = h_last[n]
-        _, st = _chunk(piece(q), piece(k), piece(v), gg, piece(beta), ll, scale,
-                       OfficialState(S0, S0, torch.zeros_like(S0), 0))
+        _, st = _chunk(
+            piece(q), piece(k), piece(v), gg, piece(beta), ll, scale, OfficialState(S0, S0, torch.zeros_like(S0), 0)
+        )
         parts.append(st)
     offsets = torch.tensor([p.offset for p in parts], dtype=torch.int64, device=q.device)
     return OfficialState(*(torch.stack([p[i] for p in parts]) for i in range(3)), offsets)

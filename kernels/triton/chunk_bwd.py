@@ -25,6 +25,7 @@ result: the Triton 3.4-3.7.0 Hopper hazard, DESIGN §5). fp32 accumulation and s
 ``tl.dot`` of fp32 operands is tf32 on Hopper, as in the forward; with ``LOWP`` (launch.py) the
 reverse pass and the K-block kernel round their dot operands to the inputs' 16-bit dtype.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,17 +33,33 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import chunk_rows, dot, dot_add, row_values
-from .launch import launch, p2 as _p2, settings
+from .launch import launch, settings
+from .launch import p2 as _p2
 
 
 @triton.jit
 def _reverse_state_kernel(
-    q, k, W, G, Aqk, do,  # (T, H, K) x2, W (T, H, K) fp32/16-bit, (T, H) fp32, (NC, H, BC, BC) fp32/16-bit, (T, H, V)
-    dht, dh_last,  # (N, H, K, V) fp32: gradients of the final states and of each sequence's last chunk start
-    chunk_bos, chunk_len, seq_chunks,
-    dS_end, dUp, dh0,  # out: (NC, H, K, V) fp32 (16-bit: H_LOWP), (T, H, V) fp32, (N, H, K, V) fp32
+    q,
+    k,
+    W,
+    G,
+    Aqk,
+    do,  # (T, H, K) x2, W (T, H, K) fp32/16-bit, (T, H) fp32, (NC, H, BC, BC) fp32/16-bit, (T, H, V)
+    dht,
+    dh_last,  # (N, H, K, V) fp32: gradients of the final states and of each sequence's last chunk start
+    chunk_bos,
+    chunk_len,
+    seq_chunks,
+    dS_end,
+    dUp,
+    dh0,  # out: (NC, H, K, V) fp32 (16-bit: H_LOWP), (T, H, V) fp32, (N, H, K, V) fp32
     scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
     LOWP: tl.constexpr,
 ):
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -84,14 +101,37 @@ def _reverse_state_kernel(
 
 @triton.jit
 def _intra_bwd_kernel(
-    q, k, v, G, beta, lam, Tinv, Up, dUp, do,  # tokens (T, H, ·); Tinv (NC, H, BC, BC); Up, dUp fp32
-    PG, Aqk,  # with SAVED_PAIRS: the forward's strictly lower P * Gam (fp32) and (Q K^T) * Gam, (NC, H, BC, BC)
-    chunk_bos, chunk_len,
-    dR_out, dv, dP_out, dA_out, dG_out, dbeta_out,  # (T,H,V), (T,H,V), (NC,H,BC,BC) x2 (fp32 or, for a
+    q,
+    k,
+    v,
+    G,
+    beta,
+    lam,
+    Tinv,
+    Up,
+    dUp,
+    do,  # tokens (T, H, ·); Tinv (NC, H, BC, BC); Up, dUp fp32
+    PG,
+    Aqk,  # with SAVED_PAIRS: the forward's strictly lower P * Gam (fp32) and (Q K^T) * Gam, (NC, H, BC, BC)
+    chunk_bos,
+    chunk_len,
+    dR_out,
+    dv,
+    dP_out,
+    dA_out,
+    dG_out,
+    dbeta_out,  # (T,H,V), (T,H,V), (NC,H,BC,BC) x2 (fp32 or, for a
     # LOWP K-block kernel, 16-bit), (T,H) fp32 x2
     scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, SAVED_PAIRS: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_LAM: tl.constexpr,
+    OFFICIAL: tl.constexpr,
+    SAVED_PAIRS: tl.constexpr,
 ):
     """dR, dv, dL, dAqk and the gate / beta parts of one chunk and head. The pairing ``P`` and ``Q K^T``
     are recomputed from q and k (K loop), or with SAVED_PAIRS read as the forward stored them (``P * Gam``
@@ -163,12 +203,35 @@ def _intra_bwd_kernel(
 
 @triton.jit
 def _kq_bwd_kernel(
-    q, k, G, beta, lam, h, dS_end, Up, dR, do, dP, dA,  # see _intra_bwd_kernel; h, dS_end (NC, H, K, V) fp32/16-bit
-    chunk_bos, chunk_len,
-    dq, dk, dG_part, dbeta_part, dlam_part,  # (T,H,K) x2, (NK, T, H) fp32 x3
+    q,
+    k,
+    G,
+    beta,
+    lam,
+    h,
+    dS_end,
+    Up,
+    dR,
+    do,
+    dP,
+    dA,  # see _intra_bwd_kernel; h, dS_end (NC, H, K, V) fp32/16-bit
+    chunk_bos,
+    chunk_len,
+    dq,
+    dk,
+    dG_part,
+    dbeta_part,
+    dlam_part,  # (T,H,K) x2, (NK, T, H) fp32 x3
     scale,
-    T_total, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr,
+    T_total,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_LAM: tl.constexpr,
+    OFFICIAL: tl.constexpr,
     LOWP: tl.constexpr,
 ):
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -243,10 +306,22 @@ def _kq_bwd_kernel(
 
 @triton.jit
 def _gate_bwd_kernel(
-    dG_intra, dbeta_intra, dG_part, dbeta_part, dlam_part,  # (T, H) fp32 x2, (NK, T, H) fp32 x3
-    chunk_bos, chunk_len,
-    dg, dbeta, dlam,  # (T, H) in the inputs' dtypes
-    T_total, NK: tl.constexpr, H: tl.constexpr, BC: tl.constexpr, HAS_G: tl.constexpr, HAS_LAM: tl.constexpr,
+    dG_intra,
+    dbeta_intra,
+    dG_part,
+    dbeta_part,
+    dlam_part,  # (T, H) fp32 x2, (NK, T, H) fp32 x3
+    chunk_bos,
+    chunk_len,
+    dg,
+    dbeta,
+    dlam,  # (T, H) in the inputs' dtypes
+    T_total,
+    NK: tl.constexpr,
+    H: tl.constexpr,
+    BC: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_LAM: tl.constexpr,
 ):
     """Sum the per-K-block parts; dg = reverse cumsum of dG inside the chunk (G is the in-chunk cumsum of g)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
@@ -290,10 +365,30 @@ def chunk_backward(saved, do, dht, dh_last):
     dS_end = torch.empty(NC, H, K, V, dtype=dS_dtype, device=dev)
     dUp = torch.empty(T, H, V, dtype=f32, device=dev)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev)
-    launch(_reverse_state_kernel, (triton.cdiv(V, cfg["BV"]), N, H), cfg,
-        q, k, W, G, Aqk, do, dht.contiguous(), dh_last.contiguous(),
-        table.bos, table.len, table.seq_chunks, dS_end, dUp, dh0, scale,
-        H=H, K=K, V=V, BC=BC, BK=_p2(K),
+    launch(
+        _reverse_state_kernel,
+        (triton.cdiv(V, cfg["BV"]), N, H),
+        cfg,
+        q,
+        k,
+        W,
+        G,
+        Aqk,
+        do,
+        dht.contiguous(),
+        dh_last.contiguous(),
+        table.bos,
+        table.len,
+        table.seq_chunks,
+        dS_end,
+        dUp,
+        dh0,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BC=BC,
+        BK=_p2(K),
     )
 
     # dR, dP and dA have one reader, the K-block kernel: with LOWP it rounds them to the inputs' 16-bit
@@ -308,28 +403,96 @@ def chunk_backward(saved, do, dht, dh_last):
     dbeta_intra = torch.empty(T, H, dtype=f32, device=dev)
     cfg = settings("intra_bwd", K, V)
     cfg.pop("SAVED_PAIRS")  # the forward decided: PG is there or not
-    launch(_intra_bwd_kernel, (NC, H), cfg,
-        q, k, v, G, beta, q if lam is None else lam, Tinv, Up, dUp, do, Tinv if PG is None else PG, Aqk,
-        table.bos, table.len, dR, dv, dP, dA, dG_intra, dbeta_intra, scale,
-        H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official, SAVED_PAIRS=PG is not None,
+    launch(
+        _intra_bwd_kernel,
+        (NC, H),
+        cfg,
+        q,
+        k,
+        v,
+        G,
+        beta,
+        q if lam is None else lam,
+        Tinv,
+        Up,
+        dUp,
+        do,
+        Tinv if PG is None else PG,
+        Aqk,
+        table.bos,
+        table.len,
+        dR,
+        dv,
+        dP,
+        dA,
+        dG_intra,
+        dbeta_intra,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BC=BC,
+        HAS_LAM=lam is not None,
+        OFFICIAL=official,
+        SAVED_PAIRS=PG is not None,
     )
 
     cfg = kq
     NK = triton.cdiv(K, cfg["BK"])
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     parts = torch.empty(3, NK, T, H, dtype=f32, device=dev)
-    launch(_kq_bwd_kernel, (NK, NC, H), cfg,
-        q, k, G, beta, q if lam is None else lam, h, dS_end, Up, dR, do, dP, dA,
-        table.bos, table.len, dq, dk, parts[0], parts[1], parts[2], scale,
-        T, H=H, K=K, V=V, BC=BC, HAS_LAM=lam is not None, OFFICIAL=official,
+    launch(
+        _kq_bwd_kernel,
+        (NK, NC, H),
+        cfg,
+        q,
+        k,
+        G,
+        beta,
+        q if lam is None else lam,
+        h,
+        dS_end,
+        Up,
+        dR,
+        do,
+        dP,
+        dA,
+        table.bos,
+        table.len,
+        dq,
+        dk,
+        parts[0],
+        parts[1],
+        parts[2],
+        scale,
+        T,
+        H=H,
+        K=K,
+        V=V,
+        BC=BC,
+        HAS_LAM=lam is not None,
+        OFFICIAL=official,
     )
 
     dg = None if g is None else torch.empty_like(g)
     dbeta = torch.empty_like(beta)
     dlam = None if lam is None else torch.empty_like(lam)
     _gate_bwd_kernel[(NC, H)](
-        dG_intra, dbeta_intra, parts[0], parts[1], parts[2], table.bos, table.len,
-        dbeta if dg is None else dg, dbeta, dbeta if dlam is None else dlam,
-        T, NK=NK, H=H, BC=BC, HAS_G=g is not None, HAS_LAM=lam is not None,
+        dG_intra,
+        dbeta_intra,
+        parts[0],
+        parts[1],
+        parts[2],
+        table.bos,
+        table.len,
+        dbeta if dg is None else dg,
+        dbeta,
+        dbeta if dlam is None else dlam,
+        T,
+        NK=NK,
+        H=H,
+        BC=BC,
+        HAS_G=g is not None,
+        HAS_LAM=lam is not None,
     )
     return dq, dk, dv, dg, dbeta, dlam, dh0

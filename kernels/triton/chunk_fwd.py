@@ -29,6 +29,7 @@ ahead, also at K = 256 (197 KB) — with the output fused in (q and Aqk loaded t
 stage (NOTES.md v9).
 No ``tl.trans`` of a dot result anywhere (the Triton 3.4-3.7.0 Hopper miscompile, DESIGN §5).
 """
+
 from __future__ import annotations
 
 import triton
@@ -94,14 +95,33 @@ def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constex
 
 @triton.jit
 def _intra_kernel(
-    q, k, v, g, beta, lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
-    chunk_bos, chunk_len,  # (NC,) int32: first token and length of every chunk
+    q,
+    k,
+    v,
+    g,
+    beta,
+    lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
+    chunk_bos,
+    chunk_len,  # (NC,) int32: first token and length of every chunk
     # out, fp32 unless said: G (T, H), W (T, H, K; 16-bit with W_LOWP), U (T, H, V), T, A and PG (NC, H, BC, BC;
     # A 16-bit with A_LOWP)
-    G_out, W_out, U_out, T_out, A_out, PG_out,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BC: tl.constexpr, HC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, OFFICIAL: tl.constexpr, STORE_T: tl.constexpr,
+    G_out,
+    W_out,
+    U_out,
+    T_out,
+    A_out,
+    PG_out,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BC: tl.constexpr,
+    HC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_LAM: tl.constexpr,
+    OFFICIAL: tl.constexpr,
+    STORE_T: tl.constexpr,
     STORE_PG: tl.constexpr,
 ):
     """Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
@@ -170,18 +190,25 @@ def _intra_kernel(
     in_2 = o_2 < BC  # the second half exists (BC > 16)
     tl.store(A_out + p_cc + o_1[:, None] * BC + o_1[None, :], b_QK11.to(A_out.dtype.element_ty))
     tl.store(A_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_QK21.to(A_out.dtype.element_ty), mask=in_2[:, None])
-    tl.store(A_out + p_cc + o_2[:, None] * BC + o_2[None, :], b_QK22.to(A_out.dtype.element_ty),
-             mask=in_2[:, None] & in_2[None, :])
-    tl.store(A_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=A_out.dtype.element_ty),
-             mask=in_2[None, :])
+    tl.store(
+        A_out + p_cc + o_2[:, None] * BC + o_2[None, :],
+        b_QK22.to(A_out.dtype.element_ty),
+        mask=in_2[:, None] & in_2[None, :],
+    )
+    tl.store(
+        A_out + p_cc + o_1[:, None] * BC + o_2[None, :],
+        tl.zeros([HC, HC], dtype=A_out.dtype.element_ty),
+        mask=in_2[None, :],
+    )
     if STORE_PG:  # P * Gam, strictly lower (the diagonal blocks written back from their transposed tiles)
         b_PG11t = b_P11t * tl.exp(tl.where(lower_t1, b_G1[None, :] - b_G1[:, None], float("-inf")))
         b_PG22t = b_P22t * tl.exp(tl.where(lower_t2, b_G2[None, :] - b_G2[:, None], float("-inf")))
         tl.store(PG_out + p_cc + o_1[None, :] * BC + o_1[:, None], b_PG11t)
         tl.store(PG_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_P21 * b_Gam21, mask=in_2[:, None])
         tl.store(PG_out + p_cc + o_2[None, :] * BC + o_2[:, None], b_PG22t, mask=in_2[None, :] & in_2[:, None])
-        tl.store(PG_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32),
-                 mask=in_2[None, :])
+        tl.store(
+            PG_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32), mask=in_2[None, :]
+        )
 
     # T1, T2 by forward substitution, both halves per step: row_i(T) = e_i - sum_{j<i} L_ij row_j(T)
     b_T1 = tl.where(o_1[:, None] == o_1[None, :], 1.0, 0.0)
@@ -198,8 +225,9 @@ def _intra_kernel(
         tl.store(T_out + p_cc + o_1[:, None] * BC + o_1[None, :], b_T1)
         tl.store(T_out + p_cc + o_2[:, None] * BC + o_1[None, :], b_T21, mask=in_2[:, None])
         tl.store(T_out + p_cc + o_2[:, None] * BC + o_2[None, :], b_T2, mask=in_2[:, None] & in_2[None, :])
-        tl.store(T_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32),
-                 mask=in_2[None, :])
+        tl.store(
+            T_out + p_cc + o_1[:, None] * BC + o_2[None, :], tl.zeros([HC, HC], dtype=tl.float32), mask=in_2[None, :]
+        )
 
     # W = T diag(beta gam) X and U = T diag(beta) V, by halves
     b_wx1, b_wx2 = b_beta1 * tl.exp(b_G1), b_beta2 * tl.exp(b_G2)
@@ -222,15 +250,33 @@ def _intra_kernel(
 
 @triton.jit
 def _state_kernel(
-    k, W, U, G, h0,  # (T, H, K), (T, H, K) fp32 or 16-bit, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
-    q, A, o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) (Q K^T) * Gam (fp32 or 16-bit), (T, H, V) out
-    chunk_bos, chunk_len, seq_chunks,  # (NC,), (NC,), (N + 1,) int32
+    k,
+    W,
+    U,
+    G,
+    h0,  # (T, H, K), (T, H, K) fp32 or 16-bit, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
+    q,
+    A,
+    o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) (Q K^T) * Gam (fp32 or 16-bit), (T, H, V) out
+    chunk_bos,
+    chunk_len,
+    seq_chunks,  # (NC,), (NC,), (N + 1,) int32
     # (NC, H, K, V) chunk-start states (fp32, or 16-bit: H_LOWP), (T, H, V) fp32 U', (N, H, K, V) fp32
-    h_out, Up_out, ht_out,
+    h_out,
+    Up_out,
+    ht_out,
     scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
-    FUSE_OUTPUT: tl.constexpr, STORE_H: tl.constexpr, STORE_UP: tl.constexpr, LOWP: tl.constexpr,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    FUSE_OUTPUT: tl.constexpr,
+    STORE_H: tl.constexpr,
+    STORE_UP: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
     """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched)."""
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -273,10 +319,22 @@ def _state_kernel(
 @triton.jit
 def _output_kernel(
     # (T, H, K), (NC, H, BC, BC) fp32 or 16-bit, (T, H) fp32, (NC, H, K, V) fp32 or 16-bit, (T, H, V) fp32, (T, H, V)
-    q, A, G, h, Up, o,
-    chunk_bos, chunk_len, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LOWP: tl.constexpr,
+    q,
+    A,
+    G,
+    h,
+    Up,
+    o,
+    chunk_bos,
+    chunk_len,
+    scale,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)

@@ -14,6 +14,7 @@ is read once and written once per call; ``inplace=True`` writes it over the init
 Forward only (decoding): calls that need gradients go to the PyTorch reference. Checked with
 Triton 3.9 (TRITON_INTERPRET=1) and Triton 3.6 on an H200 (NOTES.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,16 +24,38 @@ import triton.language as tl
 from .._inputs import OFFICIAL_CHUNK, Inputs
 from ..state import OfficialState
 from .chunk import MAX_K, MAX_V, TRITON_DTYPES, device_ok
-from .launch import launch as _launch, p2 as _p2, settings
+from .launch import launch as _launch
+from .launch import p2 as _p2
+from .launch import settings
 
 
 @triton.jit
 def _recurrent_kernel(
-    q, k, v, g, beta, lam, o,  # (T, H, K), (T, H, K), (T, H, V), (T, H) x3, (T, H, V)
-    s0, d0, p0, st, dt, pt,  # (N, H, K, V) fp32: initial S, D, P and final S, D, P (may alias)
-    seq_bos, offsets, scale,  # (N + 1,) int32, (N,) int32 tokens already in the official chunk
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    CHUNK: tl.constexpr, HAS_G: tl.constexpr, HAS_LAM: tl.constexpr, HAS_S0: tl.constexpr,
+    q,
+    k,
+    v,
+    g,
+    beta,
+    lam,
+    o,  # (T, H, K), (T, H, K), (T, H, V), (T, H) x3, (T, H, V)
+    s0,
+    d0,
+    p0,
+    st,
+    dt,
+    pt,  # (N, H, K, V) fp32: initial S, D, P and final S, D, P (may alias)
+    seq_bos,
+    offsets,
+    scale,  # (N + 1,) int32, (N,) int32 tokens already in the official chunk
+    H: tl.constexpr,
+    K: tl.constexpr,
+    V: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    CHUNK: tl.constexpr,
+    HAS_G: tl.constexpr,
+    HAS_LAM: tl.constexpr,
+    HAS_S0: tl.constexpr,
     OFFICIAL: tl.constexpr,
 ):
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -98,8 +121,7 @@ def supports(inp: Inputs) -> bool:
     s = inp.initial_state
     tensors += [t for _, t in s.tensors()] if isinstance(s, OfficialState) else ([s] if s is not None else [])
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return (device_ok(inp.q) and inp.q.dtype in TRITON_DTYPES and K <= MAX_K and V <= MAX_V
-            and not needs_grad)
+    return device_ok(inp.q) and inp.q.dtype in TRITON_DTYPES and K <= MAX_K and V <= MAX_V and not needs_grad
 
 
 def fused_recurrent_qdelta_triton(inp: Inputs, output_final_state: bool, inplace: bool = False):
@@ -132,12 +154,16 @@ def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
     init = list(s[:3]) if official and s is not None else ([s] if s is not None else [])
     fp32_contig = all(t.dtype == torch.float32 and t.is_contiguous() for t in init)
     if inplace and official and not isinstance(inp.initial_state, OfficialState):
-        raise ValueError("inplace=True with variant='official' needs initial_state to be an OfficialState "
-                         f"(its three tensors are written), got {type(inp.initial_state).__name__}; "
-                         "pass OfficialState.at_boundary(state) with separate tensors")
+        raise ValueError(
+            "inplace=True with variant='official' needs initial_state to be an OfficialState "
+            f"(its three tensors are written), got {type(inp.initial_state).__name__}; "
+            "pass OfficialState.at_boundary(state) with separate tensors"
+        )
     if inplace and init and not fp32_contig:
-        raise ValueError("inplace=True needs a contiguous float32 initial_state; got "
-                         f"{[(t.dtype, t.is_contiguous()) for t in init]}; pass .float().contiguous() first")
+        raise ValueError(
+            "inplace=True needs a contiguous float32 initial_state; got "
+            f"{[(t.dtype, t.is_contiguous()) for t in init]}; pass .float().contiguous() first"
+        )
     if not init:
         finals = [torch.empty(N, H, K, V, dtype=torch.float32, device=dev) for _ in range(3 if official else 1)]
     elif inplace:
@@ -149,18 +175,41 @@ def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
         init.append(finals[0])  # placeholders: never read without HAS_S0 / OFFICIAL
     while len(finals) < 3:
         finals.append(finals[0])
-    offsets = (s.offset if official and s is not None else torch.zeros(N, dtype=torch.int64, device=dev))
+    offsets = s.offset if official and s is not None else torch.zeros(N, dtype=torch.int64, device=dev)
     o = torch.empty(B * T, H, V, dtype=q.dtype, device=dev)
     cfg = settings("recurrent", K, V)
     offsets32 = offsets.to(torch.int32)
 
     def launch():
-        _launch(_recurrent_kernel, (N, H, triton.cdiv(V, cfg["BV"])), cfg,
-            q, k, v, q if g is None else g, beta, q if lam is None else lam, o,
-            init[0], init[1], init[2], finals[0], finals[1], finals[2],
-            seq_bos, offsets32, inp.scale,
-            H=H, K=K, V=V, BK=_p2(K), CHUNK=OFFICIAL_CHUNK,
-            HAS_G=g is not None, HAS_LAM=lam is not None, HAS_S0=s is not None, OFFICIAL=official,
+        _launch(
+            _recurrent_kernel,
+            (N, H, triton.cdiv(V, cfg["BV"])),
+            cfg,
+            q,
+            k,
+            v,
+            q if g is None else g,
+            beta,
+            q if lam is None else lam,
+            o,
+            init[0],
+            init[1],
+            init[2],
+            finals[0],
+            finals[1],
+            finals[2],
+            seq_bos,
+            offsets32,
+            inp.scale,
+            H=H,
+            K=K,
+            V=V,
+            BK=_p2(K),
+            CHUNK=OFFICIAL_CHUNK,
+            HAS_G=g is not None,
+            HAS_LAM=lam is not None,
+            HAS_S0=s is not None,
+            OFFICIAL=official,
         )
 
     def finish():

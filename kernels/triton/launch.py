@@ -14,6 +14,7 @@ states / end-state gradients that the backward's K-block kernel reads in the inp
 ``(Q K^T) * Gam`` stored in the inputs' 16-bit dtype where both its readers round it anyway (LOWP
 output kernel or state pass with the output fused in, LOWP reverse pass).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,13 +55,15 @@ def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
     if kernel == "state":  # _state_kernel (forward, sequential over chunks)
         # the output from its own kernel: without q and Aqk the loads of two pipeline stages fit in shared
         # memory at K = 256 too (with the output fused in, K = 256 needs one stage; NOTES.md v9)
-        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=2, FUSE_OUTPUT=False,
-                    LOWP=True, H_LOWP=True)
+        return dict(
+            BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=2, FUSE_OUTPUT=False, LOWP=True, H_LOWP=True
+        )
     if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
         return dict(BK=min(64, BKF), BV=min(128, p2(V)), num_warps=8, num_stages=2, LOWP=True)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
-        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True,
-                    H_LOWP=True)
+        return dict(
+            BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True, H_LOWP=True
+        )
     if kernel == "intra_bwd":  # SAVED_PAIRS: read the forward's P * Gam and Aqk, no K loop (v10: -0.07 ms)
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, SAVED_PAIRS=True)
     if kernel == "kq_bwd":
@@ -77,13 +80,17 @@ def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
     cfg = {**_defaults(kernel, K, V), **OVERRIDES.get(kernel, {})}
     least = min(_least_bv(kernel, K, cfg.get("LOWP", False)), p2(V))  # a V narrower than the tile is fine
     if kernel in ("state", "reverse") and cfg["BV"] < least:
-        raise ValueError(f"launch settings for {kernel!r}: BV={cfg['BV']} with K={K}"
-                         f"{' and LOWP' if least == 64 else ''} faults or computes wrong numbers on Hopper "
-                         f"(Triton 3.6); use BV >= {least}")
+        raise ValueError(
+            f"launch settings for {kernel!r}: BV={cfg['BV']} with K={K}"
+            f"{' and LOWP' if least == 64 else ''} faults or computes wrong numbers on Hopper "
+            f"(Triton 3.6); use BV >= {least}"
+        )
     # and the K-block backward with 16-bit operands on 32 x 32 (BK x BV) tiles at K = 128 and 256 (tune.py, v9)
     if kernel == "kq_bwd" and cfg.get("LOWP") and cfg["BK"] <= 32 and cfg["BV"] <= 32 and p2(K) >= 128:
-        raise ValueError(f"launch settings for 'kq_bwd': BK={cfg['BK']}, BV={cfg['BV']} with LOWP fault on Hopper "
-                         "(Triton 3.6); use BK or BV >= 64, or LOWP off")
+        raise ValueError(
+            f"launch settings for 'kq_bwd': BK={cfg['BK']}, BV={cfg['BV']} with LOWP fault on Hopper "
+            "(Triton 3.6); use BK or BV >= 64, or LOWP off"
+        )
     return cfg
 
 
@@ -113,10 +120,14 @@ def launch(kernel, grid, cfg: Dict[str, Any], *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs, **cfg)``; if the settings ask for more shared memory than
     the card has (e.g. fp32 inputs double the operand tiles of a bf16-tuned setting), retry with
     fewer pipeline stages and remember the cap for this kernel and these compile-time values."""
+
     def key() -> tuple:  # built only once some launch has needed a cap (off the common path)
-        return (getattr(kernel, "__name__", str(kernel)), tuple(sorted(cfg.items())),
-                tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, (bool, int)))),
-                tuple(str(a.dtype) for a in args if hasattr(a, "dtype")))
+        return (
+            getattr(kernel, "__name__", str(kernel)),
+            tuple(sorted(cfg.items())),
+            tuple(sorted((k, v) for k, v in constexprs.items() if isinstance(v, (bool, int)))),
+            tuple(str(a.dtype) for a in args if hasattr(a, "dtype")),
+        )
 
     stages = cfg.get("num_stages", 1)
     if _STAGES_CAP:
@@ -130,5 +141,8 @@ def launch(kernel, grid, cfg: Dict[str, Any], *args, **constexprs) -> None:
                 raise
             stages -= 1
             _STAGES_CAP[key()] = stages
-            log.info("%s: out of shared memory with these settings; retrying with num_stages=%d",
-                     getattr(kernel, "__name__", kernel), stages)
+            log.info(
+                "%s: out of shared memory with these settings; retrying with num_stages=%d",
+                getattr(kernel, "__name__", kernel),
+                stages,
+            )

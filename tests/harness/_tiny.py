@@ -1,4 +1,5 @@
 """Tiny offline fixtures for the harness tests: a word-level tokenizer and small models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ WORDS = ["the", "key", "value", "is", "of", "query", ":", ".", "a", "b", "c", "d
 
 def save_word_tokenizer(folder: Path) -> Path:
     """A whitespace word-level tokenizer (<pad>=0, <bos>=1, <eos>=2, <unk>=3) saved as an HF folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
@@ -17,8 +18,9 @@ def save_word_tokenizer(folder: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                                   eos_token="<eos>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(folder))
     return folder
@@ -30,6 +32,13 @@ def tiny_llama(vocab_size: int = 64, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    )
     return LlamaForCausalLM(config).eval()

@@ -1,5 +1,6 @@
 """`qdelta eval` through the real lm-eval machinery (offline, CPU): oracle ~100 %, random at chance,
 tiny checkpoints run, interrupted runs resume without recomputing, bad input fails cleanly."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,7 @@ def checkpoints(tmp_path_factory):
 
 
 def _eval(tmp_path, *argv):
-    return cli.main(["eval", "--runs-dir", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "board"),
-                     *argv])
+    return cli.main(["eval", "--runs-dir", str(tmp_path / "runs"), "--leaderboard-dir", str(tmp_path / "board"), *argv])
 
 
 def _samples(run_dir: Path):
@@ -71,8 +71,12 @@ def test_oracle_scores_100_and_random_scores_chance(tmp_path):
     assert "90.02" in reported and "90.02" not in measured  # the paper's numbers stay a separate table
     rows = (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()
     assert rows[0] == "run_id,model,task,metric,value" and len(rows) == 1 + 2 * len(oracle["tasks"])
-    assert cli.main(["leaderboard", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "again"),
-                     "--no-plots"]) == 0
+    assert (
+        cli.main(
+            ["leaderboard", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "again"), "--no-plots"]
+        )
+        == 0
+    )
     assert (tmp_path / "again" / "leaderboard.csv").read_text() == (tmp_path / "board" / "leaderboard.csv").read_text()
     assert cli.main(["leaderboard", "--runs-dir", str(tmp_path / "nothing")]) == 2
 
@@ -83,8 +87,22 @@ def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
     only_one.mkdir()
     (only_one / "tiny_qdelta").symlink_to(checkpoints / "tiny_qdelta")
     assert _eval(tmp_path, "--checkpoints-dir", str(only_one)) == 0
-    assert _eval(tmp_path, "--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_transformer'}",
-                 "--tasks", "qd_mqar_quick", "--batch_size", "4", "--device", "cuda:0") == 0
+    assert (
+        _eval(
+            tmp_path,
+            "--model",
+            "qdelta",
+            "--model_args",
+            f"pretrained={checkpoints / 'tiny_transformer'}",
+            "--tasks",
+            "qd_mqar_quick",
+            "--batch_size",
+            "4",
+            "--device",
+            "cuda:0",
+        )
+        == 0
+    )
     (run_q,) = [r for r in records.load_runs(tmp_path / "runs") if r["summary"]["model_label"] == "tiny_qdelta"]
     summary = run_q["summary"]
     assert summary["status"] == "done" and len(run_q["tasks"]) >= 6
@@ -100,13 +118,29 @@ def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
-    argv = ["--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_qdelta'}", "--tasks", RESUME_TASKS,
-            "--batch_size", "8", "--device", "cpu", "--no-leaderboard"]
+    argv = [
+        "--model",
+        "qdelta",
+        "--model_args",
+        f"pretrained={checkpoints / 'tiny_qdelta'}",
+        "--tasks",
+        RESUME_TASKS,
+        "--batch_size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-leaderboard",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     for attempt in range(3):  # on a busy machine the kill can come after the last task: try again
         runs = tmp_path / f"runs{attempt}"
-        proc = subprocess.Popen([sys.executable, "-m", "qdelta.harness.cli", "eval", "--runs-dir", str(runs), *argv],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(tmp_path))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qdelta.harness.cli", "eval", "--runs-dir", str(runs), *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=str(tmp_path),
+        )
         deadline = time.time() + 240
         while time.time() < deadline and not list(runs.glob("*/tasks/*/results.json")):
             time.sleep(0.01)
@@ -136,7 +170,9 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
     write_leaderboard(fresh, tmp_path / "board_fresh", plots=False)
     for name in ("leaderboard.csv", "slices.csv"):
         assert (tmp_path / "board_resumed" / name).read_text() == (tmp_path / "board_fresh" / name).read_text()
-    table = [l for l in (tmp_path / "board_resumed" / "leaderboard.md").read_text().splitlines() if "| tiny_qdelta" in l]
+    table = [
+        r for r in (tmp_path / "board_resumed" / "leaderboard.md").read_text().splitlines() if "| tiny_qdelta" in r
+    ]
     assert table and table[0] in (tmp_path / "board_fresh" / "leaderboard.md").read_text()
 
 
@@ -147,20 +183,30 @@ def llama_checkpoint(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("case", ["unknown_task", "unknown_path", "other_model_type", "malformed_model_args",
-                                  "unknown_model_arg", "unknown_model"])
+@pytest.mark.parametrize(
+    "case",
+    ["unknown_task", "unknown_path", "other_model_type", "malformed_model_args", "unknown_model_arg", "unknown_model"],
+)
 def test_bad_input_one_line_error_no_records(case, tmp_path, capsys, checkpoints, llama_checkpoint):
     ckpt = checkpoints / "tiny_qdelta"
     argv, expected = {
         "unknown_task": (["--model", "qd_oracle", "--tasks", "qd_no_such_task"], "qdelta tasks list"),
-        "unknown_path": (["--model", "qdelta", "--model_args", "pretrained=/no/such/ckpt", "--tasks", "qd_ar_quick"],
-                         "pretrained=results/checkpoints/"),
-        "other_model_type": (["--model", "qdelta", "--model_args", f"pretrained={llama_checkpoint}", "--tasks",
-                              "qd_ar_quick"], "--model hf"),
-        "malformed_model_args": (["--model", "qdelta", "--model_args", "pretrained", "--tasks", "qd_ar_quick"],
-                                 "key=value"),
-        "unknown_model_arg": (["--model", "qdelta", "--model_args", f"pretrained={ckpt},colour=red", "--tasks",
-                               "qd_ar_quick"], "accepted: pretrained"),
+        "unknown_path": (
+            ["--model", "qdelta", "--model_args", "pretrained=/no/such/ckpt", "--tasks", "qd_ar_quick"],
+            "pretrained=results/checkpoints/",
+        ),
+        "other_model_type": (
+            ["--model", "qdelta", "--model_args", f"pretrained={llama_checkpoint}", "--tasks", "qd_ar_quick"],
+            "--model hf",
+        ),
+        "malformed_model_args": (
+            ["--model", "qdelta", "--model_args", "pretrained", "--tasks", "qd_ar_quick"],
+            "key=value",
+        ),
+        "unknown_model_arg": (
+            ["--model", "qdelta", "--model_args", f"pretrained={ckpt},colour=red", "--tasks", "qd_ar_quick"],
+            "accepted: pretrained",
+        ),
         "unknown_model": (["--model", "no_such_model", "--tasks", "qd_ar_quick"], "use qdelta"),
     }[case]
     assert _eval(tmp_path, *argv) != 0
@@ -174,12 +220,39 @@ def test_bad_input_one_line_error_no_records(case, tmp_path, capsys, checkpoints
 def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
     """lm-eval's data parallelism (2 CPU processes over gloo, as `accelerate launch` does on GPUs):
     rank 0 records every document, with the scores of a single-process run (per-slice metrics too)."""
-    argv = ["--model", "qdelta", "--model_args", f"pretrained={checkpoints / 'tiny_qdelta'}",
-            "--tasks", "qd_niah_single_1_quick,qd_ar_quick,qd_mqar_gen_quick", "--batch_size", "4", "--no-leaderboard"]
+    argv = [
+        "--model",
+        "qdelta",
+        "--model_args",
+        f"pretrained={checkpoints / 'tiny_qdelta'}",
+        "--tasks",
+        "qd_niah_single_1_quick,qd_ar_quick,qd_mqar_gen_quick",
+        "--batch_size",
+        "4",
+        "--no-leaderboard",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                           "qdelta.harness.cli", "eval", "--runs-dir", str(tmp_path / "dp"), *argv],
-                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "qdelta.harness.cli",
+            "eval",
+            "--runs-dir",
+            str(tmp_path / "dp"),
+            *argv,
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # the whole stderr on failure: torchelastic's summary at the end hides the failing rank's traceback
     # (seen once, 2026-11-27: rank 1 aborted with SIGABRT in one of ~9 full-suite runs; not reproduced since)
     assert done.returncode == 0, done.stderr[-30000:]
@@ -187,7 +260,9 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
     assert cli.main(["eval", "--runs-dir", str(tmp_path / "one"), *argv]) == 0
     (dp_run,), (one_run,) = records.load_runs(tmp_path / "dp"), records.load_runs(tmp_path / "one")
     assert dp_run["summary"]["world_size"] == 2 and one_run["summary"]["world_size"] == 1
-    assert set(dp_run["tasks"]) == set(one_run["tasks"]) == {"qd_niah_single_1_quick", "qd_ar_quick", "qd_mqar_gen_quick"}
+    assert (
+        set(dp_run["tasks"]) == set(one_run["tasks"]) == {"qd_niah_single_1_quick", "qd_ar_quick", "qd_mqar_gen_quick"}
+    )
     for task in dp_run["tasks"]:
         dp_samples = {s["doc_id"]: s for s in records.read_samples(dp_run["tasks"][task]["samples_path"])}
         one_samples = {s["doc_id"]: s for s in records.read_samples(one_run["tasks"][task]["samples_path"])}
@@ -223,8 +298,11 @@ def test_run_id_follows_command_and_weights(tmp_path, checkpoints):
     shutil.copytree(checkpoints / "tiny_qdelta", ckpt)
 
     def run_id(*extra):
-        return make_run_id(parse_lm_eval_args(["--model", "qdelta", "--model_args", f"pretrained={ckpt}",
-                                               "--tasks", "qd_ar_quick", *extra]))
+        return make_run_id(
+            parse_lm_eval_args(
+                ["--model", "qdelta", "--model_args", f"pretrained={ckpt}", "--tasks", "qd_ar_quick", *extra]
+            )
+        )
 
     first = run_id()
     assert first.startswith("tiny-") and run_id("--batch_size", "7", "--device", "cpu") == first
@@ -241,8 +319,18 @@ def test_failed_task_keeps_the_others(tmp_path, capsys):
     ckpt = tmp_path / "short_transformer"
     tiny_model("transformer", seed=0, max_position_embeddings=64).save_pretrained(str(ckpt))
     save_word_tokenizer(ckpt)
-    argv = ["--model", "qdelta", "--model_args", f"pretrained={ckpt}", "--tasks",
-            "qd_niah_single_1_quick,qd_ar_quick", "--batch_size", "4", "--device", "cpu"]
+    argv = [
+        "--model",
+        "qdelta",
+        "--model_args",
+        f"pretrained={ckpt}",
+        "--tasks",
+        "qd_niah_single_1_quick,qd_ar_quick",
+        "--batch_size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert _eval(tmp_path, *argv) == 1
     assert "1 task(s) failed" in capsys.readouterr().err
     (run,) = records.load_runs(tmp_path / "runs")
@@ -250,7 +338,9 @@ def test_failed_task_keeps_the_others(tmp_path, capsys):
     entry = run["summary"]["tasks"]["qd_niah_single_1_quick"]
     assert entry["status"] == "failed" and "max_sequence_length" in entry["error"]
     assert run["summary"]["status"] == "failed"
-    row = next(l for l in (tmp_path / "board" / "leaderboard.md").read_text().splitlines() if "| short_transformer" in l)
+    row = next(
+        r for r in (tmp_path / "board" / "leaderboard.md").read_text().splitlines() if "| short_transformer" in r
+    )
     assert "failed" in row
     done_before = (run["path"] / "tasks" / "qd_ar_quick" / "results.json").read_bytes()
     assert _eval(tmp_path, *argv) == 1  # retried (fails again), the finished task untouched

@@ -1,5 +1,6 @@
 """The lm-eval adapter `qdelta`: scoring against an independent reference, prefix reuse == recompute,
 cached greedy generation == uncached, overflow handling, device/batch-size arguments, registry."""
+
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny import save_word_tokenizer, tiny_llama  # noqa: E402
-
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
+
 from qdelta.harness.eval.adapter import QDeltaLM, parse_batch_size  # noqa: E402
 from qdelta.harness.eval.scoring import ReuseStats, plan_chains, plan_prefix_groups, score_requests  # noqa: E402
 from qdelta.testing import tiny_model  # noqa: E402
@@ -90,8 +91,16 @@ def test_prefix_tree_walk_computes_each_shared_token_once(walk, variant):
         return torch.randint(3, 90, (n,), generator=g).tolist()
 
     root, a, b, c = rand(12), rand(6), rand(5), rand(7)
-    contexts = [root, root + a, root + a + b, root + a + b + rand(3), root + c, root + c, root + a + rand(4),
-                root + rand(2)]
+    contexts = [
+        root,
+        root + a,
+        root + a + b,
+        root + a + b + rand(3),
+        root + c,
+        root + c,
+        root + a + rand(4),
+        root + rand(2),
+    ]
     items = [(ctx, rand(1 + k % 3)) for k, ctx in enumerate(contexts)]
     model = tiny_model("qdelta", seed=2, variant=variant)
 
@@ -109,8 +118,15 @@ def test_prefix_tree_walk_computes_each_shared_token_once(walk, variant):
     items = items + [(rand(9), rand(2)) for _ in range(3)]  # unrelated requests batched plainly
     extra = [ctx + rand(3) for ctx in (items[-1][0], items[-2][0])]  # two more small chains
     items += [(extra[0], rand(1)), (extra[1], rand(3))]
-    got = score_requests(forward, items, batch_size=3, pad_id=0, device="cpu", stats=stats,
-                         forward_masked=forward_masked if walk == "batched" else None)
+    got = score_requests(
+        forward,
+        items,
+        batch_size=3,
+        pad_id=0,
+        device="cpu",
+        stats=stats,
+        forward_masked=forward_masked if walk == "batched" else None,
+    )
     sequences = [ctx + cont[:-1] for ctx, cont in items]
     distinct_prefixes = {tuple(s[: p + 1]) for s in sequences for p in range(len(s))}
     assert stats.groups == 3 and stats.requests_in_groups == 12  # the tree, two small chains, one plain request
@@ -153,8 +169,13 @@ def _greedy_reference(model, lm, context, budget, stop):
 def test_generate_until_cached_equals_uncached(kind, tokenizer_dir):
     model = tiny_model(kind, seed=3)
     lm = QDeltaLM(model, tokenizer=tokenizer_dir, device="cpu", batch_size=2)
-    contexts = ["the key 3 is 5 . the key 4 is", "the key 3 is 5 . the key 9 is", "the key 3 is 5 . the key 9 is",
-                "a b c", "query 7 : 8 9 10 11"]
+    contexts = [
+        "the key 3 is 5 . the key 4 is",
+        "the key 3 is 5 . the key 9 is",
+        "the key 3 is 5 . the key 9 is",
+        "a b c",
+        "query 7 : 8 9 10 11",
+    ]
     reqs = [Instance("generate_until", {}, (c, {"until": ["."], "max_gen_toks": 6}), i) for i, c in enumerate(contexts)]
     shared = lm.generate_until(reqs)
     assert lm.take_stats()["prefix_tokens_saved"] > 0

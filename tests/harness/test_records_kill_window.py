@@ -1,4 +1,5 @@
 """A kill between a task's finished marker and the run summary update loses nothing."""
+
 import json
 
 from qdelta.harness.eval.records import RunRecord

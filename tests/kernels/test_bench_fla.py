@@ -1,6 +1,7 @@
 """The benchmark's fla column: the lifted Hopper/Triton backward guard is found, lifted only inside
 the block, and stated under the table. The guard checks need fla (``fla-core``) importable; they
 skip without it (it is not a dependency: the benchmark carries it to the GPU machine as a wheel)."""
+
 import importlib.util
 
 import pytest
@@ -13,8 +14,16 @@ HAVE_FLA = importlib.util.find_spec("fla") is not None
 
 def _report(note=None) -> bench_kernels.Report:
     row = bench_kernels.Row("340M", 2048, 16, 1.0, 3.0, 0.9, 2.5, fla_fwd_ms=0.8, fla_fwdbwd_ms=2.9)
-    return bench_kernels.Report(card="NVIDIA H100 80GB HBM3", torch="2.11.0", triton="3.6.0", date="2026-11-27",
-                                fla="0.6.0", copy_gbps=3000.0, rows=[row], fla_note=note)
+    return bench_kernels.Report(
+        card="NVIDIA H100 80GB HBM3",
+        torch="2.11.0",
+        triton="3.6.0",
+        date="2026-11-27",
+        fla="0.6.0",
+        copy_gbps=3000.0,
+        rows=[row],
+        fla_note=note,
+    )
 
 
 def test_markdown_states_a_lifted_guard_under_the_table():
@@ -34,7 +43,7 @@ def _call_guarded_backward(chunk_o):
     h, dh = (torch.randn(B, 1, H, K, V, generator=gen) for _ in range(2))
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=gen))
     try:
-        chunk_o.chunk_bwd_dqkwg(q, k, v, do_, h, dh, g=g, scale=K ** -0.5)
+        chunk_o.chunk_bwd_dqkwg(q, k, v, do_, h, dh, g=g, scale=K**-0.5)
     except Exception as err:  # past the guard, the Triton launch on CPU tensors may fail: fine here
         return f"{type(err).__name__}: {err}"
     return ""

@@ -1,4 +1,5 @@
 """Gradients (float64 gradcheck) and bad-input errors of the three Q-Delta ops (issue 2)."""
+
 import pytest
 import torch
 
@@ -15,8 +16,9 @@ def _gradcheck(op, x, extra_names=(), **kw):
     def f(*tensors):
         args = dict(zip(names, tensors))
         if extra_names:  # an OfficialState built from differentiable parts
-            args["initial_state"] = OfficialState(args.pop("initial_state"), args.pop("chunk_start"),
-                                                  args.pop("x_memory"), kw["offset"])
+            args["initial_state"] = OfficialState(
+                args.pop("initial_state"), args.pop("chunk_start"), args.pop("x_memory"), kw["offset"]
+            )
         o, s = op(**args, use_qk_l2norm=True, output_final_state=True, **{k: v for k, v in kw.items() if k != "offset"})
         s = s.state if isinstance(s, OfficialState) else s
         return o, s
@@ -56,14 +58,26 @@ BAD = [
     ("integer lam", lambda x: x.update(lam=(x["lam"] * 10).long()), TypeError, ["lam", "floating"]),
     ("lam on the meta device", lambda x: x.update(lam=x["lam"].to("meta")), ValueError, ["lam", "meta"]),
     ("q not 4-D", lambda x: x.update(q=x["q"][0]), ValueError, ["q", "[B,T,H,K]"]),
-    ("state of other shape", lambda x: x.update(initial_state=x["initial_state"][:, :, :2]), ValueError,
-     ["initial_state", "[2,3,4,5]"]),
-    ("half state", lambda x: x.update(initial_state=x["initial_state"].half()), TypeError,
-     ["initial_state", "float32"]),
+    (
+        "state of other shape",
+        lambda x: x.update(initial_state=x["initial_state"][:, :, :2]),
+        ValueError,
+        ["initial_state", "[2,3,4,5]"],
+    ),
+    (
+        "half state",
+        lambda x: x.update(initial_state=x["initial_state"].half()),
+        TypeError,
+        ["initial_state", "float32"],
+    ),
     ("unknown variant", lambda x: x.update(variant="authors"), ValueError, ["variant", "'authors'", "official"]),
     ("cu_seqlens with B > 1", lambda x: x.update(cu_seqlens=torch.tensor([0, 6])), ValueError, ["B = 1", "B = 2"]),
-    ("official state for paper", lambda x: x.update(initial_state=OfficialState.at_boundary(x["initial_state"])),
-     TypeError, ["OfficialState", "variant='paper'"]),
+    (
+        "official state for paper",
+        lambda x: x.update(initial_state=OfficialState.at_boundary(x["initial_state"])),
+        TypeError,
+        ["OfficialState", "variant='paper'"],
+    ),
     ("string scale", lambda x: x.update(scale="0.5"), TypeError, ["scale", "str"]),
 ]
 
@@ -85,13 +99,16 @@ def _packed():
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("cu,words", [
-    ([1, 4, 10], ["start at 0", "got 1"]),
-    ([0, 6, 6, 10], ["strictly increasing", "[0, 6, 6, 10]"]),
-    ([0, 7, 4, 10], ["strictly increasing"]),
-    ([0, 4, 9], ["end at T = 10", "got 9"]),
-    ([0.0, 4.0, 10.0], ["integer"]),
-])
+@pytest.mark.parametrize(
+    "cu,words",
+    [
+        ([1, 4, 10], ["start at 0", "got 1"]),
+        ([0, 6, 6, 10], ["strictly increasing", "[0, 6, 6, 10]"]),
+        ([0, 7, 4, 10], ["strictly increasing"]),
+        ([0, 4, 9], ["end at T = 10", "got 9"]),
+        ([0.0, 4.0, 10.0], ["integer"]),
+    ],
+)
 def test_bad_cu_seqlens(op, cu, words):
     x = _packed()
     if len(cu) != 3:

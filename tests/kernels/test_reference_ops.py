@@ -1,4 +1,5 @@
 """The three Q-Delta ops against the float64 token loop (issue 2), on the CPU."""
+
 import pytest
 import torch
 
@@ -114,15 +115,16 @@ def gated_delta_rule_loop(q, k, v, g, beta, S, scale):
 
 def test_lam_zero_is_gated_delta_rule_and_no_decay_is_deltanet():
     x = random_inputs(2, 50, H, K, V, dtype=F64, seed=3, with_lam=False)
-    o_ref, s_ref = gated_delta_rule_loop(x["q"], x["k"], x["v"], x["g"], x["beta"], x["initial_state"], K ** -0.5)
+    o_ref, s_ref = gated_delta_rule_loop(x["q"], x["k"], x["v"], x["g"], x["beta"], x["initial_state"], K**-0.5)
     for op in OPS:
         o, s = run(op, x)
         assert max_diff(o, o_ref) <= EXACT and max_diff(s, s_ref) <= EXACT
         o0, _ = run(op, x, lam=torch.zeros_like(x["beta"]))
         assert max_diff(o0, o_ref) <= EXACT
     no_decay = {n: t for n, t in x.items() if n != "g"}
-    o_ref, _ = gated_delta_rule_loop(x["q"], x["k"], x["v"], torch.zeros_like(x["g"]), x["beta"],
-                                     x["initial_state"], K ** -0.5)
+    o_ref, _ = gated_delta_rule_loop(
+        x["q"], x["k"], x["v"], torch.zeros_like(x["g"]), x["beta"], x["initial_state"], K**-0.5
+    )
     for op in OPS:
         o, _ = run(op, no_decay)
         assert max_diff(o, o_ref) <= EXACT
@@ -139,11 +141,13 @@ def official_token_statement(q, k, v, g, beta, lam, S0, scale, chunk=64):
         us = []
         for i in range(G.shape[0]):
             t = start + i
-            inner = sum((torch.exp(G[i] - G[j]) * (k[t] @ x[start + j]) * us[j] for j in range(i)),
-                        torch.zeros_like(v[t]))
+            inner = sum(
+                (torch.exp(G[i] - G[j]) * (k[t] @ x[start + j]) * us[j] for j in range(i)), torch.zeros_like(v[t])
+            )
             us.append(beta[t] * (v[t] - torch.exp(G[i]) * x[t] @ S0 - inner))
-            S_i = torch.exp(G[i]) * S0 + sum(torch.exp(G[i] - G[j]) * torch.outer(k[start + j], us[j])
-                                             for j in range(i + 1))
+            S_i = torch.exp(G[i]) * S0 + sum(
+                torch.exp(G[i] - G[j]) * torch.outer(k[start + j], us[j]) for j in range(i + 1)
+            )
             out.append(scale * S_i.T @ q[t])
         S0 = S_i
     return torch.stack(out), S0
@@ -152,8 +156,9 @@ def official_token_statement(q, k, v, g, beta, lam, S0, scale, chunk=64):
 def test_official_variant_equals_its_token_level_statement_and_differs_from_paper():
     x = random_inputs(1, 150, 1, K, V, dtype=F64, seed=21)
     o, s = run(chunk_qdelta, x, variant="official")
-    o_stmt, s_stmt = official_token_statement(*(x[n][0, :, 0] for n in ("q", "k", "v", "g", "beta", "lam")),
-                                              x["initial_state"][0, 0], K ** -0.5)
+    o_stmt, s_stmt = official_token_statement(
+        *(x[n][0, :, 0] for n in ("q", "k", "v", "g", "beta", "lam")), x["initial_state"][0, 0], K**-0.5
+    )
     assert max_diff(o[0, :, 0], o_stmt) <= EXACT and max_diff(s.state[0, 0], s_stmt) <= EXACT
     o_paper, _ = run(chunk_qdelta, x, variant="paper")
     rel = ((o - o_paper).norm() / o_paper.norm()).item()

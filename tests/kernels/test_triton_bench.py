@@ -1,4 +1,5 @@
 """``qdelta bench kernels``: argument checks and the result table (the timings need a GPU)."""
+
 import json
 from pathlib import Path
 
@@ -33,12 +34,23 @@ def _partial_run(date, lengths, decode, seed, **fields):
     """A report as a run limited to ``lengths`` writes it (timings drawn at random: this checks bookkeeping)."""
     gen = torch.Generator().manual_seed(seed)
     ms = lambda: round(float(torch.rand((), generator=gen)) * 9 + 1, 3)  # noqa: E731
-    r = bench_kernels.Report(card="NVIDIA H200", torch="2.11.0", triton="3.6.0", date=date, fla="0.6.0",
-                             copy_gbps=4000 + seed, **fields)
-    r.rows = [bench_kernels.Row(c, T, 32768 // T, ms(), 10 + ms(), ms(), ms()) for c in bench_kernels.HEAD_CONFIGS
-              for T in lengths]
-    r.decode = [bench_kernels.DecodeRow(c, v, 64, ms(), ms(), 1 << 20, ms(), 0.5) for c in bench_kernels.HEAD_CONFIGS
-                for v in ("paper", "official")] if decode else []
+    r = bench_kernels.Report(
+        card="NVIDIA H200", torch="2.11.0", triton="3.6.0", date=date, fla="0.6.0", copy_gbps=4000 + seed, **fields
+    )
+    r.rows = [
+        bench_kernels.Row(c, T, 32768 // T, ms(), 10 + ms(), ms(), ms())
+        for c in bench_kernels.HEAD_CONFIGS
+        for T in lengths
+    ]
+    r.decode = (
+        [
+            bench_kernels.DecodeRow(c, v, 64, ms(), ms(), 1 << 20, ms(), 0.5)
+            for c in bench_kernels.HEAD_CONFIGS
+            for v in ("paper", "official")
+        ]
+        if decode
+        else []
+    )
     r.notes = ["not run (left out by --configs / --lengths): ...", "a note both runs carry"]
     return r
 
@@ -96,13 +108,15 @@ def test_committed_results_render_and_cover_every_shape(tmp_path):
         text = bench_kernels.to_markdown(report)
         assert report.card in text and report.triton in text
         assert text.count("\n| 1.3B |") == len([r for r in report.rows if r.config == "1.3B"]) + len(
-            [d for d in report.decode if d.config == "1.3B"])
+            [d for d in report.decode if d.config == "1.3B"]
+        )
         written = bench_kernels.write_report(report, tmp_path)
         assert json.loads(written["json"].read_text())["rows"] == raw["rows"]
 
 
 def test_reports_record_the_launch_settings_in_force(monkeypatch):
     from qdelta.kernels.triton import launch
+
     monkeypatch.setattr(launch, "OVERRIDES", {"state": {"BV": 32}})
     got = bench_kernels.resolved_launch_settings()
     assert set(got) == set(bench_kernels.HEAD_CONFIGS)
@@ -110,9 +124,12 @@ def test_reports_record_the_launch_settings_in_force(monkeypatch):
     assert {"intra", "state", "output", "reverse", "intra_bwd", "kq_bwd", "recurrent"} == set(got["340M"])
 
 
-@pytest.mark.parametrize("argv, message", [(["--T", "3000"], "--T must divide"), (["--configs", "7B"], "invalid choice")])
+@pytest.mark.parametrize(
+    "argv, message", [(["--T", "3000"], "--T must divide"), (["--configs", "7B"], "invalid choice")]
+)
 def test_profile_refuses_bad_arguments_before_touching_a_gpu(argv, message, capsys):
     from qdelta.harness.bench import profile
+
     with pytest.raises(SystemExit) as exit_:
         profile.main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -2,6 +2,7 @@
 with the committed launch settings, and each fits its shared memory (harness/bench/compile_check.py;
 no GPU needed: Triton's own compiler and the ptxas it ships). Catches a kernel edit or a launch
 setting that cannot build before any device time is spent."""
+
 import json
 import os
 import subprocess
@@ -21,15 +22,37 @@ def _ptxas_available() -> bool:
 @pytest.mark.skipif(not _ptxas_available(), reason="this Triton has no bundled ptxas")
 def test_chunk_kernels_compile_for_sm90_and_fit_shared_memory():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "qdelta.harness.bench.compile_check",
-                           "--heads", "128x256", "256x512", "--dtype", "bfloat16"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "qdelta.harness.bench.compile_check",
+            "--heads",
+            "128x256",
+            "256x512",
+            "--dtype",
+            "bfloat16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for heads in ("128x256", "256x512"):
         kernels = {r["kernel"] for r in rows if r["heads"] == heads}
-        assert kernels == {"_intra_kernel", "_state_kernel", "_output_kernel", "_reverse_state_kernel",
-                           "_intra_bwd_kernel", "_kq_bwd_kernel", "_recurrent_kernel"}, (heads, kernels)
+        assert kernels == {
+            "_intra_kernel",
+            "_state_kernel",
+            "_output_kernel",
+            "_reverse_state_kernel",
+            "_intra_bwd_kernel",
+            "_kq_bwd_kernel",
+            "_recurrent_kernel",
+        }, (heads, kernels)
         count = lambda name: sum(r["heads"] == heads and r["kernel"] == name for r in rows)  # noqa: E731
         assert count("_state_kernel") == 3  # default, with the output fused in, and in the options' run
         assert count("_intra_kernel") == 3 and count("_intra_bwd_kernel") == 2  # + SAVED_PAIRS off / A_LOWP

@@ -1,4 +1,5 @@
 """Dispatch and ``inplace`` of the public ops on the CPU (reference path: no TRITON_INTERPRET here)."""
+
 import os
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 from qdelta.kernels import OfficialState, fused_recurrent_qdelta, naive_recurrent_qdelta
 from qdelta.kernels.testing import random_inputs
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                                reason="checks the reference path taken without the interpreter")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1", reason="checks the reference path taken without the interpreter"
+)
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
@@ -52,6 +54,7 @@ def test_launch_retries_with_fewer_stages_when_out_of_shared_memory():
                 self.calls.append(kw["num_stages"])
                 if kw["num_stages"] > self.fits:
                     raise L.OutOfResources(1, 2, "shared memory")
+
             return run
 
     k = FakeKernel(fits=1)

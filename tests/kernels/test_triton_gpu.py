@@ -4,20 +4,20 @@ The reference is the PyTorch chunk path in float64 on the same GPU (the token lo
 at 16K tokens); it is itself tested against the token loop to 1e-10 (test_reference_ops.py).
 Every check prints one ``ERR`` line so the device log records the measured errors (NOTES.md).
 """
+
 import os
 
 import pytest
 import torch
 
 from qdelta.kernels import OfficialState, chunk_qdelta, fused_recurrent_qdelta
-from qdelta.kernels.triton import launch
 from qdelta.kernels._inputs import prepare
-from qdelta.kernels.chunk import chunk_sequence
 from qdelta.kernels._sequences import run_per_sequence
+from qdelta.kernels.chunk import chunk_sequence
 from qdelta.kernels.testing import random_inputs
+from qdelta.kernels.triton import launch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 tol_path = os.path.join(os.path.dirname(__file__), "tolerances.py")
 TOL = {}
@@ -34,8 +34,19 @@ def rel(a, b):
 
 def reference(x, variant, cu_seqlens):
     """The PyTorch chunk path in float64 (never the Triton path: it dispatches by dtype)."""
-    inp = prepare(x["q"], x["k"], x["v"], x["g"], x["beta"], x["lam"], scale=None,
-                  initial_state=x["initial_state"], use_qk_l2norm=True, cu_seqlens=cu_seqlens, variant=variant)
+    inp = prepare(
+        x["q"],
+        x["k"],
+        x["v"],
+        x["g"],
+        x["beta"],
+        x["lam"],
+        scale=None,
+        initial_state=x["initial_state"],
+        use_qk_l2norm=True,
+        cu_seqlens=cu_seqlens,
+        variant=variant,
+    )
     fn = lambda *a: chunk_sequence(*a, chunk_size=64)  # noqa: E731
     return run_per_sequence(inp, fn, True)
 
@@ -55,8 +66,7 @@ def forward_backward(op, x, variant, cu_seqlens, weights):
 
 
 def triton_op(x, variant, cu_seqlens):
-    return chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu_seqlens,
-                        variant=variant)
+    return chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu_seqlens, variant=variant)
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
@@ -108,17 +118,19 @@ def test_decode_after_prefill_equals_one_chunk_call(heads, variant):
     x = random_inputs(B, T, H, K, V, device="cuda", seed=3)
     o_ref, s_ref = chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
     first = {n: t[:, :prefill] for n, t in x.items() if n != "initial_state"}
-    o1, state = chunk_qdelta(**first, initial_state=x["initial_state"], use_qk_l2norm=True,
-                             output_final_state=True, variant=variant)
+    o1, state = chunk_qdelta(
+        **first, initial_state=x["initial_state"], use_qk_l2norm=True, output_final_state=True, variant=variant
+    )
     if variant == "official":
         state = OfficialState(*(t.clone() for t in state))
     else:
         state = state.clone()
     outs = [o1]
     for t in range(prefill, T):
-        step = {n: v[:, t:t + 1] for n, v in x.items() if n != "initial_state"}
-        o_t, state = fused_recurrent_qdelta(**step, initial_state=state, use_qk_l2norm=True,
-                                            output_final_state=True, variant=variant, inplace=True)
+        step = {n: v[:, t : t + 1] for n, v in x.items() if n != "initial_state"}
+        o_t, state = fused_recurrent_qdelta(
+            **step, initial_state=state, use_qk_l2norm=True, output_final_state=True, variant=variant, inplace=True
+        )
         outs.append(o_t)
     e_o = rel(torch.cat(outs, 1), o_ref)
     e_s = max(rel(a, b) for a, b in zip(state_parts(state), state_parts(s_ref)))
@@ -135,8 +147,9 @@ def test_prefill_split_invariance(variant, at):
     o_ref, s_ref = chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
     first = {n: t[:, :at] for n, t in x.items() if n != "initial_state"}
     rest = {n: t[:, at:] for n, t in x.items() if n != "initial_state"}
-    o1, s1 = chunk_qdelta(**first, initial_state=x["initial_state"], use_qk_l2norm=True,
-                          output_final_state=True, variant=variant)
+    o1, s1 = chunk_qdelta(
+        **first, initial_state=x["initial_state"], use_qk_l2norm=True, output_final_state=True, variant=variant
+    )
     o2, s2 = chunk_qdelta(**rest, initial_state=s1, use_qk_l2norm=True, output_final_state=True, variant=variant)
     e_o = rel(torch.cat([o1, o2], 1), o_ref)
     e_s = max(rel(a, b) for a, b in zip(state_parts(s2), state_parts(s_ref)))

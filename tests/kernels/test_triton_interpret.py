@@ -6,6 +6,7 @@ subprocess started with TRITON_INTERPRET=1 (this file run as a script); the test
 errors it reports. fp32 inputs; sizes small (T up to 130, several chunk boundaries, varlen,
 initial states); tolerances from tolerances.py.
 """
+
 import json
 import os
 import subprocess
@@ -48,9 +49,21 @@ CASES = {
 def _check_chunk(name, torch, ops, rel):
     variant, K, V, chunk, layout, gated = CASES[name]
     from qdelta.kernels.testing import random_inputs
+
     B, T, cu = (1, VARLEN[-1], torch.tensor(VARLEN)) if layout == "varlen" else (2, 100, None)
-    x = random_inputs(B, T, 2, K, V, dtype=torch.float64, seed=len(name), with_decay=gated, with_lam=gated,
-                      with_initial_state=gated, num_sequences=3 if cu is not None else B)
+    x = random_inputs(
+        B,
+        T,
+        2,
+        K,
+        V,
+        dtype=torch.float64,
+        seed=len(name),
+        with_decay=gated,
+        with_lam=gated,
+        with_initial_state=gated,
+        num_sequences=3 if cu is not None else B,
+    )
     gen = torch.Generator().manual_seed(1)
     w_o = torch.randn(B, T, 2, V, generator=gen, dtype=torch.float64)
     w_s = [torch.randn(3 if cu is not None else B, 2, K, V, generator=gen, dtype=torch.float64) for _ in range(3)]
@@ -67,17 +80,28 @@ def _check_chunk(name, torch, ops, rel):
 
     dtype = torch.float16 if "fp16" in name else torch.float32
     from qdelta.kernels.triton import launch
+
     lowp = "-lowp" in name
     fused = name.endswith("fused-output") or name.endswith("-lowp")
-    settings = dict(state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp}, output={"LOWP": lowp},
-                    reverse={"LOWP": lowp, "H_LOWP": lowp}, kq_bwd={"LOWP": lowp},
-                    intra={"W_LOWP": lowp, "A_LOWP": lowp}, intra_bwd={"SAVED_PAIRS": name.endswith("saved-pairs")})
+    settings = dict(
+        state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp},
+        output={"LOWP": lowp},
+        reverse={"LOWP": lowp, "H_LOWP": lowp},
+        kq_bwd={"LOWP": lowp},
+        intra={"W_LOWP": lowp, "A_LOWP": lowp},
+        intra_bwd={"SAVED_PAIRS": name.endswith("saved-pairs")},
+    )
     with launch.overridden(settings):
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
         if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
             with torch.no_grad():
-                o_nograd, _ = ops.chunk_qdelta(**{n: t.to(torch.float32) for n, t in x.items()}, use_qk_l2norm=True,
-                                               cu_seqlens=cu, variant=variant, chunk_size=chunk)
+                o_nograd, _ = ops.chunk_qdelta(
+                    **{n: t.to(torch.float32) for n, t in x.items()},
+                    use_qk_l2norm=True,
+                    cu_seqlens=cu,
+                    variant=variant,
+                    chunk_size=chunk,
+                )
     ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
     errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
     errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
@@ -89,19 +113,22 @@ def _check_chunk(name, torch, ops, rel):
 def _check_decode(variant, torch, ops, rel):
     """Triton chunk prefill (70 tokens), then Triton decode over a chunk boundary, in place."""
     from qdelta.kernels.testing import random_inputs
+
     x = random_inputs(2, 90, 2, 20, 24, dtype=torch.float64, seed=5)
     o_ref, s_ref = ops.naive_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
     x32 = {n: t.float() for n, t in x.items()}
     first = {n: t[:, :70] for n, t in x32.items() if n != "initial_state"}
-    o1, state = ops.chunk_qdelta(**first, initial_state=x32["initial_state"], use_qk_l2norm=True,
-                                 output_final_state=True, variant=variant)
+    o1, state = ops.chunk_qdelta(
+        **first, initial_state=x32["initial_state"], use_qk_l2norm=True, output_final_state=True, variant=variant
+    )
     outs = [o1]
     for t0, t1 in ((70, 71), (71, 75), (75, 90)):  # one token, then a few per call
         step = {n: t[:, t0:t1] for n, t in x32.items() if n != "initial_state"}
-        o, state = ops.fused_recurrent_qdelta(**step, initial_state=state, use_qk_l2norm=True,
-                                              output_final_state=True, variant=variant, inplace=True)
+        o, state = ops.fused_recurrent_qdelta(
+            **step, initial_state=state, use_qk_l2norm=True, output_final_state=True, variant=variant, inplace=True
+        )
         outs.append(o)
-    parts = (list(zip(state[:3], s_ref[:3])) if variant == "official" else [(state, s_ref)])
+    parts = list(zip(state[:3], s_ref[:3])) if variant == "official" else [(state, s_ref)]
     errors = {"forward:o": rel(torch.cat(outs, 1), o_ref)}
     errors.update({f"forward:state{i}": rel(a, b) for i, (a, b) in enumerate(parts)})
     if variant == "official":
@@ -112,13 +139,16 @@ def _check_decode(variant, torch, ops, rel):
 def _check_recurrent_varlen(variant, torch, ops, rel):
     """The recurrent kernel on packed sequences (several tokens each) from an initial state."""
     from qdelta.kernels.testing import random_inputs
+
     x = random_inputs(1, 40, 2, 20, 24, dtype=torch.float64, seed=9, num_sequences=3)
     cu = torch.tensor([0, 7, 8, 40])
-    o_ref, s_ref = ops.naive_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True,
-                                              cu_seqlens=cu, variant=variant)
+    o_ref, s_ref = ops.naive_recurrent_qdelta(
+        **x, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu, variant=variant
+    )
     x32 = {n: t.float() for n, t in x.items()}
-    o, s = ops.fused_recurrent_qdelta(**x32, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu,
-                                      variant=variant)
+    o, s = ops.fused_recurrent_qdelta(
+        **x32, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu, variant=variant
+    )
     parts = list(zip(s[:3], s_ref[:3])) if variant == "official" else [(s, s_ref)]
     errors = {"forward:o": rel(o, o_ref)}
     errors.update({f"forward:state{i}": rel(a, b) for i, (a, b) in enumerate(parts)})
@@ -129,6 +159,7 @@ def _main():
     """Run every check under the interpreter and print one JSON object."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
     import torch
+
     import qdelta.kernels as ops
     import qdelta.kernels.triton as tk
 
@@ -139,7 +170,9 @@ def _main():
         def wrapped(*a, **kw):
             calls[key] += 1
             return fn(*a, **kw)
+
         return wrapped
+
     tk.chunk_qdelta_triton = count("chunk", chunk_fn)
     tk.fused_recurrent_qdelta_triton = count("recurrent", rec_fn)
     rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
@@ -155,15 +188,17 @@ def _main():
 @pytest.fixture(scope="module")
 def interpreted():
     env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
-@pytest.mark.parametrize("name", list(CASES) + ["decode-paper", "decode-official", "recurrent-varlen-paper",
-                                                 "recurrent-varlen-official"])
+@pytest.mark.parametrize(
+    "name", list(CASES) + ["decode-paper", "decode-official", "recurrent-varlen-paper", "recurrent-varlen-official"]
+)
 def test_matches_fp64_reference(interpreted, name):
     errors = interpreted[name]
     assert errors, "no checks ran"

@@ -1,5 +1,6 @@
 """harness/bench/profile.py on a GPU (marked ``gpu``; skipped without CUDA): the table lists our
 kernels with their CUDA time and a total that is at least their sum."""
+
 import re
 
 import pytest
@@ -10,8 +11,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_kernel_table_lists_the_chunk_kernels_of_one_call():
     from qdelta.harness.bench.kernels import _inputs
-    from qdelta.kernels import chunk_qdelta
     from qdelta.harness.bench.profile import kernel_table
+    from qdelta.kernels import chunk_qdelta
 
     q, k, v, g, beta, lam = _inputs(2, 256, 2, 64, 64, requires_grad=True, seed=3)
     do = torch.randn_like(v)

@@ -1,4 +1,5 @@
 """The shared cache's bookkeeping and the forward's input checks."""
+
 import pytest
 import torch
 
@@ -12,8 +13,9 @@ def _cache(official=True):
     gen = torch.Generator().manual_seed(0)
     s = lambda: torch.randn(3, 2, 4, 4, generator=gen)  # noqa: E731
     recurrent = OfficialState(s(), s(), s(), torch.tensor([1, 2, 3])) if official else s()
-    cache.update([{"conv_q": torch.randn(3, 8, 3, generator=gen), "recurrent": recurrent}],
-                 torch.tensor([5, 6, 7]), width=7)
+    cache.update(
+        [{"conv_q": torch.randn(3, 8, 3, generator=gen), "recurrent": recurrent}], torch.tensor([5, 6, 7]), width=7
+    )
     return cache
 
 
@@ -68,10 +70,16 @@ def test_forward_input_errors():
 
 
 def test_config_errors_name_the_field():
-    for model_type, field, value in [("qdelta", "variant", "fast"), ("gated_deltanet", "num_v_heads", 3),
-                                     ("gated_deltanet", "expand_v", 0.3), ("delta_net", "qk_norm", "sum"),
-                                     ("transformer", "window_size", 512), ("linear_attn", "feature_map", "hedgehog"),
-                                     ("qdelta", "attn", {"layers": [1]}), ("transformer", "num_kv_heads", 3)]:
+    for model_type, field, value in [
+        ("qdelta", "variant", "fast"),
+        ("gated_deltanet", "num_v_heads", 3),
+        ("gated_deltanet", "expand_v", 0.3),
+        ("delta_net", "qk_norm", "sum"),
+        ("transformer", "window_size", 512),
+        ("linear_attn", "feature_map", "hedgehog"),
+        ("qdelta", "attn", {"layers": [1]}),
+        ("transformer", "num_kv_heads", 3),
+    ]:
         with pytest.raises(ValueError, match=f"'{field}'"):
             tiny_config(model_type, **{field: value})
     with pytest.raises(ValueError, match="tie_word_embeddings"):

@@ -1,5 +1,6 @@
 """Checkpoint folders: our round trip, the authors' format, flash-linear-attention's Gated DeltaNet,
 and bad folders failing clearly."""
+
 import json
 import logging
 
@@ -70,14 +71,37 @@ def _write(folder, config, weights, dtype=torch.float32):
 
 
 def _authors_config(**extra):
-    return {"architectures": ["QDeltaForCausalLM"], "model_type": "qdelta", "attn_mode": "chunk",
-            "hidden_size": D, "num_hidden_layers": LAYERS, "num_heads": H, "head_dim": K, "expand_v": EXPAND_V,
-            "conv_size": 4, "use_gate": True, "use_short_conv": True, "allow_neg_eigval": False,
-            "hidden_ratio": 4, "intermediate_size": MLP, "hidden_act": "swish", "norm_eps": 1e-6,
-            "lamb_bias": 0.9, "vocab_size": VOCAB, "tie_word_embeddings": False, "fuse_cross_entropy": True,
-            "fuse_norm": True, "max_position_embeddings": 2048, "initializer_range": 0.02, "use_cache": True,
-            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16", "transformers_version": "4.48.0",
-            **extra}
+    return {
+        "architectures": ["QDeltaForCausalLM"],
+        "model_type": "qdelta",
+        "attn_mode": "chunk",
+        "hidden_size": D,
+        "num_hidden_layers": LAYERS,
+        "num_heads": H,
+        "head_dim": K,
+        "expand_v": EXPAND_V,
+        "conv_size": 4,
+        "use_gate": True,
+        "use_short_conv": True,
+        "allow_neg_eigval": False,
+        "hidden_ratio": 4,
+        "intermediate_size": MLP,
+        "hidden_act": "swish",
+        "norm_eps": 1e-6,
+        "lamb_bias": 0.9,
+        "vocab_size": VOCAB,
+        "tie_word_embeddings": False,
+        "fuse_cross_entropy": True,
+        "fuse_norm": True,
+        "max_position_embeddings": 2048,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.48.0",
+        **extra,
+    }
 
 
 def test_authors_checkpoint_loads_with_official_variant(tmp_path, caplog):
@@ -118,8 +142,14 @@ def test_authors_checkpoint_with_negative_eigenvalues_doubles_beta_and_lam(tmp_p
 
 def _fla_gdn_config(**extra):
     config = _authors_config(**extra)
-    config.update(model_type="gated_deltanet", architectures=["GatedDeltaNetForCausalLM"], fuse_swiglu=True,
-                  use_l2warp=False, num_v_heads=extra.get("num_v_heads"), attn=None)
+    config.update(
+        model_type="gated_deltanet",
+        architectures=["GatedDeltaNetForCausalLM"],
+        fuse_swiglu=True,
+        use_l2warp=False,
+        num_v_heads=extra.get("num_v_heads"),
+        attn=None,
+    )
     del config["lamb_bias"]
     return config
 
@@ -192,11 +222,14 @@ def test_bad_config_fails_clearly(good_folder):
         qdelta.load_model(good_folder, variant="fast")
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("drop", "missing weights.*layers.1.attn.lamb_proj.weight"),
-    ("extra", "unexpected weights.*model.layers.0.attn.extra_proj.weight"),
-    ("shape", r"shape mismatches.*model.layers.0.attn.q_proj.weight: checkpoint \[16, 32\], model \[32, 32\]"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("drop", "missing weights.*layers.1.attn.lamb_proj.weight"),
+        ("extra", "unexpected weights.*model.layers.0.attn.extra_proj.weight"),
+        ("shape", r"shape mismatches.*model.layers.0.attn.q_proj.weight: checkpoint \[16, 32\], model \[32, 32\]"),
+    ],
+)
 def test_weight_mismatches_fail_clearly(tmp_path, damage, message):
     weights = _documented_weights(gen=torch.Generator().manual_seed(9))
     if damage == "drop":

@@ -1,4 +1,5 @@
 """Model-level exactness: padded == packed == one at a time; cached decoding == full forward."""
+
 import pytest
 import torch
 
@@ -92,11 +93,15 @@ def test_padded_prefill_then_decode_matches_each_sequence_alone():
     ids = torch.zeros(2, 20, dtype=torch.long)
     mask = torch.zeros(2, 20, dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, 20 - len(s):], mask[i, 20 - len(s):] = s, 1
+        ids[i, 20 - len(s) :], mask[i, 20 - len(s) :] = s, 1
     cache = model(ids, attention_mask=mask, use_cache=True).past_key_values
     nxt = torch.tensor([[5], [6]])
-    step = model(nxt, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
-                 past_key_values=cache, use_cache=True).logits
+    step = model(
+        nxt,
+        attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
     for i, s in enumerate(seqs):
         alone = model(torch.cat([s, nxt[i]])[None]).logits[0, -1]
         torch.testing.assert_close(step[i, -1], alone, **TOL)
@@ -112,8 +117,7 @@ def test_cache_methods(model_type):
     again = model(nxt, past_key_values=cache.clone(), use_cache=True).logits
     torch.testing.assert_close(again, ref, atol=0, rtol=0)  # clone is independent: the cache was not advanced
     picked = cache.select(torch.tensor([2, 0]))
-    torch.testing.assert_close(model(nxt[[2, 0]], past_key_values=picked, use_cache=True).logits, ref[[2, 0]],
-                               **TOL)
+    torch.testing.assert_close(model(nxt[[2, 0]], past_key_values=picked, use_cache=True).logits, ref[[2, 0]], **TOL)
     grown = cache.repeat_interleave(2)
     assert grown.batch_size == 6 and grown.seq_length == cache.seq_length == 12
     out = model(nxt.repeat_interleave(2, 0), past_key_values=grown, use_cache=True).logits
@@ -122,8 +126,9 @@ def test_cache_methods(model_type):
         model(nxt[:2], past_key_values=cache, use_cache=True)
 
 
-@pytest.mark.parametrize("model_type,variant", [("qdelta", "official"), ("gated_deltanet", "paper"),
-                                                ("transformer", "paper")])
+@pytest.mark.parametrize(
+    "model_type,variant", [("qdelta", "official"), ("gated_deltanet", "paper"), ("transformer", "paper")]
+)
 def test_shared_prefix_cache_then_padded_continuations(model_type, variant):
     """The harness's prefix reuse: one prefix, its cache repeated, right-padded continuations with a mask."""
     model = _model(model_type, variant)
@@ -135,10 +140,10 @@ def test_shared_prefix_cache_then_padded_continuations(model_type, variant):
     mask = torch.zeros(len(conts), len(prefix) + width, dtype=torch.long)
     mask[:, : len(prefix)] = 1
     for i, c in enumerate(conts):
-        ids[i, : len(c)], mask[i, len(prefix): len(prefix) + len(c)] = c, 1
+        ids[i, : len(c)], mask[i, len(prefix) : len(prefix) + len(c)] = c, 1
     logits = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits
     for i, c in enumerate(conts):
-        full = model(torch.cat([prefix, c])[None]).logits[0, len(prefix):]
+        full = model(torch.cat([prefix, c])[None]).logits[0, len(prefix) :]
         torch.testing.assert_close(logits[i, : len(c)], full, **TOL)
 
 
@@ -154,5 +159,5 @@ def test_selected_shorter_row_continues_exactly(model_type, variant):
     cache = model(ids, attention_mask=mask, use_cache=True).past_key_values.select(torch.tensor([0]))
     step_mask = torch.cat([mask[:1], torch.ones(1, len(cont), dtype=torch.long)], 1)
     logits = model(cont[None], attention_mask=step_mask, past_key_values=cache, use_cache=True).logits
-    full = model(torch.cat([short, cont])[None]).logits[0, len(short):]
+    full = model(torch.cat([short, cont])[None]).logits[0, len(short) :]
     torch.testing.assert_close(logits[0], full, **TOL)

@@ -1,4 +1,5 @@
 """generate() with the shared cache, sequence limits, and training gradients."""
+
 import pytest
 import torch
 

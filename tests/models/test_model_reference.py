@@ -1,4 +1,5 @@
 """Each mixer against a hand-written fp64 reference built from DESIGN §3 (not from the layer code)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ def test_linear_attention_layer_matches_token_loop():
     outs = []
     for t in range(T):
         S = g[t].exp()[:, None, None] * S + k[t][:, :, None] * v[t][:, None, :]
-        outs.append(K ** -0.5 * torch.einsum("hk,hkv->hv", q[t], S))
+        outs.append(K**-0.5 * torch.einsum("hk,hkv->hv", q[t], S))
     _assert_mixer_output(mixer, h, torch.stack(outs)[None], H, V)
 
 
@@ -84,11 +85,11 @@ def test_attention_layer_matches_explicit_softmax_with_rotary():
     ang = torch.arange(T, dtype=torch.float64)[:, None, None] * inv  # (T, 1, Dh/2)
 
     def rope(x):  # rotate-half: pairs (i, i + Dh/2)
-        a, b = x[..., : Dh // 2], x[..., Dh // 2:]
+        a, b = x[..., : Dh // 2], x[..., Dh // 2 :]
         return torch.cat([a * ang.cos() - b * ang.sin(), b * ang.cos() + a * ang.sin()], -1)
 
     q, k = rope(q), rope(k)
-    scores = torch.einsum("thd,shd->hts", q, k) / Dh ** 0.5
+    scores = torch.einsum("thd,shd->hts", q, k) / Dh**0.5
     scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     o = torch.einsum("hts,shd->thd", scores.softmax(-1), v)
     expected = attn.o_proj(o.reshape(1, T, H * Dh))
@@ -111,4 +112,5 @@ def test_block_and_mlp_match_design():
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
     assert block.mlp.gate_proj.weight.shape == (64, 32)  # intermediate_size from tiny_config
     from qdelta.configuration import mlp_intermediate_size
+
     assert mlp_intermediate_size(1024, 4, None) == 2816 and mlp_intermediate_size(2048, 4, None) == 5632

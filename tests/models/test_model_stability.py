@@ -1,4 +1,5 @@
 """``qdelta stability`` and the diagnostics behind it."""
+
 import json
 
 import pytest
@@ -12,8 +13,20 @@ from qdelta.testing import tiny_model
 def test_stability_cli_prints_table_and_writes_plot(tmp_path, capsys):
     tiny_model("qdelta", seed=5, variant="official").save_pretrained(tmp_path / "ckpt")
     plot, table = tmp_path / "out" / "stab.png", tmp_path / "stab.json"
-    code = main(["stability", str(tmp_path / "ckpt"), "--length", "150", "--piece", "50", "--plot", str(plot),
-                 "--json", str(table)])
+    code = main(
+        [
+            "stability",
+            str(tmp_path / "ckpt"),
+            "--length",
+            "150",
+            "--piece",
+            "50",
+            "--plot",
+            str(plot),
+            "--json",
+            str(table),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     header = out.splitlines()[0].split()
@@ -34,12 +47,28 @@ def test_stability_numbers_match_a_direct_computation():
     mixer = model.model.layers[0].attn
     with torch.no_grad():
         h = model.model.layers[0].attn_norm(model.model.embeddings(ids))
-        q = torch.nn.functional.silu(torch.nn.functional.conv1d(
-            torch.nn.functional.pad(mixer.q_proj(h).transpose(1, 2), (3, 0)), mixer.q_conv1d.weight,
-            groups=mixer.q_conv1d.dim)).transpose(1, 2).view(1, 90, 2, 16)
-        k = torch.nn.functional.silu(torch.nn.functional.conv1d(
-            torch.nn.functional.pad(mixer.k_proj(h).transpose(1, 2), (3, 0)), mixer.k_conv1d.weight,
-            groups=mixer.k_conv1d.dim)).transpose(1, 2).view(1, 90, 2, 16)
+        q = (
+            torch.nn.functional.silu(
+                torch.nn.functional.conv1d(
+                    torch.nn.functional.pad(mixer.q_proj(h).transpose(1, 2), (3, 0)),
+                    mixer.q_conv1d.weight,
+                    groups=mixer.q_conv1d.dim,
+                )
+            )
+            .transpose(1, 2)
+            .view(1, 90, 2, 16)
+        )
+        k = (
+            torch.nn.functional.silu(
+                torch.nn.functional.conv1d(
+                    torch.nn.functional.pad(mixer.k_proj(h).transpose(1, 2), (3, 0)),
+                    mixer.k_conv1d.weight,
+                    groups=mixer.k_conv1d.dim,
+                )
+            )
+            .transpose(1, 2)
+            .view(1, 90, 2, 16)
+        )
         q = q / (q.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
         k = k / (k.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
         beta = torch.sigmoid(mixer.b_proj(h))
@@ -75,11 +104,30 @@ def test_stability_cli_reads_text_with_the_checkpoint_tokenizer_and_mqar(tmp_pat
     build_id_tokenizer(96).save_pretrained(folder)
     text = tmp_path / "input.txt"
     text.write_text(" ".join(str((7 * i) % 96) for i in range(120)))
-    assert main(["stability", str(folder), "--text", str(text), "--length", "100", "--piece", "64",
-                 "--plot", str(tmp_path / "a.png")]) == 0
+    assert (
+        main(
+            [
+                "stability",
+                str(folder),
+                "--text",
+                str(text),
+                "--length",
+                "100",
+                "--piece",
+                "64",
+                "--plot",
+                str(tmp_path / "a.png"),
+            ]
+        )
+        == 0
+    )
     assert "gated_deltanet (variant=None), 100 tokens" in capsys.readouterr().out
-    assert main(["stability", str(folder), "--mqar", "--length", "64", "--kv-pairs", "4", "--plot",
-                 str(tmp_path / "b.png")]) == 0
+    assert (
+        main(
+            ["stability", str(folder), "--mqar", "--length", "64", "--kv-pairs", "4", "--plot", str(tmp_path / "b.png")]
+        )
+        == 0
+    )
     assert "64 tokens" in capsys.readouterr().out
     build_id_tokenizer(200).save_pretrained(tmp_path / "big")
     text.write_text("150 3 4")

@@ -1,4 +1,5 @@
 """The native MQAR generator: zoology's construction, seeded, and its accuracy evaluator."""
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +21,9 @@ def test_structure_matches_zoology():
     V, L, K, N = 256, 64, 8, 400
     x, y = make_mqar(V, L, K, N, seed=3)
     assert x.shape == y.shape == (N, L) and x.dtype == y.dtype == torch.int64
-    keys, values = x[:, 0:2 * K:2], x[:, 1:2 * K:2]
+    keys, values = x[:, 0 : 2 * K : 2], x[:, 1 : 2 * K : 2]
     assert bool(((keys >= 1) & (keys < V // 2)).all()) and bool(((values >= V // 2) & (values < V)).all())
-    for row_k, row_v in zip(keys, values):                      # distinct within an example
+    for row_k, row_v in zip(keys, values):  # distinct within an example
         assert len(set(row_k.tolist())) == K and len(set(row_v.tolist())) == K
     assert bool((x >= 0).all()) and bool((x < V).all())
     # exactly K scored positions, all in the query region at even offsets
@@ -35,23 +36,23 @@ def test_structure_matches_zoology():
         table = dict(zip(keys[n].tolist(), values[n].tolist()))
         for t in mask[n].nonzero()[:, 0].tolist():
             assert table[int(x[n, t])] == int(y[n, t])
-        assert sorted(x[n, mask[n]].tolist()) == sorted(table)   # each key queried once
+        assert sorted(x[n, mask[n]].tolist()) == sorted(table)  # each key queried once
 
 
 def test_noise_fill_is_uniform_and_optional():
     V, L, K = 64, 128, 4
     x, y = make_mqar(V, L, K, 300, seed=1)
     filler = torch.ones_like(x, dtype=torch.bool)
-    filler[:, :2 * K] = False
+    filler[:, : 2 * K] = False
     filler &= y == IGNORE_INDEX
     counts = torch.bincount(x[filler], minlength=V).double()
     expected = counts.sum() / V
     chi2 = float(((counts - expected) ** 2 / expected).sum())
-    assert chi2 < V + 5 * (2 * V) ** 0.5                         # dof 63: mean 63, sd ~11
+    assert chi2 < V + 5 * (2 * V) ** 0.5  # dof 63: mean 63, sd ~11
     x0, _ = make_mqar(V, L, K, 30, seed=1, random_non_queries=False)
     f0 = torch.ones_like(x0, dtype=torch.bool)
-    f0[:, :2 * K] = False
-    assert int((x0[f0] != 0).sum()) == 30 * K                  # only the K queries are non-zero
+    f0[:, : 2 * K] = False
+    assert int((x0[f0] != 0).sum()) == 30 * K  # only the K queries are non-zero
 
 
 def test_query_slot_law_matches_zoology_sampling():
@@ -72,14 +73,17 @@ def test_query_slot_law_matches_zoology_sampling():
     # binomial standard error per slot; 5 sigma
     se = np.sqrt(theirs * (1 - theirs) / N) * np.sqrt(2) + 1e-3
     assert np.all(np.abs(ours - theirs) < 5 * se), (ours, theirs)
-    assert ours[0] > 2 * ours[-1]                                # the law favours small gaps
+    assert ours[0] > 2 * ours[-1]  # the law favours small gaps
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(vocab_size=8, seq_len=64, num_kv_pairs=4), "vocab_size"),
-    (dict(vocab_size=256, seq_len=16, num_kv_pairs=8), "seq_len"),
-    (dict(vocab_size=256, seq_len=64, num_kv_pairs=0), "num_kv_pairs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(vocab_size=8, seq_len=64, num_kv_pairs=4), "vocab_size"),
+        (dict(vocab_size=256, seq_len=16, num_kv_pairs=8), "seq_len"),
+        (dict(vocab_size=256, seq_len=64, num_kv_pairs=0), "num_kv_pairs"),
+    ],
+)
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         make_mqar(num_examples=2, seed=0, **kwargs)
@@ -112,6 +116,11 @@ def test_evaluate_mqar_oracle_and_chance():
     # seeing only 2 of 4 pairs: half the queries answered, the rest at chance (~1/V)
     acc = evaluate_mqar(_TableOracle(V, 2), V, settings=[(32, 4)], num_examples=200, seed=5)
     assert 0.45 < acc["L32_K4"] < 0.6
-    rand = evaluate_mqar(lambda x: torch.randn(*x.shape, V, generator=torch.Generator().manual_seed(1)),
-                         V, settings=[(32, 4), (64, 8)], num_examples=100, seed=5)
+    rand = evaluate_mqar(
+        lambda x: torch.randn(*x.shape, V, generator=torch.Generator().manual_seed(1)),
+        V,
+        settings=[(32, 4), (64, 8)],
+        num_examples=100,
+        seed=5,
+    )
     assert rand["L32_K4"] < 0.06 and rand["L64_K8"] < 0.06 and set(rand) == {"L32_K4", "L64_K8", "mean", "all"}

@@ -1,28 +1,36 @@
 """Every recall task through lm-eval (offline, include path, small sizes): the exact-recall oracle
 scores 100 % on every task and slice; the random model scores at its computed chance level."""
+
 import math
 import os
 
+import lm_eval
 import pytest
+
+from qdelta.tasks import TASKS_DIR, oracle_models  # oracle_models registers qd_oracle, qd_random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-lm_eval = pytest.importorskip("lm_eval")
-
-from qdelta.tasks import TASKS_DIR  # noqa: E402
-from qdelta.tasks import oracle_models  # noqa: E402  (registers qd_oracle, qd_random)
-
-QUICK = ["qd_mqar_quick", "qd_mqar_gen_quick", "qd_ar_quick", "qd_passkey_quick", "qd_niah_single_1_quick",
-         "qd_niah_single_2_quick", "qd_niah_single_3_quick", "qd_kv_recall_quick"]
+QUICK = [
+    "qd_mqar_quick",
+    "qd_mqar_gen_quick",
+    "qd_ar_quick",
+    "qd_passkey_quick",
+    "qd_niah_single_1_quick",
+    "qd_niah_single_2_quick",
+    "qd_niah_single_3_quick",
+    "qd_kv_recall_quick",
+]
 
 
 def _evaluate(model, tasks, **kw):
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
-    return lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=manager, log_samples=True,
-                                   bootstrap_iters=0, **kw)
+    return lm_eval.simple_evaluate(
+        model=model, tasks=tasks, task_manager=manager, log_samples=True, bootstrap_iters=0, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +97,9 @@ def test_full_suite_yaml_runs_with_metadata_overrides():
 
     small = {"num_examples": 1, "settings": [[16, 2]], "num_pairs": [2], "context_lengths": [128], "num_depths": 1}
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=small)
-    res = lm_eval.simple_evaluate(model="qd_oracle", tasks=["qd_recall"], task_manager=manager, log_samples=True,
-                                  bootstrap_iters=0)
+    res = lm_eval.simple_evaluate(
+        model="qd_oracle", tasks=["qd_recall"], task_manager=manager, log_samples=True, bootstrap_iters=0
+    )
     leaves = [t for t in res["results"] if t != "qd_recall"]
     assert sorted(leaves) == sorted(q.replace("_quick", "") for q in QUICK)
     assert all(res["results"][t]["acc,none"] == 1.0 for t in leaves) and res["results"]["qd_recall"]["acc,none"] == 1.0

@@ -1,4 +1,5 @@
 """Text recall generators: pure functions of (parameters, seed), lengths and depths as specified."""
+
 import json
 import re
 import subprocess
@@ -43,8 +44,9 @@ def test_same_seed_same_data_other_seed_differs(name):
 
 def test_same_data_in_another_process():
     """Every text generator and the native MQAR generator, in one fresh interpreter."""
-    code = ("import json, sys; sys.path.insert(0, %r); import test_task_generators as t; "
-            "print(json.dumps(t._digests()))") % str(__import__("pathlib").Path(__file__).parent)
+    code = (
+        "import json, sys; sys.path.insert(0, %r); import test_task_generators as t; print(json.dumps(t._digests()))"
+    ) % str(__import__("pathlib").Path(__file__).parent)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == _digests()
 
@@ -55,16 +57,16 @@ def test_every_doc_answer_is_findable_by_its_key_and_targets_are_consistent():
             found = re.search(doc["answer_pattern"], doc["context"])
             assert found and found.group(1) == doc["answer"], (name, doc["slice"])
             assert doc["target"].strip() == doc["answer"] and doc["target"].startswith(" ")
-            assert not doc["context"].endswith(doc["answer"])          # the answer is not given away at the end
+            assert not doc["context"].endswith(doc["answer"])  # the answer is not given away at the end
 
 
 def test_mqar_text_renders_zoology_sequences():
     rows = _rows("mqar")
-    assert [r["slice"] for r in rows] == ["L32_K4"] * 8 + ["L64_K8"] * 16     # one doc per query
+    assert [r["slice"] for r in rows] == ["L32_K4"] * 8 + ["L64_K8"] * 16  # one doc per query
     first = rows[0]["context"].split()
     keys, values = first[0:8:2], first[1:8:2]
     assert all(k.isalpha() for k in keys) and all(v.isdigit() for v in values)
-    for r in rows[:4]:                                                        # queries of example 0
+    for r in rows[:4]:  # queries of example 0
         words = r["context"].split()
         assert words[-1] in keys and values[keys.index(words[-1])] == r["answer"]
         assert len(words) == 2 * 4 + r["query_offset"] + 1
@@ -73,7 +75,9 @@ def test_mqar_text_renders_zoology_sequences():
 def test_niah_depths_spread_evenly_and_lengths_fit_in_words():
     assert spread_depths(5) == [0.0, 0.25, 0.5, 0.75, 1.0] and spread_depths(1) == [0.5]
     rows = _rows("niah_noise", context_lengths=[200, 400])
-    assert sorted({(r["context_length"], r["depth"]) for r in rows}) == [(a, d) for a in (200, 400) for d in (0, .5, 1)]
+    assert sorted({(r["context_length"], r["depth"]) for r in rows}) == [
+        (a, d) for a in (200, 400) for d in (0, 0.5, 1)
+    ]
     for r in rows:
         n = len(r["context"].split())
         assert r["length_unit"] == "words" and r["length"] == n and r["context_length"] - 12 <= n <= r["context_length"]
@@ -81,10 +85,13 @@ def test_niah_depths_spread_evenly_and_lengths_fit_in_words():
         rel = needle / len(r["context"])
         assert abs(rel - r["depth"]) < 0.2, (rel, r["depth"])
     text = _rows("niah_text_uuid")
-    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", r["answer"]) for r in text)
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", r["answer"]) for r in text
+    )
     from qdelta.tasks.haystack import HAYSTACK_FILE
+
     book = " ".join(HAYSTACK_FILE.read_text().split())
-    for r in text:                       # the haystack after the needle is a verbatim run of the shipped text
+    for r in text:  # the haystack after the needle is a verbatim run of the shipped text
         body = r["context"].split("\n")[1]
         after = body.split(r["answer"] + ". ", 1)[-1] if r["depth"] < 1 else body.split(" One of the")[0]
         assert len(after.split()) > 20 and after[:200] in book
@@ -93,12 +100,17 @@ def test_niah_depths_spread_evenly_and_lengths_fit_in_words():
 def _tiny_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
     from qdelta.tasks.haystack import HAYSTACK_FILE
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<unk>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<unk>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([HAYSTACK_FILE.read_text()[:60000]], trainer=trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(tmp_path)
     return PreTrainedTokenizerFast.from_pretrained(tmp_path)
@@ -106,7 +118,9 @@ def _tiny_tokenizer(tmp_path):
 
 def test_niah_lengths_in_model_tokens_when_tokenizer_given(tmp_path):
     tok = _tiny_tokenizer(tmp_path)
-    rows = build_niah(context_lengths=[300, 600], num_depths=2, haystack="text", tokenizer=str(tmp_path))["test"].to_list()
+    rows = build_niah(context_lengths=[300, 600], num_depths=2, haystack="text", tokenizer=str(tmp_path))[
+        "test"
+    ].to_list()
     for r in rows:
         n = len(tok(r["context"], add_special_tokens=False)["input_ids"])
         assert r["length_unit"] == f"tokens:{tmp_path}" and r["length"] == n
@@ -117,13 +131,16 @@ def test_niah_lengths_in_model_tokens_when_tokenizer_given(tmp_path):
         build_niah(context_lengths=[300], tokenizer=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("fn, kw, field", [
-    (build_mqar, dict(settings=[[16, 8]]), "metadata.settings[0]"),
-    (build_ar, dict(settings=[[40, 30]], key_kind="letter"), "metadata.settings[0]"),
-    (build_kv_recall, dict(pair_template="{value} is {key}"), "metadata.pair_template"),
-    (build_niah, dict(num_depths="5"), "metadata.num_depths"),
-    (build_passkey, dict(context_lengths=[10]), "metadata.context_lengths[0]"),
-])
+@pytest.mark.parametrize(
+    "fn, kw, field",
+    [
+        (build_mqar, dict(settings=[[16, 8]]), "metadata.settings[0]"),
+        (build_ar, dict(settings=[[40, 30]], key_kind="letter"), "metadata.settings[0]"),
+        (build_kv_recall, dict(pair_template="{value} is {key}"), "metadata.pair_template"),
+        (build_niah, dict(num_depths="5"), "metadata.num_depths"),
+        (build_passkey, dict(context_lengths=[10]), "metadata.context_lengths[0]"),
+    ],
+)
 def test_bad_parameters_name_the_field(fn, kw, field):
     with pytest.raises(ValueError, match=re.escape(field)):
         fn(**kw)

@@ -1,4 +1,5 @@
 """`qdelta tasks validate` catches each class of mistake with the field name and a fix."""
+
 import re
 from pathlib import Path
 
@@ -38,43 +39,74 @@ def test_shipped_files_and_readme_example_are_valid(tmp_path):
     assert validate_task_file(_write(tmp_path, readme_example())) == []
 
 
-@pytest.mark.parametrize("edit, expected", [
-    # unknown fields (top level and metadata), with the nearest name
-    (lambda c: c.update(doc_to_txt=c.pop("doc_to_text")), r"doc_to_txt: unknown task field; did you mean 'doc_to_text'"),
-    (lambda c: c["metadata"].update(num_pair=c["metadata"].pop("num_pairs")),
-     r"metadata\.num_pair: unknown field; did you mean 'num_pairs'"),
-    # wrong types
-    (lambda c: c["metadata"].update(num_examples="ten"), r"metadata\.num_examples: expected an integer"),
-    (lambda c: c.update(test_split=3), r"test_split: expected string"),
-    (lambda c: c["generation_kwargs"].update(max_gen_toks=-1), r"generation_kwargs\.max_gen_toks: expected a positive"),
-    # impossible combinations
-    (lambda c: c["metadata"].update(key_kind="letter", num_pairs=[8, 30]),
-     r"metadata\.num_pairs\[1\]: needs 30 distinct key_kind items but 'letter' has only 26"),
-    (lambda c: c["metadata"].update(pair_template="{value} opens locker {key}"),
-     r"metadata\.pair_template: \{key\} must come before \{value\}"),
-    (lambda c: c["metadata"].update(filler="none"), r"metadata\.filler_sentences: is 1 but filler is 'none'"),
-    (lambda c: c.update(output_type="loglikelihood"), r"generation_kwargs: only used with output_type: generate_until"),
-    (lambda c: c.update(output_type="generate"), r"output_type: 'generate' is not one of .*did you mean 'generate_until'"),
-    (lambda c: c.pop("custom_dataset"), r"custom_dataset: the task has no data"),
-    (lambda c: c.pop("test_split"), r"test_split: no evaluation split"),
-    (lambda c: c.update(doc_to_text="{{contex}}"), r"doc_to_text: uses \{\{contex\}\} .* did you mean 'context'"),
-    (lambda c: c.update(custom_dataset="__fn__qdelta.tasks.synthetic.build_kvrecall"),
-     r"custom_dataset: .*has no 'build_kvrecall'; did you mean qdelta\.tasks\.synthetic\.build_kv_recall"),
-    (lambda c: c.update(task="piqa"), r"task: 'piqa' is also one of lm-eval's built-in tasks"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        # unknown fields (top level and metadata), with the nearest name
+        (
+            lambda c: c.update(doc_to_txt=c.pop("doc_to_text")),
+            r"doc_to_txt: unknown task field; did you mean 'doc_to_text'",
+        ),
+        (
+            lambda c: c["metadata"].update(num_pair=c["metadata"].pop("num_pairs")),
+            r"metadata\.num_pair: unknown field; did you mean 'num_pairs'",
+        ),
+        # wrong types
+        (lambda c: c["metadata"].update(num_examples="ten"), r"metadata\.num_examples: expected an integer"),
+        (lambda c: c.update(test_split=3), r"test_split: expected string"),
+        (
+            lambda c: c["generation_kwargs"].update(max_gen_toks=-1),
+            r"generation_kwargs\.max_gen_toks: expected a positive",
+        ),
+        # impossible combinations
+        (
+            lambda c: c["metadata"].update(key_kind="letter", num_pairs=[8, 30]),
+            r"metadata\.num_pairs\[1\]: needs 30 distinct key_kind items but 'letter' has only 26",
+        ),
+        (
+            lambda c: c["metadata"].update(pair_template="{value} opens locker {key}"),
+            r"metadata\.pair_template: \{key\} must come before \{value\}",
+        ),
+        (lambda c: c["metadata"].update(filler="none"), r"metadata\.filler_sentences: is 1 but filler is 'none'"),
+        (
+            lambda c: c.update(output_type="loglikelihood"),
+            r"generation_kwargs: only used with output_type: generate_until",
+        ),
+        (
+            lambda c: c.update(output_type="generate"),
+            r"output_type: 'generate' is not one of .*did you mean 'generate_until'",
+        ),
+        (lambda c: c.pop("custom_dataset"), r"custom_dataset: the task has no data"),
+        (lambda c: c.pop("test_split"), r"test_split: no evaluation split"),
+        (lambda c: c.update(doc_to_text="{{contex}}"), r"doc_to_text: uses \{\{contex\}\} .* did you mean 'context'"),
+        (
+            lambda c: c.update(custom_dataset="__fn__qdelta.tasks.synthetic.build_kvrecall"),
+            r"custom_dataset: .*has no 'build_kvrecall'; did you mean qdelta\.tasks\.synthetic\.build_kv_recall",
+        ),
+        (lambda c: c.update(task="piqa"), r"task: 'piqa' is also one of lm-eval's built-in tasks"),
+    ],
+)
 def test_each_mistake_is_named_with_a_fix(tmp_path, edit, expected):
     problems = _mutate(tmp_path, edit)
     assert any(re.search(expected, p) for p in problems), problems
 
 
-@pytest.mark.parametrize("metadata, expected", [
-    ({"settings": [[16, 8]]}, r"metadata\.settings\[0\]: 8 pairs do not fit in seq_len=16 .* use seq_len >= 32"),
-    ({"vocab_size": 8, "settings": [[64, 4]]}, r"metadata\.settings\[0\]: 4 pairs need 4 distinct keys but vocab_size=8"),
-    ({"settings": [[64]]}, r"metadata\.settings\[0\]: must be \[seq_len, num_kv_pairs\]"),
-])
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        ({"settings": [[16, 8]]}, r"metadata\.settings\[0\]: 8 pairs do not fit in seq_len=16 .* use seq_len >= 32"),
+        (
+            {"vocab_size": 8, "settings": [[64, 4]]},
+            r"metadata\.settings\[0\]: 4 pairs need 4 distinct keys but vocab_size=8",
+        ),
+        ({"settings": [[64]]}, r"metadata\.settings\[0\]: must be \[seq_len, num_kv_pairs\]"),
+    ],
+)
 def test_mqar_impossible_combinations(tmp_path, metadata, expected):
-    text = (f"task: qd_mine\ninclude: {TASKS_DIR / 'recall' / 'qd_mqar.yaml'}\n"
-            f"metadata: {yaml.safe_dump(metadata, default_flow_style=True).strip()}\n")
+    text = (
+        f"task: qd_mine\ninclude: {TASKS_DIR / 'recall' / 'qd_mqar.yaml'}\n"
+        f"metadata: {yaml.safe_dump(metadata, default_flow_style=True).strip()}\n"
+    )
     problems = validate_task_file(_write(tmp_path, text))
     assert any(re.search(expected, p) for p in problems), problems
 
@@ -82,10 +114,14 @@ def test_mqar_impossible_combinations(tmp_path, metadata, expected):
 def test_broken_files(tmp_path):
     assert "does not exist" in validate_task_file(tmp_path / "nope.yaml")[0]
     assert validate_task_file(_write(tmp_path, "task: [unclosed\n"))[0].startswith("yaml: the file does not parse")
-    assert validate_task_file(_write(tmp_path, "task: x\ninclude: missing.yaml\n"))[0].startswith("include: 'missing.yaml' not found")
+    assert validate_task_file(_write(tmp_path, "task: x\ninclude: missing.yaml\n"))[0].startswith(
+        "include: 'missing.yaml' not found"
+    )
     assert "neither a task" in validate_task_file(_write(tmp_path, "metadata: {}\n"))[0]
     group = _write(tmp_path, "group: g\ntask: [a]\naggregate_metrics: []\n")
-    assert validate_task_file(group) == ["aggregate_metrics: unknown group field; did you mean 'aggregate_metric_list'?"]
+    assert validate_task_file(group) == [
+        "aggregate_metrics: unknown group field; did you mean 'aggregate_metric_list'?"
+    ]
 
 
 def test_cli_exit_codes_and_messages(tmp_path, capsys):

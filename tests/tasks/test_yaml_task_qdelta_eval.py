@@ -1,4 +1,5 @@
 """The README's YAML-only task, saved in a temporary folder as a user would, runs via `qdelta eval`."""
+
 import json
 import os
 import re
@@ -35,8 +36,20 @@ def test_readme_yaml_task_runs_via_qdelta_eval(tmp_path, monkeypatch, model, exp
     folder = _user_folder(tmp_path)
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
-    rc = main(["eval", "--model", model, "--tasks", "qd_locker_codes", "--include_path", str(folder),
-               "--runs-dir", str(runs), "--no-leaderboard"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            model,
+            "--tasks",
+            "qd_locker_codes",
+            "--include_path",
+            str(folder),
+            "--runs-dir",
+            str(runs),
+            "--no-leaderboard",
+        ]
+    )
     assert rc == 0
     res = _results(runs)
     assert res["sample_len"] == 20 and res["acc,none"] == pytest.approx(expect, abs=0.1)
@@ -44,24 +57,45 @@ def test_readme_yaml_task_runs_via_qdelta_eval(tmp_path, monkeypatch, model, exp
 
 
 def test_readme_yaml_task_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
     from qdelta.testing import tiny_model
 
     folder = _user_folder(tmp_path, num_examples=2, num_pairs="[2, 4]")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<eos>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<eos>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(["Locker opens with code 0123456789 Every locker below has its own code."], trainer=trainer)
     ckpt = tmp_path / "ckpt"
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(ckpt)
     tiny_model("qdelta", vocab_size=len(tok.get_vocab())).save_pretrained(ckpt)
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
-    rc = main(["eval", "--model", "qdelta", "--model_args", f"pretrained={ckpt}", "--tasks", "qd_locker_codes",
-               "--include_path", str(folder), "--runs-dir", str(runs), "--no-leaderboard", "--batch_size", "4"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            "qdelta",
+            "--model_args",
+            f"pretrained={ckpt}",
+            "--tasks",
+            "qd_locker_codes",
+            "--include_path",
+            str(folder),
+            "--runs-dir",
+            str(runs),
+            "--no-leaderboard",
+            "--batch_size",
+            "4",
+        ]
+    )
     assert rc == 0
     res = _results(runs)
     assert res["sample_len"] == 4 and 0.0 <= res["acc,none"] <= 1.0

@@ -1,13 +1,14 @@
 """The committed training results: the MQAR leaderboard is regenerated bit-for-bit from its run
 records, and the shipped checkpoints are complete, small, and load offline."""
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from _train_configs import CPU_SEED_FOLDERS
 
 from qdelta.harness.train import report as train_report
-from _train_configs import CPU_SEED_FOLDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 MQAR = ROOT / "results" / "mqar"
@@ -17,8 +18,9 @@ CHECKPOINTS = ROOT / "results" / "checkpoints"
 REFERENCE = MQAR / "long"  # the reference run (3500 steps)
 
 
-@pytest.mark.parametrize("folder", [REFERENCE, MQAR / "long_no_gate", MQAR / "cpu_small"],
-                         ids=["reference", "long_no_gate", "cpu_small"])
+@pytest.mark.parametrize(
+    "folder", [REFERENCE, MQAR / "long_no_gate", MQAR / "cpu_small"], ids=["reference", "long_no_gate", "cpu_small"]
+)
 def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     written = train_report.generate(folder / "runs", tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
@@ -71,6 +73,7 @@ def test_mqar_leaderboard_reflects_the_records(tmp_path):
         assert r["mean"] == max(x["mean"] for x in records if (x["type"], x["d_model"]) == (r["type"], r["d_model"]))
     # a changed record changes the leaderboard
     import shutil
+
     copy = tmp_path / "runs"
     shutil.copytree(REFERENCE / "runs", copy)
     target = copy / best[0]["run"] / "metrics.json"
@@ -94,8 +97,9 @@ def test_shipped_checkpoints_fit_the_size_budget():
 
 @pytest.mark.parametrize("folder", _shipped(), ids=lambda p: p.name)
 def test_shipped_checkpoint_loads_and_runs_offline(folder):
-    import qdelta
     from transformers import AutoTokenizer
+
+    import qdelta
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = qdelta.load_model(str(folder)).eval()

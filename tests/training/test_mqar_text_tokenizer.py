@@ -1,5 +1,6 @@
 """The bridge tokenizer of qdelta.harness.train.mqar_tokenizer: a qd_mqar text doc, tokenized with it,
 is exactly the token-level MQAR sequence (and answer) the MQAR checkpoints were trained on."""
+
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def test_qd_mqar_docs_tokenize_to_the_training_ids():
         inputs, labels = make_mqar(64, d["seq_len"], d["num_kv_pairs"], 3, seed=2 * 1000 + i, power_a=0.01)
         ids = tok(d["context"])["input_ids"]
         t = len(ids) - 1
-        assert ids == inputs[d["example"], :t + 1].tolist()
+        assert ids == inputs[d["example"], : t + 1].tolist()
         assert tok(d["target"])["input_ids"] == [int(labels[d["example"], t])]
 
 

@@ -1,4 +1,5 @@
 """Tokenizers for synthetic tasks: real HF tokenizers, saved and reloaded offline."""
+
 import pytest
 from transformers import AutoTokenizer
 

@@ -1,8 +1,9 @@
 """The typed training config: YAML in, validated dataclass out, errors naming the field."""
+
 import pytest
 
-from qdelta.harness.train.loop import lr_factor
 from qdelta.harness.train.config import TrainConfig, dump_config, load_config
+from qdelta.harness.train.loop import lr_factor
 
 
 def _write(tmp_path, text):
@@ -12,14 +13,17 @@ def _write(tmp_path, text):
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 name: t
 seed: 3
 model: {type: gated_deltanet, hidden_size: 64, num_heads: 1}
 data: {kind: mqar, vocab_size: 128, configs: [[32, 4], [64, 8]]}
 optim: {lr: 1e-3, warmup_steps: 5}
 train: {steps: 20, batch_size: 8}
-""")
+""",
+    )
     cfg = load_config(path, ["optim.lr=[1e-3, 3e-3]", "train.steps=30"])
     assert isinstance(cfg, TrainConfig)
     assert cfg.model.type == "gated_deltanet" and cfg.model.overrides == {"hidden_size": 64, "num_heads": 1}
@@ -29,22 +33,25 @@ train: {steps: 20, batch_size: 8}
     assert again == cfg
 
 
-@pytest.mark.parametrize("text, field, exc", [
-    ("model: {type: mamba}", "model.type", ValueError),
-    ("model: {type: qdelta, vocab_size: 10}", "model.vocab_size", ValueError),
-    ("optim: {lr: fast}", "optim.lr", TypeError),
-    ("optim: {lr: -1}", "optim.lr", ValueError),
-    ("optim: {betas: [0.9]}", "optim.betas", ValueError),
-    ("train: {steps: 0}", "train.steps", ValueError),
-    ("train: {steps: 1.5}", "train.steps", TypeError),
-    ("train: {batchsize: 4}", "batchsize", ValueError),
-    ("train: {precision: fp8}", "train.precision", ValueError),
-    ("data: {kind: mqar, configs: [[16, 8]]}", "data.configs[0]", ValueError),
-    ("data: {kind: text}", "data.tasks", ValueError),
-    ("data: {kind: mqar, configs: 64}", "data.configs", TypeError),
-    ("seed: 5\neval: {seed: 5}", "eval.seed", ValueError),
-    ("[1, 2]", "config", TypeError),
-])
+@pytest.mark.parametrize(
+    "text, field, exc",
+    [
+        ("model: {type: mamba}", "model.type", ValueError),
+        ("model: {type: qdelta, vocab_size: 10}", "model.vocab_size", ValueError),
+        ("optim: {lr: fast}", "optim.lr", TypeError),
+        ("optim: {lr: -1}", "optim.lr", ValueError),
+        ("optim: {betas: [0.9]}", "optim.betas", ValueError),
+        ("train: {steps: 0}", "train.steps", ValueError),
+        ("train: {steps: 1.5}", "train.steps", TypeError),
+        ("train: {batchsize: 4}", "batchsize", ValueError),
+        ("train: {precision: fp8}", "train.precision", ValueError),
+        ("data: {kind: mqar, configs: [[16, 8]]}", "data.configs[0]", ValueError),
+        ("data: {kind: text}", "data.tasks", ValueError),
+        ("data: {kind: mqar, configs: 64}", "data.configs", TypeError),
+        ("seed: 5\neval: {seed: 5}", "eval.seed", ValueError),
+        ("[1, 2]", "config", TypeError),
+    ],
+)
 def test_bad_fields_are_named(tmp_path, text, field, exc):
     with pytest.raises(exc, match=field.replace("[", r"\[").replace("]", r"\]")):
         load_config(_write(tmp_path, text))

@@ -1,25 +1,37 @@
 """The grid runner: GPU assignment of workers, what grid.json records, what the records tar packs."""
+
 import json
 import os
 import tarfile
 
 import pytest
 import torch
+from _train_configs import MODEL
 
 from qdelta.harness.train import grid as train_grid
-from _train_configs import MODEL
 
 
 def tiny_grid(steps: int = 2) -> dict:
     return {
-        "base": {"seed": 0, "model": {"num_hidden_layers": 1, "intermediate_size": 32},
-                 "data": {"kind": "mqar", "vocab_size": 32, "configs": [[16, 2]]},
-                 "optim": {"warmup_steps": 1},
-                 "train": {"steps": steps, "batch_size": 4, "log_every": 1, "eval_every": 0, "save_every": 0,
-                           "device": "cpu"},
-                 "eval": {"num_examples": 8}},
+        "base": {
+            "seed": 0,
+            "model": {"num_hidden_layers": 1, "intermediate_size": 32},
+            "data": {"kind": "mqar", "vocab_size": 32, "configs": [[16, 2]]},
+            "optim": {"warmup_steps": 1},
+            "train": {
+                "steps": steps,
+                "batch_size": 4,
+                "log_every": 1,
+                "eval_every": 0,
+                "save_every": 0,
+                "device": "cpu",
+            },
+            "eval": {"num_examples": 8},
+        },
         "models": {"qdelta": MODEL["qdelta"]},
-        "heads_per": 16, "d_models": [32], "lrs": [1e-3, 3e-3],
+        "heads_per": 16,
+        "d_models": [32],
+        "lrs": [1e-3, 3e-3],
     }
 
 
@@ -68,8 +80,9 @@ def test_grid_json_records_the_gpu_each_worker_saw(tmp_path, monkeypatch):
     train_grid.pack_records(tmp_path / "grid", tmp_path / "records.tgz")
     with tarfile.open(tmp_path / "records.tgz") as tar:
         names = set(tar.getnames())
-    assert names == {"grid.json"} | {f"runs/qdelta-d32-lr{lr:g}/{f}" for lr in (1e-3, 3e-3)
-                                     for f in train_grid.RECORD_FILES}
+    assert names == {"grid.json"} | {
+        f"runs/qdelta-d32-lr{lr:g}/{f}" for lr in (1e-3, 3e-3) for f in train_grid.RECORD_FILES
+    }
 
 
 def test_records_tar_keeps_a_cut_runs_partial_log_and_no_weights(tmp_path):
@@ -83,8 +96,11 @@ def test_records_tar_keeps_a_cut_runs_partial_log_and_no_weights(tmp_path):
     (out / "grid.json").write_text(json.dumps({"status": {cut.name: {"state": "cut: running"}}}))
     train_grid.pack_records(out, tmp_path / "records.tgz")
     with tarfile.open(tmp_path / "records.tgz") as tar:
-        assert set(tar.getnames()) == {"grid.json", f"runs/{cut.name}/train_log.jsonl",
-                                       f"runs/{cut.name}/train_config.yaml"}
+        assert set(tar.getnames()) == {
+            "grid.json",
+            f"runs/{cut.name}/train_log.jsonl",
+            f"runs/{cut.name}/train_config.yaml",
+        }
         packed = tar.extractfile(f"runs/{cut.name}/train_log.jsonl").read().decode()
     assert packed.splitlines() == log_lines
 

@@ -1,4 +1,5 @@
 """The training loop on CPU: it learns MQAR, resumes exactly after a kill, sweeps learning rates."""
+
 import json
 import os
 import signal
@@ -9,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_configs import tiny_train_config, write_config
 from safetensors.torch import load_file
 
 import qdelta
-from qdelta.harness.train.loop import train
 from qdelta.harness.train.config import load_config
+from qdelta.harness.train.loop import train
 from qdelta.tasks.mqar import evaluate_mqar
-
-from _train_configs import tiny_train_config, write_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
@@ -33,6 +33,7 @@ def test_loss_falls_and_mqar_accuracy_rises(tmp_path):
     untrained = qdelta.load_model(str(tmp_path / "run"))
     torch.manual_seed(0)
     from qdelta.harness.train.loop import build_model
+
     fresh = build_model(config.model, 32, config.seed).eval()
     before = evaluate_mqar(fresh, 32, settings=[(16, 2)], num_examples=64, seed=config.eval.seed)["mean"]
     after = evaluate_mqar(untrained.eval(), 32, settings=[(16, 2)], num_examples=64, seed=config.eval.seed)["mean"]
@@ -40,6 +41,7 @@ def test_loss_falls_and_mqar_accuracy_rises(tmp_path):
     assert before < 2 * chance and after > 3 * chance, (before, after)
     # the output folder is a complete HF checkpoint with a working tokenizer
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(tmp_path / "run")
     assert tok("3 17")["input_ids"] == [3, 17]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 100
@@ -51,10 +53,12 @@ def _train_cmd(config_path):
 
 def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
     steps = 30
-    straight = write_config(tmp_path / "a.yaml", tiny_train_config(tmp_path / "a", steps=steps, save_every=5,
-                                                                   eval_every=15))
-    killed = write_config(tmp_path / "b.yaml", tiny_train_config(tmp_path / "b", steps=steps, save_every=5,
-                                                                 eval_every=15))
+    straight = write_config(
+        tmp_path / "a.yaml", tiny_train_config(tmp_path / "a", steps=steps, save_every=5, eval_every=15)
+    )
+    killed = write_config(
+        tmp_path / "b.yaml", tiny_train_config(tmp_path / "b", steps=steps, save_every=5, eval_every=15)
+    )
     subprocess.run(_train_cmd(straight), env=ENV, check=True, capture_output=True)
 
     proc = subprocess.Popen(_train_cmd(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,15 +79,19 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}  # noqa: E731
-                       for line in p.read_text().splitlines()]
+
+    def strip(p):
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in p.read_text().splitlines()]
+
     assert strip(tmp_path / "a" / "train_log.jsonl") == strip(tmp_path / "b" / "train_log.jsonl")
     ma, mb = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert ma["eval"] == mb["eval"] and ma["final_loss"] == mb["final_loss"]
     # checkpoints are complete HF folders with optimizer state; only the last two are kept
     last = sorted((tmp_path / "a" / "checkpoints").iterdir())
     assert [p.name for p in last] == ["step-0000020", "step-0000025"]
-    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"} <= {p.name for p in last[-1].iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"} <= {
+        p.name for p in last[-1].iterdir()
+    }
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
@@ -118,8 +126,21 @@ def test_ddp_on_two_cpu_ranks_matches_one_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-           "-m", "qdelta.harness.cli", "train", "--config", str(two), "--no-progress"]
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "qdelta.harness.cli",
+        "train",
+        "--config",
+        str(two),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")

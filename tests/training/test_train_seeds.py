@@ -1,5 +1,6 @@
 """Several seeds in one grid: how ``seeds`` expands into jobs, and how the report aggregates the
 runs of a (model type, d_model, lr) cell over seeds. No training: fake run records."""
+
 import copy
 import csv
 import io
@@ -9,21 +10,27 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _train_configs import CPU_SEED_FOLDERS, MODEL, MQAR_RESULTS
 
 from qdelta.harness.train import grid as train_grid
 from qdelta.harness.train import report as train_report
 from qdelta.harness.train.config import load_config
-from _train_configs import CPU_SEED_FOLDERS, MODEL, MQAR_RESULTS
 
 
 def seeds_grid(seeds=None) -> dict:
     grid = {
-        "base": {"seed": 7, "model": {"num_hidden_layers": 1, "intermediate_size": 32},
-                 "data": {"kind": "mqar", "vocab_size": 32, "configs": [[16, 2]]},
-                 "optim": {"warmup_steps": 1},
-                 "train": {"steps": 2, "batch_size": 4, "device": "cpu"}, "eval": {"num_examples": 8}},
+        "base": {
+            "seed": 7,
+            "model": {"num_hidden_layers": 1, "intermediate_size": 32},
+            "data": {"kind": "mqar", "vocab_size": 32, "configs": [[16, 2]]},
+            "optim": {"warmup_steps": 1},
+            "train": {"steps": 2, "batch_size": 4, "device": "cpu"},
+            "eval": {"num_examples": 8},
+        },
         "models": {"qdelta": MODEL["qdelta"], "gated_deltanet": MODEL["gated_deltanet"]},
-        "heads_per": 16, "d_models": [64, 32], "lrs": [1e-3, 3e-3],
+        "heads_per": 16,
+        "d_models": [64, 32],
+        "lrs": [1e-3, 3e-3],
     }
     if seeds is not None:
         grid["seeds"] = seeds
@@ -31,8 +38,9 @@ def seeds_grid(seeds=None) -> dict:
 
 
 # today's order: d_models as given, then lrs, then model types
-ONE_SEED_NAMES = [f"{m}-d{d}-lr{lr}" for d in (64, 32) for lr in ("0.001", "0.003")
-                  for m in ("qdelta", "gated_deltanet")]
+ONE_SEED_NAMES = [
+    f"{m}-d{d}-lr{lr}" for d in (64, 32) for lr in ("0.001", "0.003") for m in ("qdelta", "gated_deltanet")
+]
 
 
 def test_without_seeds_jobs_are_as_before():
@@ -69,15 +77,18 @@ def test_several_seeds_put_the_seed_outermost():
     assert config.seed == 5 and config.name == "gated_deltanet-d32-lr0.003-s5"
 
 
-@pytest.mark.parametrize("seeds, message", [
-    ([], r"non-empty list of integers, got \[\]"),
-    (3, r"non-empty list of integers, got 3"),
-    ("0,1", r"non-empty list of integers, got '0,1'"),
-    ([1, 1.5], r"expected integers, got \[1, 1.5\] \(not integers: \[1.5\]\)"),
-    ([0, True], r"not integers: \[True\]"),
-    ([0, "1"], r"not integers: \['1'\]"),
-    ([1, 2, 1], r"duplicates \[1\] in \[1, 2, 1\]"),
-])
+@pytest.mark.parametrize(
+    "seeds, message",
+    [
+        ([], r"non-empty list of integers, got \[\]"),
+        (3, r"non-empty list of integers, got 3"),
+        ("0,1", r"non-empty list of integers, got '0,1'"),
+        ([1, 1.5], r"expected integers, got \[1, 1.5\] \(not integers: \[1.5\]\)"),
+        ([0, True], r"not integers: \[True\]"),
+        ([0, "1"], r"not integers: \['1'\]"),
+        ([1, 2, 1], r"duplicates \[1\] in \[1, 2, 1\]"),
+    ],
+)
 def test_bad_seeds_are_refused_with_the_fix(seeds, message):
     with pytest.raises(ValueError, match=r"'seeds'.*" + message + r".*e\.g\. seeds: \[0, 1, 2\]"):
         train_grid.expand_grid(seeds_grid(seeds=seeds))
@@ -88,19 +99,34 @@ def test_bad_seeds_are_refused_with_the_fix(seeds, message):
 SLICES = ("L32_K4", "L64_K12")
 
 
-def fake_run(runs: Path, model_type: str, d_model: int, lr: float, seed, accs, *, seed_in="metrics",
-             name=None) -> str:
+def fake_run(runs: Path, model_type: str, d_model: int, lr: float, seed, accs, *, seed_in="metrics", name=None) -> str:
     """One run record as the trainer writes it (the fields the report reads)."""
     name = name or f"{model_type}-d{d_model}-lr{lr:g}-s{seed}"
     folder = runs / name
     folder.mkdir(parents=True)
-    config = {"name": name, "model": {"type": model_type, "hidden_size": d_model, "num_hidden_layers": 2,
-                                      "num_heads": d_model // 32, "head_dim": 32, "expand_v": 1},
-              "data": {"vocab_size": 32}, "train": {"batch_size": 32}}
+    config = {
+        "name": name,
+        "model": {
+            "type": model_type,
+            "hidden_size": d_model,
+            "num_hidden_layers": 2,
+            "num_heads": d_model // 32,
+            "head_dim": 32,
+            "expand_v": 1,
+        },
+        "data": {"vocab_size": 32},
+        "train": {"batch_size": 32},
+    }
     if seed_in in ("config", "both"):
         config["seed"] = seed
-    metrics = {"name": name, "lr": lr, "steps": 400, "num_parameters": 1000 * d_model + (model_type == "qdelta"),
-               "eval": {**dict(zip(SLICES, accs)), "mean": sum(accs) / len(accs)}, "final_loss": 0.1}
+    metrics = {
+        "name": name,
+        "lr": lr,
+        "steps": 400,
+        "num_parameters": 1000 * d_model + (model_type == "qdelta"),
+        "eval": {**dict(zip(SLICES, accs)), "mean": sum(accs) / len(accs)},
+        "final_loss": 0.1,
+    }
     if seed_in in ("metrics", "both"):
         metrics["seed"] = seed
     (folder / "train_config.yaml").write_text(yaml.safe_dump(config))
@@ -142,13 +168,16 @@ def test_seeded_leaderboard_reports_means_counts_and_ranges(tmp_path):
     written = train_report.generate(tmp_path / "runs", tmp_path / "out", plots=True)  # plots use the means
     assert all(p.stat().st_size > 0 for p in written)
     table = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "| model | d_model | best lr | params | state (L=64) | L32 K4 | L64 K12 | mean | seeds | mean min–max |" \
+    assert (
+        "| model | d_model | best lr | params | state (L=64) | L32 K4 | L64 K12 | mean | seeds | mean min–max |"
         in table
+    )
     assert "|---|---|---|---|---|---|---|---|---|---|" in table
     assert "| Q-Delta | 64 | 0.003 | 64001 | 4096 | 0.500 | 0.500 | 0.500 | 3 | 0.500–0.500 |" in table
     assert "| Gated DeltaNet | 64 | 0.003 | 64000 | 4096 | 0.875 | 0.375 | 0.625 | 2 | 0.500–0.750 |" in table
-    assert "mean over seeds per row" in table and "Runs: 8; learning rates tried: 0.001, 0.003; seeds: 0, 1, 2;" \
-        in table
+    assert (
+        "mean over seeds per row" in table and "Runs: 8; learning rates tried: 0.001, 0.003; seeds: 0, 1, 2;" in table
+    )
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "leaderboard.csv").read_text())))
     assert len(rows) == 8  # one row per run: nothing is lost
     by_run = {r["run"]: r for r in rows}
@@ -181,8 +210,11 @@ def test_a_seed_twice_in_a_cell_is_refused(tmp_path):
     fake_run(runs, "qdelta", 64, 1e-3, 0, [0.9, 0.7])
     fake_run(runs, "qdelta", 64, 1e-3, 1, [0.9, 0.7])
     fake_run(runs, "qdelta", 64, 1e-3, 1, [0.2, 0.7], name="qdelta-d64-lr0.001-s1-again")
-    with pytest.raises(ValueError, match=r"'qdelta-d64-lr0.001-s1' and 'qdelta-d64-lr0.001-s1-again' are both "
-                                         r"seed 1 of \(qdelta, d_model 64, lr 0.001\); keep one"):
+    with pytest.raises(
+        ValueError,
+        match=r"'qdelta-d64-lr0.001-s1' and 'qdelta-d64-lr0.001-s1-again' are both "
+        r"seed 1 of \(qdelta, d_model 64, lr 0.001\); keep one",
+    ):
         train_report.generate(runs, tmp_path / "out", plots=False)
 
 

@@ -1,4 +1,5 @@
 """Text training data: rendered by the tasks' own generators, a pure function of (seed, step)."""
+
 import pytest
 import torch
 
@@ -7,8 +8,13 @@ from qdelta.harness.train.text import TextSource
 
 
 def _config(**data):
-    base = {"kind": "text", "seq_len": 160, "pool_size": 40, "tokenizer_vocab_size": 400,
-            "tasks": [{"task": "qd_ar_quick"}, {"task": "qd_mqar_quick", "weight": 2}]}
+    base = {
+        "kind": "text",
+        "seq_len": 160,
+        "pool_size": 40,
+        "tokenizer_vocab_size": 400,
+        "tasks": [{"task": "qd_ar_quick"}, {"task": "qd_mqar_quick", "weight": 2}],
+    }
     return load_config(data={"name": "t", "data": {**base, **data}, "eval": {"num_examples": 8}})
 
 
@@ -42,9 +48,13 @@ def test_rows_render_context_then_scored_answer(source):
         assert int(scored[-1]) == n - 2  # the last logit that predicts a real token
     # training docs are not the task's evaluation docs (other seeds)
     from qdelta.tasks.synthetic import build_ar
-    eval_contexts = {d["context"] for d in build_ar(settings=[[8, 4], [16, 4]], num_examples=4, seed=0,
-                                                     key_kind="letter", value_kind="number",
-                                                     value_digits=2)["test"]}
+
+    eval_contexts = {
+        d["context"]
+        for d in build_ar(
+            settings=[[8, 4], [16, 4]], num_examples=4, seed=0, key_kind="letter", value_kind="number", value_digits=2
+        )["test"]
+    }
     pool_texts = {tok.decode(ids[:start]) for ids, start in source.pools[0]}
     assert not eval_contexts & pool_texts
 
