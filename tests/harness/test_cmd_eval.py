@@ -14,19 +14,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import save_word_tokenizer, tiny_llama  # noqa: E402
-
-from qdelta.harness import cli  # noqa: E402
-from qdelta.harness.eval import records  # noqa: E402
-from qdelta.harness.eval.leaderboard import write_leaderboard  # noqa: E402
+from qdelta.harness import cli
+from qdelta.harness.eval import records
+from qdelta.harness.eval.leaderboard import write_leaderboard
 
 REPO = Path(__file__).resolve().parents[2]
 RESUME_TASKS = "qd_passkey_quick,qd_ar_quick,qd_mqar_quick,qd_niah_single_2_quick,qd_niah_single_3_quick"  # slow last
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, save_word_tokenizer):
     """Two tiny checkpoints (Q-Delta and Transformer) with a word-level tokenizer."""
     from qdelta.testing import tiny_model
 
@@ -49,6 +46,7 @@ def _samples(run_dir: Path):
     return out
 
 
+@pytest.mark.slow
 def test_oracle_scores_100_and_random_scores_chance(tmp_path):
     from qdelta.tasks.oracle_models import chance_of
 
@@ -81,6 +79,7 @@ def test_oracle_scores_100_and_random_scores_chance(tmp_path):
     assert cli.main(["leaderboard", "--runs-dir", str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.slow
 def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
     """No lm-eval arguments: every checkpoint under --checkpoints-dir on qd_recall_quick, then the leaderboard."""
     only_one = tmp_path / "ckpts"
@@ -117,6 +116,7 @@ def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
         assert (board / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
     argv = [
         "--model",
@@ -177,7 +177,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, checkpoints):
 
 
 @pytest.fixture(scope="module")
-def llama_checkpoint(tmp_path_factory):
+def llama_checkpoint(tmp_path_factory, tiny_llama):
     folder = tmp_path_factory.mktemp("llama") / "llama"
     tiny_llama().save_pretrained(str(folder))
     return folder
@@ -217,6 +217,7 @@ def test_bad_input_one_line_error_no_records(case, tmp_path, capsys, checkpoints
     assert not (tmp_path / "runs").exists() and not (tmp_path / "board").exists()
 
 
+@pytest.mark.slow
 def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
     """lm-eval's data parallelism (2 CPU processes over gloo, as `accelerate launch` does on GPUs):
     rank 0 records every document, with the scores of a single-process run (per-slice metrics too)."""
@@ -311,7 +312,8 @@ def test_run_id_follows_command_and_weights(tmp_path, checkpoints):
     assert run_id() != first
 
 
-def test_failed_task_keeps_the_others(tmp_path, capsys):
+@pytest.mark.slow
+def test_failed_task_keeps_the_others(tmp_path, capsys, save_word_tokenizer):
     """A Transformer limited to 64 positions: the 512-token haystack task fails (on_overflow=error),
     the short task is recorded; exit status 1, the leaderboard marks the failure, a re-run retries it."""
     from qdelta.testing import tiny_model

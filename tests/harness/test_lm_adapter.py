@@ -4,24 +4,19 @@ cached greedy generation == uncached, overflow handling, device/batch-size argum
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from lm_eval.api.instance import Instance
+from lm_eval.api.registry import get_model
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import save_word_tokenizer, tiny_llama  # noqa: E402
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.api.registry import get_model  # noqa: E402
-
-from qdelta.harness.eval.adapter import QDeltaLM, parse_batch_size  # noqa: E402
-from qdelta.harness.eval.scoring import ReuseStats, plan_chains, plan_prefix_groups, score_requests  # noqa: E402
-from qdelta.testing import tiny_model  # noqa: E402
+from qdelta.harness.eval.adapter import QDeltaLM, parse_batch_size
+from qdelta.harness.eval.scoring import ReuseStats, plan_chains, plan_prefix_groups, score_requests
+from qdelta.testing import tiny_model
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
+def tokenizer_dir(tmp_path_factory, save_word_tokenizer):
     return str(save_word_tokenizer(tmp_path_factory.mktemp("tok")))
 
 
@@ -57,8 +52,9 @@ def _reference(model, reqs):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qdelta", "qdelta_official", "transformer", "hf_llama"])
-def test_prefix_reuse_equals_recompute(kind, tokenizer_dir):
+def test_prefix_reuse_equals_recompute(kind, tokenizer_dir, tiny_llama):
     if kind == "hf_llama":
         model = tiny_llama(vocab_size=96)
     elif kind == "qdelta_official":
@@ -80,6 +76,7 @@ def test_prefix_reuse_equals_recompute(kind, tokenizer_dir):
         assert abs(a[0] - r[0]) < 2e-5 and a[1] == r[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("walk,variant", [("sequential", "paper"), ("batched", "paper"), ("batched", "official")])
 def test_prefix_tree_walk_computes_each_shared_token_once(walk, variant):
     """A branching tree of contexts (nested MQAR-like queries, siblings, identical contexts): every
@@ -165,6 +162,7 @@ def _greedy_reference(model, lm, context, budget, stop):
     return lm.tok_decode(gen).split(stop)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qdelta", "transformer"])
 def test_generate_until_cached_equals_uncached(kind, tokenizer_dir):
     model = tiny_model(kind, seed=3)

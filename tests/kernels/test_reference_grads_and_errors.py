@@ -27,6 +27,7 @@ def _gradcheck(op, x, extra_names=(), **kw):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", OPS, ids=lambda f: f.__name__)
 def test_gradcheck_paper(op):
     x = random_inputs(1, 9, 2, 3, 2, dtype=torch.float64, seed=1)
@@ -34,6 +35,7 @@ def test_gradcheck_paper(op):
     _gradcheck(op, x, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", OPS, ids=lambda f: f.__name__)
 def test_gradcheck_official_across_a_chunk_boundary(op):
     # Start 60 tokens into a 64-token chunk, so the 9 tokens cross a chunk boundary.

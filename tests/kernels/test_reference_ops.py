@@ -21,6 +21,7 @@ def run(op, inputs, **kw):
     return op(**inputs, use_qk_l2norm=True, output_final_state=True, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T", [1, 63, 64, 100, 257])
 @pytest.mark.parametrize("chunk_size", [1, 16, 64])
 def test_chunk_equals_token_loop(T, chunk_size):
@@ -153,6 +154,7 @@ def official_token_statement(q, k, v, g, beta, lam, S0, scale, chunk=64):
     return torch.stack(out), S0
 
 
+@pytest.mark.slow
 def test_official_variant_equals_its_token_level_statement_and_differs_from_paper():
     x = random_inputs(1, 150, 1, K, V, dtype=F64, seed=21)
     o, s = run(chunk_qdelta, x, variant="official")

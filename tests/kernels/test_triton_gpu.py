@@ -5,8 +5,6 @@ at 16K tokens); it is itself tested against the token loop to 1e-10 (test_refere
 Every check prints one ``ERR`` line so the device log records the measured errors (NOTES.md).
 """
 
-import os
-
 import pytest
 import torch
 
@@ -19,9 +17,6 @@ from qdelta.kernels.triton import launch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-tol_path = os.path.join(os.path.dirname(__file__), "tolerances.py")
-TOL = {}
-exec(compile(open(tol_path).read(), tol_path, "exec"), TOL)  # the one tolerances file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 HEADS = {"340M": (128, 256), "1.3B": (256, 512)}
@@ -72,7 +67,7 @@ def triton_op(x, variant, cu_seqlens):
 @pytest.mark.parametrize("variant", ["paper", "official"])
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
 @pytest.mark.parametrize("heads", ["340M", "1.3B"])
-def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
+def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant, tol):
     K, V = HEADS[heads]
     T = 16384 if dtype_name == "bfloat16" else 4096
     cu = torch.tensor([0, T // 3 + 5, T // 3 + 70, T])  # three sequences, chunk boundaries mid-sequence
@@ -85,8 +80,8 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
     weights += [torch.randn(3, H, K, V, generator=gen, device="cuda", dtype=torch.float64) for _ in range(n_parts)]
     outs, grads = forward_backward(triton_op, x, variant, cu, weights)
     ref_outs, ref_grads = forward_backward(reference, x64, variant, cu, weights)
-    tol_f = TOL["tolerance"](dtype_name, "forward", "cuda")
-    tol_g = TOL["tolerance"](dtype_name, "grad", "cuda")
+    tol_f = tol["tolerance"](dtype_name, "forward", "cuda")
+    tol_g = tol["tolerance"](dtype_name, "grad", "cuda")
     failures = []
     for name, a, b in zip(["o", "S", "chunk_start", "x_memory"], outs, ref_outs):
         e = rel(a, b)
@@ -111,7 +106,7 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant):
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
 @pytest.mark.parametrize("heads", ["340M", "1.3B"])
-def test_decode_after_prefill_equals_one_chunk_call(heads, variant):
+def test_decode_after_prefill_equals_one_chunk_call(heads, variant, tol):
     """Prefill with the Triton chunk kernel, then decode token by token with the Triton recurrent kernel."""
     K, V = HEADS[heads]
     B, T, prefill = 4, 300, 192
@@ -134,13 +129,13 @@ def test_decode_after_prefill_equals_one_chunk_call(heads, variant):
         outs.append(o_t)
     e_o = rel(torch.cat(outs, 1), o_ref)
     e_s = max(rel(a, b) for a, b in zip(state_parts(state), state_parts(s_ref)))
-    print(f"ERR decode-vs-chunk {heads} {variant}: o {e_o:.3e} state {e_s:.3e} (tol {TOL['GPU_CONSISTENCY']})")
-    assert e_o <= TOL["GPU_CONSISTENCY"] and e_s <= TOL["GPU_CONSISTENCY"]
+    print(f"ERR decode-vs-chunk {heads} {variant}: o {e_o:.3e} state {e_s:.3e} (tol {tol['GPU_CONSISTENCY']})")
+    assert e_o <= tol["GPU_CONSISTENCY"] and e_s <= tol["GPU_CONSISTENCY"]
 
 
 @pytest.mark.parametrize("at", [128, 1000])
 @pytest.mark.parametrize("variant", ["paper", "official"])
-def test_prefill_split_invariance(variant, at):
+def test_prefill_split_invariance(variant, at, tol):
     """chunk(first part) then chunk(rest, state) equals chunk(all); official mid-chunk splits use the reference."""
     K, V = HEADS["1.3B"]
     x = random_inputs(2, 2048, H, K, V, device="cuda", seed=at)
@@ -153,12 +148,12 @@ def test_prefill_split_invariance(variant, at):
     o2, s2 = chunk_qdelta(**rest, initial_state=s1, use_qk_l2norm=True, output_final_state=True, variant=variant)
     e_o = rel(torch.cat([o1, o2], 1), o_ref)
     e_s = max(rel(a, b) for a, b in zip(state_parts(s2), state_parts(s_ref)))
-    print(f"ERR split {variant} at={at}: o {e_o:.3e} state {e_s:.3e} (tol {TOL['GPU_CONSISTENCY']})")
-    assert e_o <= TOL["GPU_CONSISTENCY"] and e_s <= TOL["GPU_CONSISTENCY"]
+    print(f"ERR split {variant} at={at}: o {e_o:.3e} state {e_s:.3e} (tol {tol['GPU_CONSISTENCY']})")
+    assert e_o <= tol["GPU_CONSISTENCY"] and e_s <= tol["GPU_CONSISTENCY"]
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
-def test_recurrent_kernel_vs_fp64(variant):
+def test_recurrent_kernel_vs_fp64(variant, tol):
     K, V = HEADS["1.3B"]
     x = random_inputs(64, 3, H, K, V, dtype=torch.bfloat16, device="cuda", seed=11)
     o, s = fused_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
@@ -167,4 +162,4 @@ def test_recurrent_kernel_vs_fp64(variant):
     e_o = rel(o, o_ref)
     e_s = max(rel(a, b) for a, b in zip(state_parts(s), state_parts(s_ref)))
     print(f"ERR recurrent bf16 {variant}: o {e_o:.3e} state {e_s:.3e}")
-    assert e_o <= TOL["GPU_BF16"]["forward"] and e_s <= TOL["GPU_BF16"]["forward"]
+    assert e_o <= tol["GPU_BF16"]["forward"] and e_s <= tol["GPU_BF16"]["forward"]

@@ -4,7 +4,7 @@ Triton reads TRITON_INTERPRET when the kernels are decorated, and setting it her
 every other CPU test in this pytest process onto the interpreter. So the checks run once, in a
 subprocess started with TRITON_INTERPRET=1 (this file run as a script); the tests assert on the
 errors it reports. fp32 inputs; sizes small (T up to 130, several chunk boundaries, varlen,
-initial states); tolerances from tolerances.py.
+initial states); tolerances from the ``tol`` fixture (tests/conftest.py).
 """
 
 import json
@@ -14,9 +14,7 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOL = {}
-exec(compile(open(os.path.join(HERE, "tolerances.py")).read(), "tolerances.py", "exec"), TOL)
+pytestmark = pytest.mark.slow  # CPU-heavy: run by the full suite, skipped by -m 'not slow'
 
 VARLEN = [0, 50, 61, 130]  # three sequences: chunk boundaries at 64 inside the first and last
 CASES = {
@@ -199,12 +197,12 @@ def interpreted():
 @pytest.mark.parametrize(
     "name", list(CASES) + ["decode-paper", "decode-official", "recurrent-varlen-paper", "recurrent-varlen-official"]
 )
-def test_matches_fp64_reference(interpreted, name):
+def test_matches_fp64_reference(interpreted, name, tol):
     errors = interpreted[name]
     assert errors, "no checks ran"
     for key, err in errors.items():
         kind = key.split(":")[0]
-        table = TOL["INTERPRET_FP16"] if "fp16" in name else TOL["INTERPRET_FP32"]
+        table = tol["INTERPRET_FP16"] if "fp16" in name else tol["INTERPRET_FP32"]
         limit = 0.0 if kind == "offset" else table[kind]
         assert err <= limit, f"{name} {key}: relative error {err:.3e} > {limit}"
 

@@ -19,6 +19,7 @@ def _ids(seed=0, shape=(2, 70)):
     return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_save_load_round_trip_identical_logits(tmp_path, model_type):
     model = tiny_model(model_type, seed=1)
@@ -104,6 +105,7 @@ def _authors_config(**extra):
     }
 
 
+@pytest.mark.slow
 def test_authors_checkpoint_loads_with_official_variant(tmp_path, caplog):
     weights = _documented_weights(gen=torch.Generator().manual_seed(0))
     folder = _write(tmp_path / "authors", _authors_config(), weights, dtype=torch.bfloat16)
@@ -154,6 +156,7 @@ def _fla_gdn_config(**extra):
     return config
 
 
+@pytest.mark.slow
 def test_fla_gated_deltanet_checkpoint_loads(tmp_path):
     weights = _documented_weights(with_lam=False, gen=torch.Generator().manual_seed(4))
     folder = _write(tmp_path / "gdn", _fla_gdn_config(), weights)
@@ -170,6 +173,7 @@ def test_fla_gated_deltanet_checkpoint_loads(tmp_path):
     torch.testing.assert_close(qd(ids).logits, logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_grouped_value_heads_equal_repeated_query_key_heads(tmp_path):
     """num_v_heads = 2 * num_heads: each q/k head serves two value heads (fla's GVA)."""
     weights = _documented_weights(num_v_heads=2 * H, with_lam=False, gen=torch.Generator().manual_seed(6))
@@ -252,6 +256,7 @@ def test_truncated_safetensors_fails_clearly(good_folder):
             qdelta.load_model(good_folder)
 
 
+@pytest.mark.slow
 def test_sharded_and_torch_bin_folders_load(tmp_path):
     model = tiny_model("qdelta", seed=2, variant="official")
     ids = _ids(10)

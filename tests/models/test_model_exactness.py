@@ -33,6 +33,7 @@ def _ids(lengths, seed):
     return [torch.randint(3, 96, (n,), generator=gen) for n in lengths]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,variant", CASES)
 def test_padded_equals_packed_equals_one_at_a_time(model_type, variant):
     model = _model(model_type, variant)
@@ -60,6 +61,7 @@ def test_padded_equals_packed_equals_one_at_a_time(model_type, variant):
         torch.testing.assert_close(logits[i, : len(s)], alone[i], **TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,variant", CASES)
 def test_cached_decoding_reproduces_full_forward(model_type, variant):
     model = _model(model_type, variant)
@@ -77,6 +79,7 @@ def test_cached_decoding_reproduces_full_forward(model_type, variant):
     assert cache.token_counts.tolist() == [ids.shape[1]] * 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,variant", BASE_CASES)
 def test_prefill_split_in_two_equals_one_prefill(model_type, variant):
     model = _model(model_type, variant)
@@ -87,6 +90,7 @@ def test_prefill_split_in_two_equals_one_prefill(model_type, variant):
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), full, **TOL)
 
 
+@pytest.mark.slow
 def test_padded_prefill_then_decode_matches_each_sequence_alone():
     model = _model("qdelta", "official")
     seqs = _ids([20, 7], seed=5)
@@ -107,6 +111,7 @@ def test_padded_prefill_then_decode_matches_each_sequence_alone():
         torch.testing.assert_close(step[i, -1], alone, **TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["qdelta", "transformer"])
 def test_cache_methods(model_type):
     model = _model(model_type, "paper")
@@ -129,6 +134,7 @@ def test_cache_methods(model_type):
 @pytest.mark.parametrize(
     "model_type,variant", [("qdelta", "official"), ("gated_deltanet", "paper"), ("transformer", "paper")]
 )
+@pytest.mark.slow
 def test_shared_prefix_cache_then_padded_continuations(model_type, variant):
     """The harness's prefix reuse: one prefix, its cache repeated, right-padded continuations with a mask."""
     model = _model(model_type, variant)
@@ -147,6 +153,7 @@ def test_shared_prefix_cache_then_padded_continuations(model_type, variant):
         torch.testing.assert_close(logits[i, : len(c)], full, **TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type,variant", BASE_CASES)
 def test_selected_shorter_row_continues_exactly(model_type, variant):
     """A right-padded prefill, then only its shorter row continues (the cache is wider than that row)."""

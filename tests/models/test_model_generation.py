@@ -5,6 +5,8 @@ import torch
 
 from qdelta.testing import MODEL_TYPES, tiny_model
 
+pytestmark = pytest.mark.slow  # CPU-heavy: run by the full suite, skipped by -m 'not slow'
+
 
 def _greedy_without_cache(model, ids, steps):
     for _ in range(steps):

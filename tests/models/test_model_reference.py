@@ -56,6 +56,7 @@ def test_qdelta_layer_matches_design(variant):
     _assert_mixer_output(mixer, h, o, H, V)
 
 
+@pytest.mark.slow
 def test_linear_attention_layer_matches_token_loop():
     model = tiny_model("linear_attn", seed=2, dtype=torch.float64)
     mixer = model.model.layers[0].attn

@@ -9,6 +9,8 @@ from qdelta.harness.cli import main
 from qdelta.stability import analyse_stability
 from qdelta.testing import tiny_model
 
+pytestmark = pytest.mark.slow  # CPU-heavy: run by the full suite, skipped by -m 'not slow'
+
 
 def test_stability_cli_prints_table_and_writes_plot(tmp_path, capsys):
     tiny_model("qdelta", seed=5, variant="official").save_pretrained(tmp_path / "ckpt")

@@ -9,6 +9,8 @@ import pytest
 
 from qdelta.tasks import TASKS_DIR, oracle_models  # oracle_models registers qd_oracle, qd_random
 
+pytestmark = pytest.mark.slow  # CPU-heavy: run by the full suite, skipped by -m 'not slow'
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

@@ -33,6 +33,7 @@ def _mutate(tmp_path, edit):
     return validate_task_file(_write(tmp_path, out))
 
 
+@pytest.mark.slow
 def test_shipped_files_and_readme_example_are_valid(tmp_path):
     for path in sorted(TASKS_DIR.rglob("*.yaml")):
         assert validate_task_file(path) == [], path

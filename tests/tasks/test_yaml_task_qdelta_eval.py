@@ -12,6 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from qdelta.harness.cli import main  # noqa: E402
 
+pytestmark = pytest.mark.slow  # CPU-heavy: run by the full suite, skipped by -m 'not slow'
+
 README = Path(__file__).resolve().parents[2] / "tasks" / "README.md"
 
 

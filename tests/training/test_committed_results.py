@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_configs import CPU_SEED_FOLDERS
 
 from qdelta.harness.train import report as train_report
 
@@ -21,6 +20,7 @@ REFERENCE = MQAR / "long"  # the reference run (3500 steps)
 @pytest.mark.parametrize(
     "folder", [REFERENCE, MQAR / "long_no_gate", MQAR / "cpu_small"], ids=["reference", "long_no_gate", "cpu_small"]
 )
+@pytest.mark.slow
 def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     written = train_report.generate(folder / "runs", tmp_path)
     for name in ("leaderboard.md", "leaderboard.csv"):
@@ -32,9 +32,8 @@ def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
 
 
-@pytest.mark.parametrize("seed", sorted(CPU_SEED_FOLDERS), ids=lambda s: f"seed{s}")
-def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, seed):
-    folder = CPU_SEED_FOLDERS[seed]
+def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, cpu_seed, cpu_seed_folders):
+    seed, folder = cpu_seed, cpu_seed_folders[cpu_seed]
     train_report.generate(folder / "runs", tmp_path, plots=False)  # md and csv only: fast
     for name in ("leaderboard.md", "leaderboard.csv"):
         assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
@@ -49,10 +48,10 @@ def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, seed):
     assert all(r["model"]["use_gate"] is False for r in records)
 
 
-def test_cpu_seed_table_in_readme_matches_the_records():
+def test_cpu_seed_table_in_readme_matches_the_records(cpu_seed_folders):
     readme = (ROOT / "docs" / "mqar.md").read_text()
     means = {}
-    for seed, folder in CPU_SEED_FOLDERS.items():
+    for seed, folder in cpu_seed_folders.items():
         by_type = {r["type"]: r["mean"] for r in train_report.load_records(folder / "runs")}
         q, g = by_type["qdelta"], by_type["gated_deltanet"]
         means[seed] = (q, g)

@@ -6,7 +6,6 @@ import tarfile
 
 import pytest
 import torch
-from _train_configs import MODEL
 
 from qdelta.harness.train import grid as train_grid
 
@@ -28,7 +27,7 @@ def tiny_grid(steps: int = 2) -> dict:
             },
             "eval": {"num_examples": 8},
         },
-        "models": {"qdelta": MODEL["qdelta"]},
+        "models": {"qdelta": {"num_heads": 2, "head_dim": 16, "expand_v": 1}},
         "heads_per": 16,
         "d_models": [32],
         "lrs": [1e-3, 3e-3],
@@ -64,6 +63,7 @@ def test_child_environment_is_set_for_the_start_and_restored(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
 
 
+@pytest.mark.slow
 def test_grid_json_records_the_gpu_each_worker_saw(tmp_path, monkeypatch):
     """Two spawn workers on two (pretend) GPUs: each job's record names the worker's GPU and the
     CUDA_VISIBLE_DEVICES that the worker process itself read at its start."""

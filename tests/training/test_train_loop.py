@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_configs import tiny_train_config, write_config
 from safetensors.torch import load_file
 
 import qdelta
@@ -21,7 +20,8 @@ from qdelta.tasks.mqar import evaluate_mqar
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 
-def test_loss_falls_and_mqar_accuracy_rises(tmp_path):
+@pytest.mark.slow
+def test_loss_falls_and_mqar_accuracy_rises(tmp_path, tiny_train_config):
     torch.set_num_threads(1)
     config = load_config(data=tiny_train_config(tmp_path / "run", steps=100))
     result = train(config, progress=False)
@@ -51,7 +51,8 @@ def _train_cmd(config_path):
     return [sys.executable, "-m", "qdelta.harness.cli", "train", "--config", str(config_path), "--no-progress"]
 
 
-def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path, tiny_train_config, write_config):
     steps = 30
     straight = write_config(
         tmp_path / "a.yaml", tiny_train_config(tmp_path / "a", steps=steps, save_every=5, eval_every=15)
@@ -94,7 +95,8 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
     }
 
 
-def test_resume_refuses_a_changed_config(tmp_path):
+@pytest.mark.slow
+def test_resume_refuses_a_changed_config(tmp_path, tiny_train_config):
     torch.set_num_threads(1)
     train(load_config(data=tiny_train_config(tmp_path / "r", steps=10, save_every=5)), progress=False)
     (tmp_path / "r" / "metrics.json").unlink()  # pretend it stopped after the checkpoint
@@ -102,7 +104,8 @@ def test_resume_refuses_a_changed_config(tmp_path):
         train(load_config(data=tiny_train_config(tmp_path / "r", steps=10, save_every=5, lr=1e-2)), progress=False)
 
 
-def test_lr_sweep_picks_the_best(tmp_path):
+@pytest.mark.slow
+def test_lr_sweep_picks_the_best(tmp_path, tiny_train_config):
     torch.set_num_threads(1)
     result = train(load_config(data=tiny_train_config(tmp_path / "s", steps=8, lr=[1e-4, 3e-3])), progress=False)
     sweep = json.loads((tmp_path / "s" / "sweep.json").read_text())
@@ -112,7 +115,8 @@ def test_lr_sweep_picks_the_best(tmp_path):
     assert sweep["best_lr"] == best["lr"] == result["lr"]
 
 
-def test_ddp_on_two_cpu_ranks_matches_one_process(tmp_path):
+@pytest.mark.slow
+def test_ddp_on_two_cpu_ranks_matches_one_process(tmp_path, tiny_train_config, write_config):
     """torchrun with 2 gloo ranks (each takes half of every global batch) ends where one process ends."""
     import shutil
     import socket

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _train_configs import CPU_SEED_FOLDERS, MODEL, MQAR_RESULTS
 
 from qdelta.harness.train import grid as train_grid
 from qdelta.harness.train import report as train_report
 from qdelta.harness.train.config import load_config
+
+TINY_HEADS = {"num_heads": 2, "head_dim": 16, "expand_v": 1}
 
 
 def seeds_grid(seeds=None) -> dict:
@@ -27,7 +28,7 @@ def seeds_grid(seeds=None) -> dict:
             "train": {"steps": 2, "batch_size": 4, "device": "cpu"},
             "eval": {"num_examples": 8},
         },
-        "models": {"qdelta": MODEL["qdelta"], "gated_deltanet": MODEL["gated_deltanet"]},
+        "models": {"qdelta": TINY_HEADS, "gated_deltanet": TINY_HEADS},
         "heads_per": 16,
         "d_models": [64, 32],
         "lrs": [1e-3, 3e-3],
@@ -163,6 +164,7 @@ def test_best_lr_is_chosen_by_the_mean_over_seeds(tmp_path):
     assert lower["mean"] == pytest.approx(0.4) and (lower["mean_min"], lower["mean_max"]) == (0.1, 0.9)
 
 
+@pytest.mark.slow
 def test_seeded_leaderboard_reports_means_counts_and_ranges(tmp_path):
     seeded_runs(tmp_path / "runs")
     written = train_report.generate(tmp_path / "runs", tmp_path / "out", plots=True)  # plots use the means
@@ -218,18 +220,18 @@ def test_a_seed_twice_in_a_cell_is_refused(tmp_path):
         train_report.generate(runs, tmp_path / "out", plots=False)
 
 
-def test_the_five_cpu_seeds_in_one_folder_give_the_readme_means(tmp_path):
+def test_the_five_cpu_seeds_in_one_folder_give_the_readme_means(tmp_path, cpu_seed_folders, mqar_results):
     """The committed five-seed CPU records (seed 0 in cpu_small_ablation/, 1-4 in cpu_small_seeds/),
     put in one runs folder as a seeds grid would name them, give the README's mean and range."""
     per_seed = {}
-    for seed, folder in CPU_SEED_FOLDERS.items():
+    for seed, folder in cpu_seed_folders.items():
         for run in (folder / "runs").iterdir():
             if (run / "metrics.json").is_file():
                 shutil.copytree(run, tmp_path / "runs" / f"{run.name}-s{seed}")
         per_seed[seed] = {r["type"]: r["mean"] for r in train_report.load_records(folder / "runs")}
     train_report.generate(tmp_path / "runs", tmp_path / "out", plots=False)
     table = (tmp_path / "out" / "leaderboard.md").read_text()
-    readme = (MQAR_RESULTS.parents[1] / "docs" / "mqar.md").read_text()
+    readme = (mqar_results.parents[1] / "docs" / "mqar.md").read_text()
     for model_type, label in (("qdelta", "Q-Delta"), ("gated_deltanet", "Gated DeltaNet")):
         means = [m[model_type] for m in per_seed.values()]
         row = next(line for line in table.splitlines() if line.startswith(f"| {label} | 64 |"))
