@@ -2,10 +2,10 @@
 
 Formats accepted unchanged (DESIGN §3): folders written by this package (``save_pretrained``),
 by the authors' Q-Delta code (``model_type: "qdelta"``, no ``variant`` field) and by
-flash-linear-attention (``gated_deltanet``, ``delta_net``, ``transformer``, ``linear_attn``
-model types; same weight names as ours). Weights: ``model.safetensors``, a sharded
-``model.safetensors.index.json``, or (fallback) ``pytorch_model.bin`` read with
-``weights_only=True``.
+flash-linear-attention 0.6 (``gated_deltanet``, ``delta_net``, ``transformer`` model types; same
+weight names as ours); every ``config.json`` field is checked by :mod:`qdelta.config_fields`.
+Weights: ``model.safetensors``, a sharded ``model.safetensors.index.json``, or (fallback)
+``pytorch_model.bin`` read with ``weights_only=True``.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from transformers import PretrainedConfig
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("paper", "official")
+GATE_ACTIVATIONS = ("swish", "silu", "sigmoid")
 
 
 def mlp_intermediate_size(hidden_size: int, hidden_ratio: float, intermediate_size: Optional[int]) -> int:
@@ -87,6 +88,14 @@ class BaseLMConfig(PretrainedConfig):
             **kwargs,
         )
         self.validate_fields()
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """Refuses fields this package does not implement (``qdelta.config_fields``), then builds the config."""
+        from .config_fields import check_config_fields
+
+        check_config_fields(config_dict, cls)
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def max_sequence_length(self) -> Optional[int]:
@@ -252,12 +261,26 @@ class QDeltaConfig(_RecurrentConfig):
 
 
 class GatedDeltaNetConfig(_RecurrentConfig):
-    """Gated DeltaNet LM: flash-linear-attention's layout (the Q-Delta layer without ``lamb_proj``)."""
+    """Gated DeltaNet LM: flash-linear-attention's layout (the Q-Delta layer without ``lamb_proj``).
+
+    ``output_gate_activation`` (fla 0.6): the output gate's ``swish`` / ``silu`` (the same) or ``sigmoid``.
+    """
 
     model_type = "gated_deltanet"
 
-    def __init__(self, **kwargs):  # an explicit __init__ keeps transformers from generating a dataclass one
+    def __init__(self, output_gate_activation: str = "swish", **kwargs):
+        self.output_gate_activation = output_gate_activation
         super().__init__(**kwargs)
+
+    def validate_fields(self) -> None:
+        super().validate_fields()
+        _require(
+            self.output_gate_activation in GATE_ACTIVATIONS,
+            "output_gate_activation",
+            f"one of {GATE_ACTIVATIONS}",
+            self.output_gate_activation,
+            "flash-linear-attention 0.6 offers these three",
+        )
 
 
 class DeltaNetConfig(_RecurrentConfig):

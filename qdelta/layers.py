@@ -7,7 +7,8 @@ One class, :class:`RecurrentMixer`, builds all four from the same parts (DESIGN 
     beta = sigmoid(b_proj(h))             qdelta, gated_deltanet, delta_net (use_beta)
     lam  = sigmoid(lamb_proj(h) - lamb_bias)                  qdelta only
     g    = -exp(A_log) * softplus(a_proj(h) + dt_bias)        all but delta_net (and linear_attn use_decay)
-    o    = o_proj( RMSNorm_head(o) * silu(g_proj(h)) )        (plain RMSNorm without use_gate)
+    o    = o_proj( RMSNorm_head(o) * silu(g_proj(h)) )        (plain RMSNorm without use_gate;
+                                                               sigmoid for output_gate_activation: sigmoid)
 
 ``allow_neg_eigval`` doubles beta (and lam for Q-Delta). Grouped values (``num_v_heads > num_heads``,
 Gated DeltaNet) repeat each q/k head for its ``num_v_heads / num_heads`` value heads.
@@ -80,7 +81,9 @@ class RecurrentMixer(nn.Module):
             self.v_conv1d = ShortConvolution(HV * V, config.conv_size)
         if self.use_gate:
             self.g_proj = nn.Linear(d, HV * V, bias=False)
-        self.o_norm = GatedRMSNorm(V, eps=config.norm_eps)
+        self.o_norm = GatedRMSNorm(
+            V, eps=config.norm_eps, activation=getattr(config, "output_gate_activation", "swish")
+        )
         self.o_proj = nn.Linear(HV * V, d, bias=False)
         self.capture: Optional[list] = None  # set to a list to record per-call internals (qdelta.stability)
 

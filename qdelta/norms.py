@@ -36,16 +36,25 @@ class RMSNorm(nn.Module):
         return (rms_normalize(x, self.eps) * acc(self.weight)).to(x.dtype)
 
 
-class GatedRMSNorm(nn.Module):
-    """``y = x / rms(x) * weight * silu(gate)`` per head: x, gate (..., dim); ``gate=None`` is plain RMSNorm."""
+GATE_FUNCTIONS = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+
+class GatedRMSNorm(nn.Module):
+    """``y = x / rms(x) * weight * act(gate)`` per head: x, gate (..., dim); ``gate=None`` is plain RMSNorm.
+
+    ``activation``: ``"swish"`` / ``"silu"`` (``gate * sigmoid(gate)``, the default) or ``"sigmoid"``,
+    as flash-linear-attention's ``FusedRMSNormGated`` offers them.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, activation: str = "swish"):
         super().__init__()
-        self.eps = eps
+        if activation not in GATE_FUNCTIONS:
+            raise ValueError(f"activation must be one of {sorted(GATE_FUNCTIONS)}, got {activation!r}")
+        self.eps, self.activation = eps, activation
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = rms_normalize(x, self.eps) * acc(self.weight)
         if gate is not None:
-            y = y * F.silu(acc(gate))
+            y = y * GATE_FUNCTIONS[self.activation](acc(gate))
         return y.to(x.dtype)

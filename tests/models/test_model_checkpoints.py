@@ -278,3 +278,95 @@ def test_sharded_and_torch_bin_folders_load(tmp_path):
 def test_null_variant_means_official(tmp_path):
     folder = _write(tmp_path / "n", _authors_config(variant=None), _documented_weights())
     assert qdelta.load_model(folder).config.variant == "official"
+
+
+# flash-linear-attention 0.6.0's GatedDeltaNetConfig.__init__ fields (fla/models/gated_deltanet/
+# configuration_gated_deltanet.py of the 0.6.0 wheel): each is implemented or refused by name
+FLA_06_GDN_FIELDS = (
+    "attn_mode hidden_size expand_v use_gate use_short_conv allow_neg_eigval conv_size head_dim num_heads "
+    "num_v_heads max_position_embeddings hidden_ratio intermediate_size hidden_act num_hidden_layers norm_eps "
+    "attn use_cache pad_token_id bos_token_id eos_token_id tie_word_embeddings initializer_range fuse_norm "
+    "fuse_swiglu fuse_cross_entropy fuse_linear_cross_entropy use_l2warp vocab_size attnres_block_size "
+    "output_gate_activation"
+).split()
+
+
+def _restated_gate(activation):
+    """Forward hook replacing a GatedRMSNorm's output by ``x / rms(x) * w * act(gate)``, written out here."""
+
+    def hook(module, args, output):
+        x, gate = (a.double() for a in args)
+        y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + module.eps) * module.weight.double()
+        act = 1 / (1 + torch.exp(-gate)) if activation == "sigmoid" else gate / (1 + torch.exp(-gate))
+        return (y * act).to(output.dtype)
+
+    return hook
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "swish", "silu"])
+def test_fla_output_gate_activation_matches_a_restatement(tmp_path, activation):
+    weights = _documented_weights(with_lam=False, gen=torch.Generator().manual_seed(11))
+    config = _fla_gdn_config(
+        output_gate_activation=activation, attnres_block_size=None, fuse_linear_cross_entropy=False, pad_token_id=None
+    )
+    assert set(config) >= set(FLA_06_GDN_FIELDS)  # a full fla 0.6 config.json
+    model = qdelta.load_model(_write(tmp_path / activation, config, weights))
+    restated = qdelta.load_model(_write(tmp_path / "plain", _fla_gdn_config(), weights))
+    for layer in restated.model.layers:
+        layer.attn.o_norm.register_forward_hook(_restated_gate(activation))
+    ids = _ids(12)
+    logits = model(ids).logits
+    torch.testing.assert_close(logits, restated(ids).logits, atol=1e-5, rtol=1e-5)
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path / activation, dtype=torch.float32)
+    torch.testing.assert_close(auto(ids).logits, logits, atol=1e-6, rtol=1e-6)
+    cache = model(ids[:, :60], use_cache=True).past_key_values
+    step = model(ids[:, 60:61], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(step[:, 0], logits[:, 60], atol=1e-4, rtol=1e-4)
+    swish = qdelta.load_model(tmp_path / "plain")(ids).logits
+    if activation == "sigmoid":
+        assert (logits - swish).abs().max() > 1e-2  # the gate matters on this checkpoint
+    else:
+        torch.testing.assert_close(logits, swish, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (
+            {"output_gate_activation": "tanh"},
+            r"'output_gate_activation' = 'tanh' .*supported: 'swish', 'silu', 'sigmoid'",
+        ),
+        ({"attnres_block_size": 4}, r"'attnres_block_size' = 4 is not implemented \(supported: null\)"),
+        ({"attn": {"layers": [1], "num_heads": 2}}, r"'attn' = .*not implemented \(supported: null\)"),
+        ({"rope_scaling": {"type": "linear"}}, r"'rope_scaling' = .* is unknown to every gated_deltanet format"),
+        ({"conv_bias": True}, r"'conv_bias' = True is not implemented \(supported: False\)"),
+    ],
+)
+def test_unimplemented_fields_are_refused_by_name(tmp_path, extra, named):
+    weights = _documented_weights(with_lam=False, gen=torch.Generator().manual_seed(13))
+    folder = _write(tmp_path / "gdn", {**_fla_gdn_config(), **extra}, weights)
+    for load in (qdelta.load_model, AutoModelForCausalLM.from_pretrained):
+        with pytest.raises(ValueError, match=named) as err:
+            load(folder)
+        assert len(str(err.value).splitlines()) == 1 and "qdelta/MODELS.md" in str(err.value)
+
+
+def test_unknown_field_refused_for_every_model_type(tmp_path):
+    for model_type in MODEL_TYPES:
+        folder = tmp_path / model_type
+        tiny_model(model_type).save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        qdelta.load_model(folder)  # what we write loads
+        (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 128}))
+        with pytest.raises(ValueError, match=rf"'sliding_window' = 128 is unknown to every {model_type} format"):
+            qdelta.load_model(folder)
+
+
+def test_authors_training_only_fields_are_accepted(tmp_path):
+    """fuse_* and use_l2warp choose fused training kernels / the loss: the logits do not depend on them."""
+    weights = _documented_weights(gen=torch.Generator().manual_seed(14))
+    a = qdelta.load_model(_write(tmp_path / "a", _authors_config(), weights))
+    flags = dict(fuse_norm=False, fuse_swiglu=False, fuse_cross_entropy=False, use_l2warp=True)
+    b = qdelta.load_model(_write(tmp_path / "b", _authors_config(**flags), weights))
+    ids = _ids(15)
+    torch.testing.assert_close(a(ids).logits, b(ids).logits, atol=0, rtol=0)
