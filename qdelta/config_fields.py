@@ -181,6 +181,12 @@ def check_config_fields(config: dict, config_class=None) -> None:
     for name, value in config.items():
         if name not in table:
             problems.append(f"field {name!r} = {value!r} is unknown to every {model_type} format qdelta reads")
+    unknown = [name for name in config if name not in table]
+    owners = [t for t in FORMAT_FIELDS if t != model_type and unknown and set(unknown) <= set(FORMAT_FIELDS[t])]
+    if owners:
+        problems.append(
+            f"those fields belong to model_type {' or '.join(map(repr, owners))}: check the model_type of config.json"
+        )
     if problems:
         raise ValueError(
             f"config.json ({model_type}, {FORMAT_NAMES[model_type]}): "

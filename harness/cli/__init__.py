@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         "  qdelta eval --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v one level below the subcommand's default (eval: INFO, others: DEBUG), -vv DEBUG",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _subcommands():
         p = sub.add_parser(
@@ -48,9 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = max(logging.DEBUG, getattr(args, "_log_level", logging.INFO) - 10 * args.verbose)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return 2
@@ -62,3 +67,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"qdelta {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"qdelta {args.command}: {err or 'interrupted; re-run the same command to resume'}", file=sys.stderr)
+        return 130

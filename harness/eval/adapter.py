@@ -6,8 +6,8 @@
     pretrained           checkpoint folder (config.json + model.safetensors + tokenizer), or a
                          model instance from Python (then ``tokenizer`` is required)
     tokenizer            tokenizer folder or object; default: the checkpoint folder
-    device               ``cuda``, ``cuda:N``, ``cpu`` (lm-eval's CLI passes ``cuda:0``); without
-                         CUDA it falls back to the CPU with a log line
+    device               ``auto`` (cuda when there is one, else cpu), ``cuda``, ``cuda:N``, ``cpu``;
+                         a CUDA device without CUDA is an error
     dtype                ``auto`` (the checkpoint's), ``float32``, ``bfloat16``, ``float16``, ``float64``
     batch_size           int or string (``"16"``); ``auto`` / ``auto:N`` = ``max_batch_size`` (default 64)
     variant              ``paper`` or ``official`` (DESIGN §2), passed to ``qdelta.load_model``
@@ -87,7 +87,7 @@ def parse_batch_size(batch_size, max_batch_size=None) -> int:
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
-    """``None`` -> cuda if available else cpu; a CUDA device without CUDA -> cpu, logged."""
+    """``None`` / ``auto`` -> cuda if available else cpu; a CUDA device without CUDA is an error."""
     if device is None or str(device).strip() in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -95,8 +95,9 @@ def resolve_device(device: Optional[str]) -> torch.device:
     except RuntimeError:
         raise ValueError(f"device must look like cuda, cuda:0 or cpu, got {device!r}; e.g. --device cpu") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        log.warning("device=%s requested but CUDA is not available: falling back to the CPU", device)
-        return torch.device("cpu")
+        raise ValueError(
+            f"device={device} but CUDA is not available on this machine; pass --device cpu (or device=auto)"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(
             f"device={device} but only {torch.cuda.device_count()} CUDA device(s) are visible; pass --device cuda:0"

@@ -3,8 +3,6 @@ cached greedy generation == uncached, overflow handling, device/batch-size argum
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from lm_eval.api.instance import Instance
@@ -215,13 +213,13 @@ def test_too_long_requests_error_or_are_counted(tokenizer_dir):
     assert counting.take_stats()["events"] == {"generation_capped_at_max_length": 1}
 
 
-def test_device_batch_size_and_arguments(tokenizer_dir, caplog):
+def test_device_batch_size_and_arguments(tokenizer_dir):
     model = tiny_model("qdelta", seed=0)
     if not torch.cuda.is_available():
-        with caplog.at_level(logging.WARNING, logger="qdelta.harness.eval.adapter"):
-            lm = QDeltaLM(model, tokenizer=tokenizer_dir, device="cuda:0", batch_size="8")
-        assert lm.device.type == "cpu" and "falling back to the CPU" in caplog.text
-        assert lm.batch_size == 8
+        with pytest.raises(ValueError, match="CUDA is not available.*--device cpu"):
+            QDeltaLM(model, tokenizer=tokenizer_dir, device="cuda:0", batch_size="8")
+        lm = QDeltaLM(model, tokenizer=tokenizer_dir, device="auto", batch_size="8")
+        assert lm.device.type == "cpu" and lm.batch_size == 8
     assert parse_batch_size("auto") == 64 and parse_batch_size("auto:4", 16) == 16
     with pytest.raises(ValueError, match="batch_size"):
         parse_batch_size("many")
