@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     parser.epilog = EPILOG
-    parser.set_defaults(_accepts_extra=True)
+    parser.set_defaults(_accepts_extra=True, _log_level=logging.WARNING)  # progress lines instead; -v for INFO
 
 
 # ---------------------------------------------------------------- argument handling
@@ -101,9 +102,34 @@ def parse_lm_eval_args(extra: List[str]):
     if namespace.model is None:
         raise ValueError("no --model given; e.g. --model qdelta --model_args pretrained=results/checkpoints/NAME")
     try:
-        return EvaluatorConfig.from_cli(namespace)
+        cfg = EvaluatorConfig.from_cli(namespace)
     except (ValueError, TypeError) as err:
         raise ValueError(f"invalid lm-eval arguments: {_one_line(err)}") from None
+    for key in ("batch_size", "max_batch_size", "device"):
+        if key in (cfg.model_args or {}):
+            value = cfg.model_args[key]
+            raise ValueError(
+                f"--model_args {key}={value}: lm-eval passes --{key} to the model itself; "
+                f"drop it from --model_args and write --{key} {value}"
+            )
+    given = any(a == "--device" or a.startswith("--device=") for a in extra)
+    cfg.device = resolve_device(cfg.device if given else "auto")
+    return cfg
+
+
+def resolve_device(device: Optional[str]) -> str:
+    """``auto`` (the default) -> ``cuda:0`` when CUDA is there, else ``cpu``; CUDA without CUDA is an error."""
+    import torch
+
+    text = str(device or "auto").strip()
+    if text == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {text}: CUDA is not available on this machine; use --device cpu "
+            "(or leave --device out: the default, auto, takes the GPU when there is one)"
+        )
+    return text
 
 
 def make_run_id(cfg) -> str:
@@ -126,6 +152,26 @@ def _register_plugins():
     """Our lm-eval model ``qdelta`` and the oracle/random test models ``qd_oracle``/``qd_random``."""
     from qdelta.harness.eval import adapter  # noqa: F401
     from qdelta.tasks import oracle_models  # noqa: F401
+    from qdelta.tasks.includes import enable_include_by_name
+
+    enable_include_by_name()
+
+    for name in ("lm_eval.api.task", "lm_eval.evaluator_utils"):
+        if _drop_metadata_hint not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_drop_metadata_hint)
+
+
+IRRELEVANT_HINTS = (
+    "Custom kwargs can be passed to `--metadata`",  # RULER's max_seq_lengths: our tasks use context_lengths
+    "No aggregation function defined for metric acc_",  # per-slice metrics: mean, as intended
+    "Metrics were not scored on the same number of documents",  # a slice covers part of the docs by design
+)
+
+
+def _drop_metadata_hint(record: logging.LogRecord) -> bool:
+    """False for lm-eval warnings that do not apply to our tasks (see IRRELEVANT_HINTS)."""
+    message = record.getMessage()
+    return not any(hint in message for hint in IRRELEVANT_HINTS)
 
 
 def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: dict):
@@ -135,6 +181,8 @@ def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: d
     from qdelta.tasks import TASKS_DIR
 
     paths = [str(TASKS_DIR)] + ([include_path] if include_path else [])
+    if include_path:
+        check_include_path(Path(include_path))
 
     def missing_in(manager):
         return [t for t in requested if not Path(t).is_file() and not manager.match_tasks([t])]
@@ -154,6 +202,18 @@ def resolve_tasks(requested: List[str], include_path: Optional[str], metadata: d
             if name not in names:
                 names.append(name)
     return manager, names
+
+
+def check_include_path(folder: Path) -> None:
+    """Every YAML file under ``--include_path`` parses (lm-eval skips a broken one without a word)."""
+    from qdelta.tasks.validate import yaml_syntax_error
+
+    if not folder.is_dir():
+        raise ValueError(f"--include_path {folder}: not a folder; give a folder of task YAML files")
+    for path in sorted(folder.rglob("*.yaml")):
+        problem = yaml_syntax_error(path)
+        if problem:
+            raise ValueError(f"{problem}; fix the file (`qdelta tasks validate {path}` lists every problem)")
 
 
 def check_model(cfg):
@@ -190,17 +250,23 @@ def build_model(cfg, model_class):
 
 @contextmanager
 def env_info_once():
-    """lm-eval adds `torch.utils.collect_env` output to every result (~1 s each): compute it once."""
+    """lm-eval adds `torch.utils.collect_env` output (~1 s) and `git describe` of the working folder
+    (a "fatal: not a git repository" line outside git) to every result: both once, quietly."""
+    import subprocess
+
     import lm_eval.evaluator as evaluator
 
-    original = evaluator.add_env_info
+    original, original_git = evaluator.add_env_info, evaluator.get_git_commit_hash
     cached: dict = {}
     original(cached)
+    described = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True)  # noqa: S607
+    git_hash = described.stdout.strip() or None
     evaluator.add_env_info = lambda storage: storage.update(cached)
+    evaluator.get_git_commit_hash = lambda: git_hash
     try:
         yield
     finally:
-        evaluator.add_env_info = original
+        evaluator.add_env_info, evaluator.get_git_commit_hash = original, original_git
 
 
 # ---------------------------------------------------------------- one run
@@ -229,7 +295,7 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
     leaf_tasks = list(loaded["tasks"].items())
     if record.summary().get("status") == "done" and all(record.is_finished(n) for n, _ in leaf_tasks):
         # nothing to evaluate: leave the record as it was written (its commit, times, device)
-        log.info("%s: every task is already in the run record; nothing to do", run_id)
+        print(f"{run_id}: every task is already in the run record; nothing to do", file=sys.stderr)
         merged = json.loads((record.path / records.RESULTS).read_text()) if writer else {}
         return {"run_id": run_id, "failed": [], "merged": merged, "writer": writer, "path": record.path}
     if writer:
@@ -263,12 +329,12 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
 
         tracker = EvaluationTracker(output_path=cfg.output_path)
     finished = {name for name, _ in leaf_tasks if record.is_finished(name)}  # decided once, alike on every rank
-    with env_info_once():
-        for name, task in leaf_tasks:
+    progress = Progress(run_id, [(name, _n_docs(task, cfg.limit)) for name, task in leaf_tasks], finished, writer)
+    with env_info_once(), progress.interruptible():
+        for i, (name, task) in enumerate(leaf_tasks):
             if name in finished:
-                log.info("%s: %s already in the run record, skipped", run_id, name)
                 continue
-            log.info("%s: evaluating %s", run_id, name)
+            progress.start(i, name)
             started = time.time()
             try:
                 result = simple_evaluate(
@@ -299,14 +365,16 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
                     evaluation_tracker=tracker,
                 )
             except Exception as err:  # a failed task must not lose the others
+                progress.done(i, 0, failed=True)
                 log.error("%s: task %s failed: %s: %s", run_id, name, type(err).__name__, _one_line(err))
                 failed.append(name)
                 if writer:
                     record.write_failure(name, f"{type(err).__name__}: {_one_line(err)}")
                 continue
+            samples = (result or {}).pop("samples", {}).get(name, [])
+            progress.done(i, sum(len(s.get("arguments") or []) for s in samples))
             if not writer:
                 continue
-            samples = result.pop("samples", {}).get(name, [])
             result["config"].update(model=cfg.model, model_args=cfg.model_args)
             if tracker is not None:
                 tracker.save_results_aggregated(results=result, samples={name: samples} if cfg.log_samples else None)
@@ -333,6 +401,71 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
             record.write_task(name, result, samples, entry)
     merged = record.finish([n for n, _ in leaf_tasks]) if writer else {}
     return {"run_id": run_id, "failed": failed, "merged": merged, "writer": writer, "path": record.path}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; its message says how far the run got."""
+
+
+def _n_docs(task, limit) -> int:
+    try:
+        n = len(task.eval_docs)
+    except (TypeError, AttributeError):
+        return 0
+    if limit is None:
+        return n
+    return min(n, int(limit) if limit >= 1 else math.ceil(n * limit))
+
+
+class Progress:
+    """Two stderr lines per task: ``[i/N] task (D docs)`` and what it took, docs done, time left."""
+
+    def __init__(self, run_id: str, tasks: List[tuple], finished: set, show: bool = True):
+        self.run_id, self.tasks, self.finished, self.show = run_id, tasks, set(finished), show
+        self.total_docs = sum(n for _, n in tasks)
+        self.docs_done = sum(n for name, n in tasks if name in finished)
+        self.requests, self.seconds, self.new_docs, self._t0 = 0, 0.0, 0, 0.0
+
+    def start(self, i: int, name: str) -> None:
+        self._t0 = time.time()
+        if self.show:
+            print(
+                f"[{i + 1}/{len(self.tasks)}] {self.run_id}: {name} ({self.tasks[i][1]} docs) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def done(self, i: int, requests: int, failed: bool = False) -> None:
+        name, docs = self.tasks[i]
+        took = time.time() - self._t0
+        if not failed:
+            self.finished.add(name)
+        self.requests += requests
+        self.seconds += took
+        self.docs_done += docs
+        self.new_docs += docs
+        left = self.total_docs - self.docs_done
+        eta = f"about {_duration(self.seconds / self.new_docs * left)} left" if self.new_docs and left else "done"
+        if self.show:
+            print(
+                f"[{i + 1}/{len(self.tasks)}] {name}: {'failed' if failed else f'{requests} requests'} in {took:.1f} s; "
+                f"{len(self.finished)} of {len(self.tasks)} tasks, {self.requests} requests done; {eta}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @contextmanager
+    def interruptible(self):
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted after {len(self.finished)} of {len(self.tasks)} tasks; re-run the same command to resume"
+            ) from None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _model_info(lm) -> dict:

@@ -98,7 +98,7 @@ def test_main_job_and_checkpoints_run(tmp_path, checkpoints):
             "--batch_size",
             "4",
             "--device",
-            "cuda:0",
+            "auto",
         )
         == 0
     )
@@ -243,6 +243,7 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
             "2",
             "-m",
             "qdelta.harness.cli",
+            "-v",
             "eval",
             "--runs-dir",
             str(tmp_path / "dp"),
