@@ -92,6 +92,31 @@ def parse_spec(
     return obj
 
 
+def spec_problems(cls, metadata: Mapping[str, Any] | None, prefix: str = "metadata") -> List[str]:
+    """Every problem of ``metadata`` for ``cls``: each unknown and each wrongly typed field, then
+    (when those are fine) the first impossible combination its ``check`` finds."""
+    metadata = dict(metadata or {})
+    types = spec_fields(cls)
+    problems = []
+    for key in metadata:
+        if key not in types and key not in RESERVED_KEYS:
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(sorted(types))}"
+            problems.append(f"{prefix}.{key}: unknown field; {hint}")
+    for name, tp in types.items():
+        if name in metadata:
+            try:
+                _coerce(metadata[name], tp, f"{prefix}.{name}")
+            except SpecError as err:
+                problems.append(str(err))
+    if not problems:
+        try:
+            parse_spec(cls, metadata, strict=True, prefix=prefix)
+        except SpecError as err:
+            problems.append(str(err))
+    return problems
+
+
 def require(cond: bool, field: str, message: str) -> None:
     """Raise :class:`SpecError` for ``field`` unless ``cond``."""
     if not cond:

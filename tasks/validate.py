@@ -1,9 +1,11 @@
 """Check a task or group YAML before a run: ``validate_task_file(path) -> list of problems``.
 
-Each problem is one line ``<field>: <what is wrong>; <how to fix it>``; an empty list means the
-file is fine. Checked:
+Each problem is one line ``<field>: <what is wrong>; <how to fix it>``; every problem of a file is
+reported (metadata combinations are checked once every metadata field has a valid type); an
+empty list means the file is fine. Checked:
 
-- the YAML parses; ``include:`` files exist (merged as lm-eval merges them: local keys win);
+- the YAML parses (else file and line); ``include:`` files exist (merged as lm-eval merges them:
+  local keys win; a shipped task can be included by name, e.g. ``include: qd_mqar``);
 - unknown top-level fields (with the closest known name), wrong types of known fields;
 - ``output_type`` is one lm-eval knows, and combinations it cannot run (no data source, no split,
   ``generation_kwargs`` on a non-generating task, ``multiple_choice`` without ``doc_to_choice``);
@@ -29,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .docs import COMMON_FIELDS
-from .spec import SpecError, parse_spec
+from .spec import spec_problems
 
 TASK_FIELDS: Dict[str, Tuple[type, ...]] = {
     "task": (str,),
@@ -97,15 +99,25 @@ def _loader(base_dir: Path):
     return Loader
 
 
-def load_task_yaml(path: Path, _seen: Optional[set] = None) -> Dict[str, Any]:
-    """Parse ``path`` with ``!function`` kept as :class:`FunctionRef` and ``include:`` merged."""
+def load_task_yaml(path: Path, _seen: Optional[set] = None, problems: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Parse ``path`` with ``!function`` kept as :class:`FunctionRef` and ``include:`` merged.
+
+    ``include:`` takes a path relative to the file, an absolute path, or the name of a shipped task
+    (:mod:`qdelta.tasks.includes`). With ``problems`` given, a missing or broken included file is
+    appended there and skipped; otherwise it raises ``ValueError``.
+    """
+    from .includes import resolve_include
+
     path = Path(path).expanduser().resolve()
     seen = set() if _seen is None else _seen
     if path in seen:
         raise ValueError(f"include: cycle through {path}; remove the circular include")
     seen.add(path)
-    with path.open("rb") as fh:
-        cfg = yaml.load(fh, Loader=_loader(path.parent))  # noqa: S506 (SafeLoader subclass)
+    try:
+        with path.open("rb") as fh:
+            cfg = yaml.load(fh, Loader=_loader(path.parent))  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ValueError(describe_yaml_error(path, err)) from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path.name}: expected a mapping of fields at the top level, got {type(cfg).__name__}")
     includes = cfg.pop("include", None)
@@ -113,17 +125,41 @@ def load_task_yaml(path: Path, _seen: Optional[set] = None) -> Dict[str, Any]:
         return cfg
     merged: Dict[str, Any] = {}
     for inc in includes if isinstance(includes, list) else [includes]:
-        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
-        if not inc_path.is_file():
-            raise ValueError(
-                f"include: {inc!r} not found (looked for {inc_path}); give a path relative to "
-                f"{path.parent} or an absolute path"
-            )
-        sub = load_task_yaml(inc_path, seen)
+        inc_path = resolve_include(path.parent, str(inc))
+        try:
+            if not inc_path.is_file():
+                raise ValueError(
+                    f"include: {inc!r} not found (looked for {inc_path}); give a path relative to "
+                    f"{path.parent}, an absolute path or a shipped task name (`qdelta tasks list`)"
+                )
+            sub = load_task_yaml(inc_path, seen, problems)
+        except ValueError as err:
+            if problems is None:
+                raise
+            problems.append(str(err))
+            continue
         sub.pop("task_list", None)
         merged.update(sub)
     merged.update(cfg)
     return merged
+
+
+def yaml_syntax_error(path: Path) -> Optional[str]:
+    """``"<path>:<line>: YAML syntax error: <problem>"`` when ``path`` does not parse, else None."""
+    try:
+        with Path(path).open("rb") as fh:
+            yaml.load(fh, Loader=_loader(Path(path).parent))  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as err:
+        return describe_yaml_error(path, err)
+    return None
+
+
+def describe_yaml_error(path: Path, err: "yaml.YAMLError") -> str:
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")
 
 
 def _resolve(ref: FunctionRef):
@@ -256,10 +292,7 @@ def _check_generator(cfg: Dict[str, Any], problems: List[str]) -> None:
     metadata = cfg.get("metadata") or {}
     if not isinstance(metadata, dict):
         return
-    try:
-        parse_spec(spec_cls, metadata, strict=True)
-    except SpecError as err:
-        problems.append(f"{err}")
+    problems.extend(spec_problems(spec_cls, metadata))
     doc_fields = set(COMMON_FIELDS) | set(extra_fields) | {"data_hash"}
     for key in ("doc_to_text", "doc_to_target", "gen_prefix"):
         value = cfg.get(key)
@@ -281,13 +314,11 @@ def validate_task_file(path) -> List[str]:
     path = Path(path)
     if not path.is_file():
         return [f"file: {path} does not exist; give the path of a .yaml task file"]
-    try:
-        cfg = load_task_yaml(path)
-    except yaml.YAMLError as err:
-        return [f"yaml: the file does not parse ({str(err).splitlines()[0]}); check indentation and quoting"]
-    except ValueError as err:
-        return [str(err)]
     problems: List[str] = []
+    try:
+        cfg = load_task_yaml(path, problems=problems)
+    except ValueError as err:  # the file itself does not parse: nothing more to check
+        return [f"{err}; check indentation and quoting" if "YAML syntax error" in str(err) else str(err)]
     if "group" in cfg:
         _check_fields(cfg, GROUP_FIELDS, "group", problems)
     elif "task" in cfg:

@@ -114,7 +114,8 @@ def test_mqar_impossible_combinations(tmp_path, metadata, expected):
 
 def test_broken_files(tmp_path):
     assert "does not exist" in validate_task_file(tmp_path / "nope.yaml")[0]
-    assert validate_task_file(_write(tmp_path, "task: [unclosed\n"))[0].startswith("yaml: the file does not parse")
+    (unparsable,) = validate_task_file(_write(tmp_path, "task: qd_x\nmetadata:\n  seed: 1\n   num_pairs: [4]\n"))
+    assert unparsable.startswith(f"{tmp_path / 'task.yaml'}:4: YAML syntax error: mapping values are not allowed")
     assert validate_task_file(_write(tmp_path, "task: x\ninclude: missing.yaml\n"))[0].startswith(
         "include: 'missing.yaml' not found"
     )
@@ -147,3 +148,36 @@ def test_offline_note_names_hub_tasks(monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     assert offline_note(["piqa"]) is None
+
+
+def test_every_problem_of_a_file_is_reported(tmp_path):
+    def edit(c):
+        c.update(doc_to_txt=c.pop("doc_to_text"), colour="red")
+        c["metadata"].update(num_pair=c["metadata"].pop("num_pairs"), num_examples="ten", key_kind=3)
+
+    problems = _mutate(tmp_path, edit)
+    for expected in (
+        "doc_to_txt: unknown task field",
+        "colour: unknown task field",
+        "metadata.num_pair: unknown field",
+        "metadata.num_examples: expected an integer",
+        "metadata.key_kind: expected a string",
+    ):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+
+
+def test_shipped_task_included_by_name_from_any_folder(tmp_path):
+    """`include: qd_mqar` in the user's own folder: validated here and run by lm-eval's loader."""
+    import lm_eval.tasks._yaml_loader as loader
+
+    from qdelta.tasks.includes import enable_include_by_name
+
+    mine = _write(tmp_path, "task: qd_my_mqar\ninclude: qd_mqar\nmetadata:\n  settings: [[64, 4]]\n  num_examples: 3\n")
+    assert validate_task_file(mine) == []
+    broken = _write(tmp_path, "task: qd_y\ninclude: qd_no_such_task\nmetadata: {num_pair: 3}\n", "y.yaml")
+    problems = validate_task_file(broken)
+    assert any(p.startswith("include: 'qd_no_such_task' not found") for p in problems), problems
+    enable_include_by_name()
+    merged = loader.load_yaml(mine, resolve_func=False)
+    assert merged["task"] == "qd_my_mqar" and merged["metadata"]["settings"] == [[64, 4]]
+    assert merged["output_type"] == "loglikelihood" and "custom_dataset" in merged

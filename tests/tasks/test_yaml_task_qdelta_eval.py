@@ -101,3 +101,17 @@ def test_readme_yaml_task_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
     assert rc == 0
     res = _results(runs)
     assert res["sample_len"] == 4 and 0.0 <= res["acc,none"] <= 1.0
+
+
+def test_readme_include_by_name_runs_via_qdelta_eval(tmp_path, monkeypatch):
+    """tasks/README.md's `include: qd_mqar` example, saved in a folder of its own, runs through lm-eval."""
+    block = README.read_text().split("<!-- worked-example: qd_my_mqar.yaml -->", 1)[1]
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    (folder / "qd_my_mqar.yaml").write_text(re.search(r"```yaml\n(.*?)```", block, re.S).group(1))
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--model", "qd_oracle", "--tasks", "qd_my_mqar", "--include_path", str(folder)]
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--no-leaderboard"]) == 0
+    (record,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    res = json.loads((record / "results.json").read_text())["results"]["qd_my_mqar"]
+    assert res["acc,none"] == 1.0 and {"acc_L256_K32,none", "acc_L512_K64,none"} <= set(res)
