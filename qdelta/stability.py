@@ -220,6 +220,9 @@ def plot_stability(report: StabilityReport, path) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -14,7 +14,6 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -443,11 +442,9 @@ def to_markdown(r: Report) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from qdelta.harness.eval.records import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_report(r: Report, out_dir: Path) -> Dict[str, Path]:

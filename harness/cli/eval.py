@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -272,7 +272,6 @@ def env_info_once():
 # ---------------------------------------------------------------- one run
 def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> dict:
     """Evaluate one model on its tasks into ``runs_dir/<run-id>``; returns {'run_id', 'failed', 'merged'}."""
-    from lm_eval import simple_evaluate
 
     from qdelta.harness.eval import records
 
@@ -291,11 +290,52 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
         raise ValueError(f"could not build task(s) {', '.join(task_names)}: {_one_line(err)}") from None
     record = records.RunRecord(runs_dir, run_id)
     writer = lm.rank == 0
+
+    def waiting():
+        print(f"{record.path}: another qdelta eval is writing this run; waiting for it", file=sys.stderr, flush=True)
+
+    with records.folder_lock(record.path, on_wait=waiting) if writer else nullcontext():
+        return _evaluate_tasks(cfg, lm, manager, loaded, record, command, pretrained, metadata)
+
+
+def _task_identity(task) -> tuple:
+    """(version, data sha256 or None) of a built lm-eval task, as its run-record entry states them."""
+    data = None
+    try:
+        first = next(iter(task.eval_docs), None)
+        data = first.get("data_hash") if isinstance(first, dict) else None
+    except (TypeError, AttributeError):
+        pass
+    return getattr(task, "VERSION", None), data
+
+
+def _evaluate_tasks(cfg, lm, manager, loaded, record, command: str, pretrained, metadata) -> dict:
+    """The run's tasks into ``record`` (holding its lock); finished, matching tasks are skipped."""
+    from lm_eval import simple_evaluate
+
+    from qdelta.harness.eval import records
+
+    run_id, writer = record.run_id, lm.rank == 0
     seeds = list(cfg.seed) if cfg.seed else [None] * 4
     leaf_tasks = list(loaded["tasks"].items())
-    if record.summary().get("status") == "done" and all(record.is_finished(n) for n, _ in leaf_tasks):
+    weights = records.weights_hash(pretrained)
+    identity = {name: _task_identity(task) for name, task in leaf_tasks}
+    finished = {name for name, _ in leaf_tasks if record.reusable(name, weights, *identity[name])}
+    stale = sorted(name for name, _ in leaf_tasks if record.is_finished(name) and name not in finished)
+    if finished:
+        codes = sorted({record.code_of(name) for name in finished})
+        print(
+            f"{run_id}: {len(finished)} of {len(leaf_tasks)} tasks already in the run record (same weights and "
+            f"task versions; made by {', '.join(codes)}): skipped; delete {record.path} to recompute",
+            file=sys.stderr,
+        )
+    if stale:
+        print(
+            f"{run_id}: recorded {', '.join(stale)} came from other weights or another task version: rerun",
+            file=sys.stderr,
+        )
+    if record.summary().get("status") == "done" and len(finished) == len(leaf_tasks):
         # nothing to evaluate: leave the record as it was written (its commit, times, device)
-        print(f"{run_id}: every task is already in the run record; nothing to do", file=sys.stderr)
         merged = json.loads((record.path / records.RESULTS).read_text()) if writer else {}
         return {"run_id": run_id, "failed": [], "merged": merged, "writer": writer, "path": record.path}
     if writer:
@@ -305,7 +345,7 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
             "model_args": cfg.model_args,
             "model_label": run_id.rsplit("-", 1)[0],
             "pretrained": str(pretrained) if pretrained else None,
-            "weights_sha256": records.weights_hash(pretrained),
+            "weights_sha256": weights,
             "model_info": _model_info(lm),
             "tasks_requested": list(cfg.tasks),
             "tasks": {},
@@ -328,7 +368,6 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
         from lm_eval.loggers import EvaluationTracker
 
         tracker = EvaluationTracker(output_path=cfg.output_path)
-    finished = {name for name, _ in leaf_tasks if record.is_finished(name)}  # decided once, alike on every rank
     progress = Progress(run_id, [(name, _n_docs(task, cfg.limit)) for name, task in leaf_tasks], finished, writer)
     with env_info_once(), progress.interruptible():
         for i, (name, task) in enumerate(leaf_tasks):
@@ -382,6 +421,8 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
                     tracker.save_results_samples(task_name=name, samples=samples)
             entry = {
                 "version": result.get("versions", {}).get(name),
+                "weights_sha256": weights,
+                "code": records.code_version(),
                 "n_samples": len(samples),
                 "data_sha256": next(
                     (

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 HELP = "stability diagnostics of a recurrent checkpoint (DESIGN §2): beta*a, rho, lam, state-norm growth"
@@ -77,12 +75,9 @@ def _input_ids(args, model):
 
 
 def _write_json(rows, path) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, path)
+    from qdelta.harness.eval.records import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(rows, indent=1))
 
 
 def run(args) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -196,10 +195,10 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, path)
+    records.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _plot(data: dict, out_dir: Path) -> List[Path]:
@@ -251,9 +250,13 @@ def _plot(data: dict, out_dir: Path) -> List[Path]:
 
 def write_leaderboard(runs_dir: Path, out_dir: Path, plots: bool = True) -> List[Path]:
     """Rebuild every leaderboard file from the run records; returns the written paths."""
-    data = collect(Path(runs_dir))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with records.folder_lock(out_dir):  # two rebuilds at once: one after the other
+        return _write_leaderboard(Path(runs_dir), out_dir, plots)
+
+
+def _write_leaderboard(runs_dir: Path, out_dir: Path, plots: bool) -> List[Path]:
+    data = collect(runs_dir)
     outputs = {
         "leaderboard.md": render_markdown(data),
         "leaderboard.csv": _csv(data["scores"], ["run_id", "model", "task", "metric", "value"]),

@@ -10,8 +10,12 @@ Layout of one run::
     tasks/<task>/results.json    lm-eval's results JSON of that task; its presence = task finished
 
 A task's samples are written before its results, each through a temporary file and
-``os.replace``, so a killed run leaves either a finished task or none. Re-running the same command
-finds the same run id and skips finished tasks; failed tasks are retried.
+``os.replace`` (files get the user's umask), so a killed run leaves either a finished task or
+none. Re-running the same command finds the same run id and skips finished tasks whose recorded
+weights hash, task version and data hash match the current ones (each task entry states them and
+the ``code`` version that wrote it); failed or stale tasks are rerun. A process writing a run
+folder holds ``<run>/.lock`` (``flock``): a second ``qdelta eval`` on the same run waits, then finds
+the tasks done.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import platform
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -34,6 +39,7 @@ SUMMARY = "summary.json"
 RESULTS = "results.json"
 ENTRY = "entry.json"  # the task's summary entry, kept beside its results
 SAMPLES = "samples.jsonl"
+LOCK = ".lock"  # held by the process writing the folder
 PACKAGES = (
     "qdelta",
     "torch",
@@ -58,21 +64,55 @@ def to_json(obj) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=_json_default, ensure_ascii=False)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``;
+    the file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def folder_lock(folder: Path, on_wait=None):
+    """Hold an exclusive ``flock`` on ``folder/.lock`` (created) for the block; another process
+    holding it makes this wait (``on_wait()`` is called once first)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:
@@ -103,6 +143,13 @@ def data_hash(docs: Iterable) -> str:
         digest.update(json.dumps(doc, sort_keys=True, default=_json_default).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def code_version() -> str:
+    """``qdelta <version> @ <git commit>`` of the running code (commit omitted outside git)."""
+    commit = git_commit(Path(__file__).resolve().parent)
+    version = package_versions().get("qdelta") or "?"
+    return f"qdelta {version}" + (f" @ {commit}" if commit else "")
 
 
 def git_commit(repo: Path) -> Optional[str]:
@@ -202,6 +249,28 @@ class RunRecord:
         atomic_write_text(folder / ENTRY, to_json(entry))
         atomic_write_text(folder / RESULTS, to_json(results))
         self._update(task, entry)
+
+    def entry(self, task: str) -> dict:
+        """The recorded summary entry of a finished task (its ``entry.json``, else the summary's)."""
+        file = self.task_dir(task) / ENTRY
+        return json.loads(file.read_text()) if file.is_file() else self.summary().get("tasks", {}).get(task, {})
+
+    def reusable(self, task: str, weights_sha256: Optional[str], version, data_sha256: Optional[str]) -> bool:
+        """True when ``task`` is finished in this record with the same weights, task version and
+        (where both are known) generated data as now. Entries older than the per-task fields fall
+        back to the run's ``weights_sha256``."""
+        if not self.is_finished(task):
+            return False
+        entry = self.entry(task)
+        recorded_weights = entry.get("weights_sha256", self.summary().get("weights_sha256"))
+        if recorded_weights != weights_sha256 or str(entry.get("version")) != str(version):
+            return False
+        return data_sha256 is None or entry.get("data_sha256") in (None, data_sha256)
+
+    def code_of(self, task: str) -> str:
+        """The code version that wrote a finished task: its ``code`` field, else the run's commit."""
+        entry = self.entry(task)
+        return entry.get("code") or self.summary().get("git_commit") or "unknown code"
 
     def write_failure(self, task: str, error: str) -> None:
         self._update(task, {"status": "failed", "error": error, "when": now()})
