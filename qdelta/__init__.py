@@ -3,38 +3,16 @@
 Importing the package registers every model type with ``transformers``' ``AutoConfig``,
 ``AutoModel`` and ``AutoModelForCausalLM``: "qdelta", "gated_deltanet", "delta_net",
 "linear_attn", "transformer".
+
+The ``qdelta`` command defers that import (torch and transformers take seconds to load) until a
+subcommand runs, so ``qdelta --help`` answers at once: when the process is the ``qdelta`` console
+script (or ``QDELTA_LAZY_IMPORT=1``), the names below load on first use or on :func:`load`.
 """
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
-
-from .cache import QDeltaCache  # noqa: E402
-from .configuration import DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig, QDeltaConfig, TransformerConfig  # noqa: E402
-from .loading import load_model  # noqa: E402
-from .modeling import (  # noqa: E402
-    MODEL_CLASSES,
-    DeltaNetForCausalLM,
-    DeltaNetModel,
-    GatedDeltaNetForCausalLM,
-    GatedDeltaNetModel,
-    LinearAttentionForCausalLM,
-    LinearAttentionModel,
-    QDeltaForCausalLM,
-    QDeltaModel,
-    TransformerForCausalLM,
-    TransformerModel,
-)
-
-
-def _register() -> None:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    for model_type, (base, causal) in MODEL_CLASSES.items():
-        AutoConfig.register(model_type, causal.config_class, exist_ok=True)
-        AutoModel.register(causal.config_class, base, exist_ok=True)
-        AutoModelForCausalLM.register(causal.config_class, causal, exist_ok=True)
-
-
-_register()
 
 __all__ = [
     "__version__",
@@ -56,3 +34,26 @@ __all__ = [
     "TransformerModel",
     "TransformerForCausalLM",
 ]
+
+
+def load():
+    """Import the models and register them with ``transformers`` (once); returns the API module."""
+    from . import _api
+
+    globals().update({name: getattr(_api, name) for name in __all__ if name != "__version__"})
+    return _api
+
+
+def _deferred() -> bool:
+    return _os.environ.get("QDELTA_LAZY_IMPORT") == "1" or _os.path.basename(_sys.argv[0] or "") == "qdelta"
+
+
+if _deferred():
+
+    def __getattr__(name):
+        if name in __all__:
+            return getattr(load(), name)
+        raise AttributeError(f"module 'qdelta' has no attribute {name!r}")
+
+else:
+    load()

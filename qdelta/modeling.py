@@ -312,3 +312,16 @@ MODEL_CLASSES = {
         TransformerForCausalLM,
     )
 }
+
+
+def _register() -> None:
+    """Every model type with transformers' AutoConfig / AutoModel / AutoModelForCausalLM."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    for model_type, (base, causal) in MODEL_CLASSES.items():
+        AutoConfig.register(model_type, causal.config_class, exist_ok=True)
+        AutoModel.register(causal.config_class, base, exist_ok=True)
+        AutoModelForCausalLM.register(causal.config_class, causal, exist_ok=True)
+
+
+_register()  # on import of the model classes, however they are reached (``import qdelta`` or a submodule)

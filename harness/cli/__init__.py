@@ -6,9 +6,12 @@ Each subcommand lives in ``qdelta/harness/cli/<name>.py`` and defines
     def add_arguments(parser): ...    its options (``parser.epilog`` holds examples)
     def run(args) -> int: ...         the work; returns the exit code
 
-Modules are found by name, so adding a subcommand means adding one file. A subcommand that
-forwards unknown options (``qdelta eval`` passes them to lm-eval) calls
-``parser.set_defaults(_accepts_extra=True)``; it finds them in ``args.extra``.
+Modules are found by name, so adding a subcommand means adding one file. They import nothing
+heavy at module level, so ``qdelta --help`` and ``qdelta CMD --help`` answer without loading torch;
+before ``run`` the models are imported and registered with transformers (``qdelta.load()``) unless
+the module sets ``NEEDS_MODELS = False``. A subcommand that forwards unknown options (``qdelta
+eval`` passes them to lm-eval) calls ``parser.set_defaults(_accepts_extra=True)``; it finds them
+in ``args.extra``.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=module.HELP, description=module.HELP, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _needs_models=getattr(module, "NEEDS_MODELS", True))
     return parser
 
 
@@ -62,6 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if extra and not getattr(args, "_accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    if args._needs_models:  # the `qdelta` script defers torch / transformers until a command runs
+        import qdelta
+
+        qdelta.load()
     try:
         return int(args._run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:

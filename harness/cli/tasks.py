@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import List
 
+NEEDS_MODELS = False  # reads YAML / run records only
 HELP = "list the recall/LM tasks, or validate a task YAML file"
 
 EPILOG = """examples:

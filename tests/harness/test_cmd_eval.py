@@ -71,7 +71,14 @@ def test_oracle_scores_100_and_random_scores_chance(tmp_path):
     assert rows[0] == "run_id,model,task,metric,value" and len(rows) == 1 + 2 * len(oracle["tasks"])
     assert (
         cli.main(
-            ["leaderboard", "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "again"), "--no-plots"]
+            [
+                "leaderboard",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--leaderboard-dir",
+                str(tmp_path / "again"),
+                "--no-plots",
+            ]
         )
         == 0
     )
