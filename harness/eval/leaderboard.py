@@ -8,7 +8,11 @@ Outputs under the leaderboard folder:
     leaderboard.csv       model x task, long format (run_id, model, task, metric, value)
     slices.csv            per-slice scores (run_id, model, task, metric, field, slice, score, n)
     reported_paper.csv    the paper's reported numbers (separate source)
-    acc_vs_seq_len.png, acc_vs_num_kv_pairs.png, acc_vs_state_size.png
+    acc_vs_<field>.png    per slice field, one panel per task carrying it, one line per run
+                          (distinct markers and line styles, runs offset sideways so equal
+                          scores stay visible), y axis 0-100 %
+    acc_by_task.png       every task's primary metric, grouped bars per run, 0-100 %
+    acc_vs_state_size.png mean accuracy against the cached state size
 
 Slices come from the per-sample records: every document field named in ``SLICE_FIELDS`` groups
 the samples, and the sample's value of the task's primary metric is averaged per group.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -32,10 +37,11 @@ log = logging.getLogger(__name__)
 SLICE_FIELDS = {
     "seq_len": "sequence length",
     "num_kv_pairs": "number of key-value pairs",
+    "num_pairs": "number of pairs (AR, key-value recall)",
     "depth": "needle depth",
     "context_length": "context length",
 }
-PLOTS = {"seq_len": "acc_vs_seq_len.png", "num_kv_pairs": "acc_vs_num_kv_pairs.png"}
+PLOTS = {field: f"acc_vs_{field}.png" for field in SLICE_FIELDS}  # one panel per task carrying the field
 
 
 def primary_metric(task_results: dict) -> Optional[Tuple[str, str, float]]:
@@ -194,57 +200,156 @@ def _save(fig, path: Path) -> None:
     """PNG through a temporary file and os.replace, like every other output."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     records.atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plot(data: dict, out_dir: Path) -> List[Path]:
-    import matplotlib
+MARKERS = "osD^v<>Xp*h"
+LINESTYLES = ("-", "--", "-.", ":")
 
-    matplotlib.use("Agg")
+
+def _style(k: int, n: int) -> dict:
+    """Marker, line style and a small horizontal offset for the k-th of n runs, so lines that
+    coincide (two models at 100 %) stay visible side by side."""
+    return {
+        "marker": MARKERS[k % len(MARKERS)],
+        "linestyle": LINESTYLES[k % len(LINESTYLES)],
+        "offset": (k - (n - 1) / 2) * 0.06,
+        "markersize": 6,
+        "clip_on": False,
+    }
+
+
+def _percent_axis(ax, label: str = "accuracy (%)") -> None:
+    ax.set_ylim(0, 100)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+
+
+def _slice_figure(data: dict, field: str, run_ids: List[str]):
+    """One panel per task carrying ``field``; in each, one line per run (score vs slice value)."""
     import matplotlib.pyplot as plt
 
-    written = []
-    for field, name in PLOTS.items():
-        per_run: Dict[str, Dict[float, List[float]]] = defaultdict(lambda: defaultdict(list))
-        for s in data["slices"]:
-            if s["field"] == field:
-                per_run[s["run_id"]][float(s["slice"])].append(s["score"])
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run_id in sorted(per_run):
-            xs = sorted(per_run[run_id])
-            ax.plot(xs, [100 * statistics.mean(per_run[run_id][x]) for x in xs], marker="o", label=run_id)
-        ax.set_xlabel(SLICE_FIELDS[field])
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"accuracy vs {SLICE_FIELDS[field]} (measured)")
-        if per_run:
+    series: Dict[str, Dict[str, Dict[float, List[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for s in data["slices"]:
+        if s["field"] == field:
+            series[s["task"]][s["run_id"]][float(s["slice"])].append(s["score"])
+    tasks = sorted(series)
+    cols = min(3, max(1, len(tasks)))
+    rows = max(1, math.ceil(len(tasks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    log_x = field != "depth"
+    for ax, task in zip(axes.flat, tasks):
+        for k, run_id in enumerate(run_ids):
+            points = series[task].get(run_id)
+            if not points:
+                continue
+            style = _style(k, len(run_ids))
+            offset = style.pop("offset")
+            xs = sorted(points)
+            shifted = [x * 2**offset if log_x else x + offset / 6 for x in xs]
+            ax.plot(shifted, [100 * statistics.mean(points[x]) for x in xs], label=run_id, **style)
+        if log_x:
             ax.set_xscale("log", base=2)
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, f"no samples carry `{field}`", ha="center", transform=ax.transAxes)
-        _save(fig, out_dir / name)
-        written.append(out_dir / name)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel(SLICE_FIELDS[field], fontsize=8)
+        _percent_axis(ax)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    if not tasks:
+        axes.flat[0].text(0.5, 0.5, f"no samples carry `{field}`", ha="center", transform=axes.flat[0].transAxes)
+    fig.suptitle(f"accuracy vs {SLICE_FIELDS[field]} per task (measured; runs offset sideways)", fontsize=10)
+    _legend(fig, axes.flat[0])
+    return fig
+
+
+def _legend(fig, ax) -> None:
+    """One legend for the figure, below the panels."""
+    handles, labels = ax.get_legend_handles_labels()
+    bottom = 0.0
+    if handles:
+        bottom = min(0.4, (0.35 * math.ceil(len(labels) / 3)) / fig.get_figheight())
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7)
+    fig.tight_layout(rect=(0, bottom, 1, 0.95))
+
+
+def _task_figure(data: dict, run_ids: List[str]):
+    """Every task's primary score (in %), grouped bars per run; non-percent metrics are named below."""
+    import matplotlib.pyplot as plt
+
+    percent = [s for s in data["scores"] if 0.0 <= s["value"] <= 1.0]
+    other = sorted(
+        {f"{s['task']} ({s['metric']})" for s in data["scores"]} - {f"{s['task']} ({s['metric']})" for s in percent}
+    )
+    tasks = sorted({s["task"] for s in percent})
+    value = {(s["run_id"], s["task"]): s["value"] for s in percent}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(tasks) + 2), 4.5))
+    width = 0.8 / max(1, len(run_ids))
+    hatches = ("", "//", "..", "xx", "\\\\", "++")
+    for k, run_id in enumerate(run_ids):
+        xs = [i + (k - (len(run_ids) - 1) / 2) * width for i, t in enumerate(tasks) if (run_id, t) in value]
+        ys = [100 * value[(run_id, t)] for t in tasks if (run_id, t) in value]
+        bars = ax.bar(xs, ys, width=width, label=run_id, hatch=hatches[k % len(hatches)], edgecolor="black", lw=0.4)
+        marker = _style(k, len(run_ids))["marker"]  # a marker on each bar: a 0 % bar stays visible
+        ax.plot(
+            xs, ys, linestyle="none", marker=marker, color=bars.patches[0].get_facecolor(), mec="black", clip_on=False
+        )
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=35, ha="right", fontsize=8)
+    _percent_axis(ax, "primary metric (%)")
+    ax.set_title("every task, primary metric (measured)" + (f"; not in %: {', '.join(other)}" if other else ""))
+    _legend(fig, ax)
+    return fig
+
+
+def _state_figure(data: dict, run_ids: List[str]):
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run in data["runs"]:
-        run_slices = [s for s in data["slices"] if s["run_id"] == run["run_id"] and s["field"] == "seq_len"]
+    by_id = {run["run_id"]: run for run in data["runs"]}
+    for k, run_id in enumerate(run_ids):
+        run = by_id[run_id]
+        run_slices = [s for s in data["slices"] if s["run_id"] == run_id and s["field"] == "seq_len"]
         seq_len = statistics.mean(float(s["slice"]) for s in run_slices) if run_slices else 0.0
         size = _state_size(run["summary"], seq_len)
-        values = [s["value"] for s in data["scores"] if s["run_id"] == run["run_id"]]
+        values = [s["value"] for s in data["scores"] if s["run_id"] == run_id]
         if size and values:
-            ax.scatter([size], [100 * statistics.mean(values)], label=run["run_id"])
+            style = _style(k, len(run_ids))
+            ax.scatter(
+                [size * 2 ** style["offset"]], [100 * statistics.mean(values)], marker=style["marker"], label=run_id
+            )
     ax.set_xlabel("cached state per sequence (elements; KV cache at the mean sequence length)")
-    ax.set_ylabel("mean accuracy over tasks (%)")
     ax.set_title("accuracy vs state size (measured)")
+    _percent_axis(ax, "mean accuracy over tasks (%)")
     if ax.collections:
         sizes = [x for c in ax.collections for x, _ in c.get_offsets()]
         if max(sizes) > 10 * min(sizes):
             ax.set_xscale("log")
         ax.legend(fontsize=7)
-    _save(fig, out_dir / "acc_vs_state_size.png")
-    written.append(out_dir / "acc_vs_state_size.png")
+    fig.tight_layout()
+    return fig
+
+
+def figures(data: dict) -> Dict[str, object]:
+    """Every leaderboard plot as a matplotlib figure, by file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_ids = [run["run_id"] for run in data["runs"]]
+    out = {name: _slice_figure(data, field, run_ids) for field, name in PLOTS.items()}
+    out["acc_by_task.png"] = _task_figure(data, run_ids)
+    out["acc_vs_state_size.png"] = _state_figure(data, run_ids)
+    return out
+
+
+def _plot(data: dict, out_dir: Path) -> List[Path]:
+    written = []
+    for name, fig in figures(data).items():
+        _save(fig, out_dir / name)
+        written.append(out_dir / name)
     return written
 
 
