@@ -38,6 +38,7 @@ def test_help_imports_neither_torch_nor_transformers(argv):
     assert not {"torch", "transformers", "lm_eval"} & modules, sorted(modules & {"torch", "transformers", "lm_eval"})
 
 
+@pytest.mark.slow
 def test_deferred_import_still_registers_the_models(tmp_path):
     code = (
         "import qdelta, sys; assert 'torch' not in sys.modules; "
@@ -56,6 +57,7 @@ def test_deferred_import_still_registers_the_models(tmp_path):
     assert done.stdout.split() == ["GatedDeltaNetForCausalLM", "qdelta"]
 
 
+@pytest.mark.slow
 def test_one_leaderboard_flag_everywhere(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     base = ["leaderboard", "--runs-dir", str(tmp_path / "runs"), "--no-plots"]

@@ -8,21 +8,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import save_word_tokenizer  # noqa: E402
-
-from qdelta.harness import cli  # noqa: E402
-from qdelta.harness.eval import records  # noqa: E402
+from qdelta.harness import cli
+from qdelta.harness.eval import records
 
 TASKS = "qd_ar_quick,qd_passkey_quick"
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def tiny_checkpoint(tmp_path_factory, save_word_tokenizer):
     from qdelta.testing import tiny_model
 
     folder = tmp_path_factory.mktemp("ckpt") / "tiny_qdelta"
@@ -60,6 +56,7 @@ def test_umask_respected(tmp_path):
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_resume_reuses_only_matching_tasks_and_says_from_which_code(tmp_path, capsys, tiny_checkpoint):
     runs = tmp_path / "runs"
     assert cli.main(_argv(tiny_checkpoint, runs)) == 0
@@ -91,6 +88,7 @@ def test_resume_reuses_only_matching_tasks_and_says_from_which_code(tmp_path, ca
     assert (run["path"] / "tasks" / "qd_passkey_quick" / "results.json").stat().st_mtime_ns == passkey
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_lose_and_duplicate_nothing(tmp_path, tiny_checkpoint):
     runs = tmp_path / "runs"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")

@@ -351,6 +351,7 @@ def test_unimplemented_fields_are_refused_by_name(tmp_path, extra, named):
         assert len(str(err.value).splitlines()) == 1 and "qdelta/MODELS.md" in str(err.value)
 
 
+@pytest.mark.slow
 def test_unknown_field_refused_for_every_model_type(tmp_path):
     for model_type in MODEL_TYPES:
         folder = tmp_path / model_type
