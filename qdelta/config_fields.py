@@ -178,10 +178,10 @@ def check_config_fields(config: dict, config_class=None) -> None:
         if name in table and table[name] is not ANY and not any(_same(value, a) for a in table[name]):
             supported = ", ".join(repr(a).replace("None", "null") for a in table[name])
             problems.append(f"field {name!r} = {value!r} is not implemented (supported: {supported})")
-    for name, value in config.items():
-        if name not in table:
-            problems.append(f"field {name!r} = {value!r} is unknown to every {model_type} format qdelta reads")
     unknown = [name for name in config if name not in table]
+    if unknown:
+        listed = ", ".join(f"{name!r} = {config[name]!r}" for name in unknown)
+        problems.append(f"unknown to every {model_type} format qdelta reads: {listed}")
     owners = [t for t in FORMAT_FIELDS if t != model_type and unknown and set(unknown) <= set(FORMAT_FIELDS[t])]
     if owners:
         problems.append(
