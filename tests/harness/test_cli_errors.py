@@ -94,5 +94,8 @@ def test_ctrl_c_says_how_far_and_exits_130(tmp_path, tiny_checkpoint):
         pytest.skip("the run finished before the signal landed (busy machine)")
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    # progress: task i of N, requests done, time left; lm-eval's hints that do not apply are gone
+    assert "[1/5] " in err and " of 5 tasks, " in err and " requests done; about " in err, err[-3000:]
+    assert "max_seq_lengths" not in err and "No aggregation function" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last == f"qdelta eval: interrupted after {done} of 5 tasks; re-run the same command to resume", err[-3000:]
