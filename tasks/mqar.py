@@ -46,9 +46,11 @@ __all__ = [
     "IGNORE_INDEX",
     "GENERATORS",
     "zoology_multiquery_ar",
+    "zoology_segment_seeds",
     "make_mqar",
     "query_gap_probabilities",
     "evaluate_mqar",
+    "mqar_hits",
     "mqar_hash",
 ]
 
@@ -165,6 +167,16 @@ def zoology_multiquery_ar(
         zero = inputs == 0
         inputs[zero] = noise[zero]
     return inputs, labels
+
+
+def zoology_segment_seeds(seed: int, num_train: int, num_test: int) -> Tuple[List[int], List[int]]:
+    """The seeds zoology's ``prepare_data`` gives its train and test segments for ``DataConfig.seed``:
+    ``np.random.seed(seed)``, then ``randint(0, 2**31, num_train)`` and ``randint(2**31, 2**32, num_test)``
+    (from a private ``RandomState`` here)."""
+    rs = np.random.RandomState(seed)
+    train = rs.randint(0, 2**31, size=num_train)
+    test = rs.randint(2**31, 2**32, size=num_test)
+    return [int(s) for s in train], [int(s) for s in test]
 
 
 def mqar_examples(
@@ -285,6 +297,20 @@ def _logits_of(model: Callable, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def mqar_hits(model: Callable, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> Tuple[int, int]:
+    """``(hits, scored positions)``: arg-max predictions of ``model`` equal to ``labels`` where scored."""
+    hits, count = 0, 0
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        preds = _logits_of(model, x).argmax(dim=-1)
+        mask = y != IGNORE_INDEX
+        hits += int((preds[mask] == y[mask]).sum())
+        count += int(mask.sum())
+    return hits, count
+
+
+@torch.no_grad()
 def evaluate_mqar(
     model: Callable,
     vocab_size: int,
@@ -323,14 +349,7 @@ def evaluate_mqar(
     hits_all, count_all = 0, 0
     for i, (seq_len, num_kv_pairs) in enumerate(settings):
         inputs, labels = mqar_examples(generator, vocab_size, seq_len, num_kv_pairs, num_examples, seed + i, power_a)
-        hits, count = 0, 0
-        for start in range(0, num_examples, batch_size):
-            x = inputs[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
-            preds = _logits_of(model, x).argmax(dim=-1)
-            mask = y != IGNORE_INDEX
-            hits += int((preds[mask] == y[mask]).sum())
-            count += int(mask.sum())
+        hits, count = mqar_hits(model, inputs, labels, batch_size, device)
         scores[f"L{seq_len}_K{num_kv_pairs}"] = hits / count
         log.info("MQAR L=%d K=%d accuracy %.4f (%d positions)", seq_len, num_kv_pairs, hits / count, count)
         hits_all += hits

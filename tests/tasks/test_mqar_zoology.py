@@ -5,7 +5,9 @@ HazyResearch/zoology at commit d88d6f5474f36998d82d5c3bd58a190248d0a669,
 ``zoology.data.multiquery_ar.multiquery_ar(**args)`` called after ``np.random.seed(args["seed"]);
 torch.manual_seed(args["seed"])`` (numpy 2.4.6, torch 2.13.0+cpu, ``wandb`` stubbed out because
 ``zoology.utils`` imports it); stored are the sha256 of the int64 bytes of ``inputs`` then ``labels``
-of all ``num_examples`` rows, rows 0-1 and the last row raw.
+of all ``num_examples`` rows, rows 0-1 and the last row raw. ``prepare_data``: zoology's
+``zoology.data.utils.prepare_data`` on a small ``DataConfig(seed=123)`` (its ``made_with`` field),
+with the segment seeds it passed to ``DataSegment.from_config`` logged and each segment's sha256.
 """
 
 import json
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from qdelta.tasks.mqar import IGNORE_INDEX, mqar_hash, zoology_multiquery_ar
+from qdelta.tasks.mqar import IGNORE_INDEX, mqar_hash, zoology_multiquery_ar, zoology_segment_seeds
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "zoology_mqar_golden.json").read_text())
 CASES = GOLDEN["cases"]
@@ -82,3 +84,14 @@ def test_structure_and_seed_dependence():
 def test_refuses_what_zoology_refuses(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment.replace("*", r"\*")):
         zoology_multiquery_ar(**kwargs)
+
+
+def test_segment_seeds_and_segments_equal_zoology_prepare_data():
+    """Zoology's trainer seeds each segment from DataConfig.seed; without the noise fill (which
+    prepare_data draws from the global torch stream) the segments equal ours for those seeds."""
+    golden = GOLDEN["prepare_data"]
+    train, test = zoology_segment_seeds(golden["data_seed"], len(golden["train"]), len(golden["test"]))
+    assert train + test == golden["segment_seeds"]
+    for (L, K, N), seed, digest in zip(golden["train"] + golden["test"], train + test, golden["sha256"]):
+        x, y = zoology_multiquery_ar(8192, N, L, seed, num_kv_pairs=K, random_non_queries=False)
+        assert mqar_hash(x, y) == digest
