@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from _train_configs import tiny_train_config
 
 from qdelta.harness.train import mqar_sets
 from qdelta.harness.train.config import batches_per_epoch, load_config
@@ -18,7 +17,17 @@ TRAIN_SETS = [[16, 2, 20], [28, 4, 12]]  # batches of 8: 3 + 2 per epoch (short 
 TEST_SETS = [[16, 2, 16], [24, 3, 8]]
 
 
-def _fixed(tmp_path, epochs=2, **train):
+@pytest.fixture
+def fixed(tiny_train_config):
+    """``fixed(tmp_path, epochs=2, **train) -> dict``: the tiny training config on fixed sets."""
+
+    def make(tmp_path, epochs=2, **train):
+        return _fixed(tiny_train_config, tmp_path, epochs, **train)
+
+    return make
+
+
+def _fixed(tiny_train_config, tmp_path, epochs=2, **train):
     config = tiny_train_config(tmp_path / "run", batch_size=8, **train)
     del config["train"]["steps"]
     config["train"]["epochs"] = epochs
@@ -26,11 +35,11 @@ def _fixed(tmp_path, epochs=2, **train):
     return config
 
 
-def test_steps_come_from_epochs_and_batches(tmp_path):
+def test_steps_come_from_epochs_and_batches(tmp_path, fixed):
     assert batches_per_epoch(TRAIN_SETS, 8) == 5 and batches_per_epoch([[64, 4, 100_000]], 256) == 391
-    config = load_config(data=_fixed(tmp_path, epochs=3))
+    config = load_config(data=fixed(tmp_path, epochs=3))
     assert config.train.steps == 15
-    data = _fixed(tmp_path, epochs=3)
+    data = fixed(tmp_path, epochs=3)
     data["train"]["steps"] = 15  # consistent: accepted (a dumped config reloads)
     assert load_config(data=data).train.steps == 15
 
@@ -52,14 +61,14 @@ def test_steps_come_from_epochs_and_batches(tmp_path):
         (lambda c: c["train"].update(early_stop_accuracy=1.0), "train.early_stop_accuracy"),
     ],
 )
-def test_bad_protocol_fields_are_named(tmp_path, change, field):
-    config = _fixed(tmp_path)
+def test_bad_protocol_fields_are_named(tmp_path, change, field, fixed):
+    config = fixed(tmp_path)
     change(config)
     with pytest.raises(ValueError, match=field):
         load_config(data=config)
 
 
-def test_epochs_and_eval_every_epochs_need_fixed_sets(tmp_path):
+def test_epochs_and_eval_every_epochs_need_fixed_sets(tmp_path, tiny_train_config):
     for fields in ({"epochs": 2}, {"eval_every_epochs": 1}):
         config = tiny_train_config(tmp_path / "run")
         config["train"].update(fields)
@@ -67,8 +76,8 @@ def test_epochs_and_eval_every_epochs_need_fixed_sets(tmp_path):
             load_config(data=config)
 
 
-def test_batches_are_zoology_sets_in_zoology_order(tmp_path):
-    config = load_config(data=_fixed(tmp_path))
+def test_batches_are_zoology_sets_in_zoology_order(tmp_path, fixed):
+    config = load_config(data=fixed(tmp_path))
     source = make_source(config.data, config.eval, config.seed)
     seeds, test_seeds = zoology_segment_seeds(123, 2, 2)
     sets = [zoology_multiquery_ar(32, n, L, s, num_kv_pairs=k) for (L, k, n), s in zip(TRAIN_SETS, seeds)]
@@ -121,7 +130,7 @@ def test_epoch_cosine_is_torch_cosine_annealing_stepped_per_epoch():
         sched.step()
 
 
-def test_weight_decay_on_all_parameters(tmp_path):
+def test_weight_decay_on_all_parameters(tmp_path, tiny_train_config):
     config = load_config(data=tiny_train_config(tmp_path))
     model = build_model(config.model, 32, 0)
     groups = _param_groups(model, 0.1, "all")
@@ -130,9 +139,10 @@ def test_weight_decay_on_all_parameters(tmp_path):
     assert vectors and _param_groups(model, 0.1)[1]["params"] == vectors
 
 
-def test_training_on_fixed_sets_with_early_stop(tmp_path):
+@pytest.mark.slow
+def test_training_on_fixed_sets_with_early_stop(tmp_path, fixed):
     torch.set_num_threads(1)
-    config = _fixed(tmp_path, epochs=4, lr=3e-3)
+    config = fixed(tmp_path, epochs=4, lr=3e-3)
     config["train"].update(eval_every_epochs=1, eval_every=0, log_every=1)
     config["optim"].update(schedule="epoch_cosine", warmup_steps=0, min_lr_ratio=0.0, weight_decay_on="all")
     result = train(load_config(data=config), progress=False)
@@ -159,10 +169,10 @@ def test_training_on_fixed_sets_with_early_stop(tmp_path):
     assert early["eval"]["mean"] == first
 
 
-def test_prepare_generates_each_distinct_set_once_for_a_grid(tmp_path):
+def test_prepare_generates_each_distinct_set_once_for_a_grid(tmp_path, fixed, tiny_train_config):
     configs = []
     for seed in (0, 1):  # the run seed differs, data.seed fixes the sets: one copy of each
-        config = _fixed(tmp_path)
+        config = fixed(tmp_path)
         config["seed"] = seed
         configs.append(load_config(data=config))
     assert mqar_sets.prepare(configs, processes=2) == len(TRAIN_SETS) + len(TEST_SETS)

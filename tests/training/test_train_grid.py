@@ -123,6 +123,7 @@ def test_auto_steps_is_refused_for_epochs_over_fixed_sets(tmp_path):
         train_grid.run_grid(grid, tmp_path / "grid", workers=1, budget_s=60)
 
 
+@pytest.mark.slow
 def test_grid_over_fixed_sets_prepares_the_cache_and_resumes(tmp_path):
     grid = tiny_grid()
     del grid["base"]["train"]["steps"]
