@@ -158,7 +158,7 @@ class _RecurrentConfig(BaseLMConfig):
         self.conv_bias = conv_bias
         self.allow_neg_eigval = allow_neg_eigval
         self.attn_mode = attn_mode
-        # initial decay rate range (Mamba-2 / fla: dt ~ logU(dt_min, dt_max), g = -A * dt, A ~ U(1, 16));
+        # initial decay rate range (Mamba-2 / fla: dt ~ logU(dt_min, dt_max), g = -A * dt, A ~ U(0, 16));
         # only the initialisation reads it
         self.dt_min = dt_min
         self.dt_max = dt_max

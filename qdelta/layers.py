@@ -38,9 +38,11 @@ KINDS = DELTA_KINDS + ("linear_attn",)
 def init_decay_parameters(
     A_log: torch.Tensor, dt_bias: torch.Tensor, generator=None, dt_min: float = 1e-3, dt_max: float = 1e-1
 ) -> None:
-    """Mamba-2 style: ``A ~ U(1, 16)``, ``dt ~ logU(dt_min, dt_max)`` stored as softplus^-1(dt)."""
+    """flash-linear-attention's Gated DeltaNet (and the Q-Delta authors'): ``A ~ U(0, 16)`` stored as
+    ``log A``, ``dt ~ logU(dt_min, dt_max)`` clamped below at 1e-4 (or dt_min if smaller), stored as
+    softplus^-1(dt)."""
     with torch.no_grad():
-        A = torch.empty(A_log.shape, dtype=torch.float32).uniform_(1, 16, generator=generator)
+        A = torch.empty(A_log.shape, dtype=torch.float32).uniform_(0, 16, generator=generator)
         dt = torch.exp(
             torch.rand(dt_bias.shape, generator=generator) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         ).clamp(min=min(1e-4, dt_min))

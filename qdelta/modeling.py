@@ -83,6 +83,10 @@ class QDeltaPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        """flash-linear-attention's ``_init_weights`` (also the Q-Delta authors'): every Linear and
+        short convolution (an ``nn.Conv1d`` in fla) N(0, initializer_range) with zero bias, embeddings
+        N(0, initializer_range), norms ones, decay parameters by :func:`init_decay_parameters`; no
+        rescaling of the residual projections (fla's default ``prenorm_residual_strategy=None``)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
@@ -93,8 +97,7 @@ class QDeltaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (RMSNorm, GatedRMSNorm)):
             init.ones_(module.weight)
         elif isinstance(module, ShortConvolution):
-            bound = 1.0 / module.kernel_size**0.5  # nn.Conv1d's default for a depthwise kernel
-            init.uniform_(module.weight, -bound, bound)
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RecurrentMixer) and module.use_decay:
             A_log, dt_bias = (
                 torch.empty_like(module.A_log, device="cpu"),

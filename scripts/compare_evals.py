@@ -23,7 +23,8 @@ import yaml
 
 def compare(ckpt: Path, record: Path) -> dict:
     import qdelta
-    from qdelta.tasks.mqar import evaluate_mqar, make_mqar
+    from qdelta.tasks.mqar import GENERATORS, evaluate_mqar, mqar_examples
+    from qdelta.tasks.synthetic import mqar_symbol
 
     cfg = yaml.safe_load((ckpt / "train_config.yaml").read_text())
     vocab, settings = int(cfg["data"]["vocab_size"]), [tuple(s) for s in cfg["data"]["configs"]]
@@ -36,6 +37,7 @@ def compare(ckpt: Path, record: Path) -> dict:
             num_examples=int(cfg["eval"]["num_examples"]),
             seed=int(cfg["eval"]["seed"]),
             batch_size=64,
+            generator=cfg["data"].get("generator", "qdelta"),  # records without the field predate zoology's
         )
         summary = json.loads((record / "summary.json").read_text())
         meta = summary["tasks"]["qd_mqar"]
@@ -43,10 +45,23 @@ def compare(ckpt: Path, record: Path) -> dict:
         task_settings = sorted({(s["doc"]["seq_len"], s["doc"]["num_kv_pairs"]) for s in samples})
         task_settings = [s for s in settings if s in task_settings]
         n = 1 + max(s["doc"]["example"] for s in samples)
-        same_data = evaluate_mqar(model, vocab, settings=task_settings, num_examples=n, seed=0, batch_size=64)
+
+        def renders_the_record(generator):  # qd_mqar 1.0 used make_mqar, 2.0 zoology's draws
+            for i, (L, K) in enumerate(task_settings):
+                _, labels = mqar_examples(generator, vocab, L, K, n, seed=i)
+                for s in (s for s in samples if (s["doc"]["seq_len"], s["doc"]["num_kv_pairs"]) == (L, K)):
+                    t = s["doc"]["query_offset"] + 2 * K
+                    if mqar_symbol(int(labels[s["doc"]["example"], t]), vocab // 2) != s["doc"]["answer"]:
+                        return False
+            return True
+
+        generator = next(g for g in GENERATORS if renders_the_record(g))
+        same_data = evaluate_mqar(
+            model, vocab, settings=task_settings, num_examples=n, seed=0, batch_size=64, generator=generator
+        )
         worst, disagree = 0.0, 0
         for i, (L, K) in enumerate(task_settings):
-            inputs, labels = make_mqar(vocab, L, K, n, seed=i, power_a=0.01)
+            inputs, labels = mqar_examples(generator, vocab, L, K, n, seed=i)
             logp = torch.log_softmax(model(inputs).logits.float(), -1)
             for s in (s for s in samples if (s["doc"]["seq_len"], s["doc"]["num_kv_pairs"]) == (L, K)):
                 e, t = s["doc"]["example"], s["doc"]["query_offset"] + 2 * K

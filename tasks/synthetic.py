@@ -3,7 +3,8 @@
 Each ``build_*`` is referenced by a YAML ``custom_dataset: !function`` and receives the task's
 ``metadata`` (plus keys lm-eval adds, ignored here); it returns a ``datasets.DatasetDict`` with a
 ``test`` split of docs in the format of :mod:`qdelta.tasks.docs`. Output is a pure function of the
-parameters: every random draw comes from ``random.Random(seed)`` or the seeded MQAR generator.
+parameters: every random draw comes from ``random.Random(seed)`` or, for MQAR, from
+:func:`qdelta.tasks.mqar.zoology_multiquery_ar` (zoology's own draws, private generators).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Dict, List
 
 from .docs import to_dataset
 from .haystack import pool_size, sentences
-from .mqar import IGNORE_INDEX, make_mqar
+from .mqar import IGNORE_INDEX, zoology_multiquery_ar
 from .spec import parse_spec, require
 from .symbols import KINDS, capacity, sample_distinct, syllable_name
 
@@ -44,6 +45,7 @@ class MQARTextSpec:
 
     def check(self) -> None:
         require(self.vocab_size >= 4, "vocab_size", f"needs >= 4, got {self.vocab_size}")
+        require(self.seed >= 0, "seed", f"needs >= 0 (numpy's seed range), got {self.seed}")
         require(
             self.vocab_size // 2 <= 10000,
             "vocab_size",
@@ -64,6 +66,13 @@ class MQARTextSpec:
                 f"{k} pairs do not fit in seq_len={seq_len} (2K context + K query slots of 2 need "
                 f"4K <= seq_len); use seq_len >= {4 * k} or fewer pairs",
             )
+            require(seq_len % 2 == 0, f"settings[{i}]", f"seq_len={seq_len} is odd; zoology's MQAR needs it even")
+            require(
+                self.vocab_size > seq_len,
+                f"settings[{i}]",
+                f"zoology's MQAR needs vocab_size > seq_len, got vocab_size={self.vocab_size}, "
+                f"seq_len={seq_len}; raise vocab_size",
+            )
 
 
 def mqar_symbol(token: int, half: int) -> str:
@@ -72,18 +81,23 @@ def mqar_symbol(token: int, half: int) -> str:
 
 
 def build_mqar(**metadata: Any):
-    """zoology MQAR as text: one doc per query; the context ends with the query key."""
+    """zoology's MQAR as text: one doc per query; the context ends with the query key.
+
+    Setting ``i`` is ``zoology_multiquery_ar(vocab_size, num_examples, seq_len, (seed * 1000 + i) % 2**32,
+    power_a, num_kv_pairs, random_non_queries)``: zoology's own sequences for that seed (training
+    pools pass large derived seeds, hence the modulus into numpy's seed range).
+    """
     spec = parse_spec(MQARTextSpec, metadata)
     half = spec.vocab_size // 2
     docs: List[Dict[str, Any]] = []
     for i, (seq_len, k) in enumerate(spec.settings):
-        inputs, labels = make_mqar(
+        inputs, labels = zoology_multiquery_ar(
             spec.vocab_size,
-            seq_len,
-            k,
             spec.num_examples,
-            seed=spec.seed * 1000 + i,
+            seq_len,
+            (spec.seed * 1000 + i) % 2**32,
             power_a=spec.power_a,
+            num_kv_pairs=k,
             random_non_queries=spec.random_non_queries,
         )
         for n in range(spec.num_examples):

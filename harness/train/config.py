@@ -13,6 +13,11 @@ checks types field by field and raises ``ValueError`` / ``TypeError`` naming the
       configs: [[64, 4], [128, 8], [256, 16], [512, 64]]   # (seq_len, num_kv_pairs)
     optim: {lr: [1.0e-3, 3.0e-3], warmup_steps: 100}       # a list of lrs is a sweep
     train: {steps: 2000, batch_size: 64, eval_every: 500, save_every: 500}
+
+Zoology's protocol (``configs/mqar_zoology.yaml``) trains for ``train.epochs`` over fixed sets
+(``data.train_sets``: ``[seq_len, num_kv_pairs, num_examples]`` each, generated once and cached, see
+:mod:`qdelta.harness.train.mqar_sets`) and tests on fixed ``data.test_sets``; ``train.steps`` is
+then derived (epochs x batches per epoch) and may be given only if it equals that.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import yaml
 MODEL_TYPES = ("qdelta", "gated_deltanet", "delta_net", "linear_attn", "transformer")
 DATA_KINDS = ("mqar", "text")
 PRECISIONS = ("auto", "fp32", "bf16")
+GENERATORS = ("zoology", "qdelta")  # qdelta.tasks.mqar.zoology_multiquery_ar, make_mqar
+SCHEDULES = ("warmup_cosine", "epoch_cosine")
+DECAY_ON = ("matrices", "all")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -44,8 +52,16 @@ class DataSpec:
     kind: str = "mqar"  # "mqar" (token ids) or "text" (rendered recall tasks + a tokenizer)
     # mqar
     vocab_size: int = 8192
+    # (seq_len, num_kv_pairs) of the fresh data, and of the held-out eval where test_sets is empty
     configs: List[List[int]] = field(default_factory=lambda: [[64, 4], [128, 8], [256, 16], [512, 64]])
     power_a: float = 0.01
+    generator: str = "zoology"  # zoology's own draws; "qdelta" (the earlier generator) where V <= L
+    # fixed sets (zoology's protocol): [[seq_len, num_kv_pairs, num_examples], ...]; empty: fresh
+    # data every step from `configs` and held-out data from the eval section
+    train_sets: List[List[int]] = field(default_factory=list)
+    test_sets: List[List[int]] = field(default_factory=list)
+    seed: Optional[int] = None  # seed of the fixed sets (zoology's DataConfig.seed); None: the run's seed
+    cache_dir: Optional[str] = None  # fixed sets cached here; None: $QDELTA_DATA_CACHE or ~/.cache/qdelta/mqar
     # text: [{task: NAME, weight: W, metadata: {...}}]: tasks of qdelta.tasks.TASKS_DIR rendered by
     # their own generators with training seeds (see qdelta.harness.train.text)
     tasks: List[Dict[str, Any]] = field(default_factory=list)
@@ -66,11 +82,16 @@ class OptimSpec:
     warmup_steps: int = 100  # linear warmup from 0, then cosine to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    # warmup_cosine: per step as above; epoch_cosine: zoology's CosineAnnealingLR(T_max=epochs)
+    # stepped once an epoch (needs train.epochs, warmup_steps 0)
+    schedule: str = "warmup_cosine"
+    weight_decay_on: str = "matrices"  # "matrices" (ndim >= 2) or "all" parameters (zoology)
 
 
 @dataclass
 class TrainSpec:
-    steps: int = 1000
+    steps: Optional[int] = None  # None: 1000, or epochs x batches per epoch with data.train_sets
+    epochs: int = 0  # passes over data.train_sets (0: train by steps)
     batch_size: int = 32  # global batch (split across DDP ranks)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     device: str = "auto"  # auto: CUDA when available
@@ -78,6 +99,8 @@ class TrainSpec:
     eval_every: int = 0  # 0: evaluate only at the end
     save_every: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 2  # how many step checkpoints to keep (0: delete all at the end)
+    eval_every_epochs: int = 0  # with epochs: also evaluate after every N-th epoch (zoology: 1)
+    early_stop_accuracy: float = 0.0  # stop after an eval whose mean accuracy is > this (0: off; zoology 0.99)
 
 
 @dataclass
@@ -212,22 +235,13 @@ def validate(config: TrainConfig) -> TrainConfig:
     _check(d.kind in DATA_KINDS, "data.kind", f"expected one of {DATA_KINDS}, got {d.kind!r}")
     if d.kind == "mqar":
         _check(d.vocab_size >= 8, "data.vocab_size", f"expected >= 8, got {d.vocab_size}")
+        _check(d.generator in GENERATORS, "data.generator", f"expected one of {GENERATORS}, got {d.generator!r}")
+        _check_sets(d)
         _check(len(d.configs) > 0, "data.configs", "expected at least one [seq_len, num_kv_pairs] pair")
-        for i, pair in enumerate(d.configs):
-            _check(len(pair) == 2, f"data.configs[{i}]", f"expected [seq_len, num_kv_pairs], got {pair}")
-            L, K = pair
-            _check(
-                K >= 1 and 4 * K <= L,
-                f"data.configs[{i}]",
-                f"need 1 <= num_kv_pairs and 4 * num_kv_pairs <= seq_len, got {pair}",
-            )
-            _check(
-                K <= d.vocab_size // 2 - 1,
-                f"data.configs[{i}]",
-                f"{K} distinct keys do not fit in vocab_size {d.vocab_size}; raise data.vocab_size",
-            )
         _check(d.power_a > 0, "data.power_a", f"expected > 0, got {d.power_a}")
     else:
+        for name in ("train_sets", "test_sets"):
+            _check(not getattr(d, name), f"data.{name}", "is for data.kind mqar only; remove it")
         _check(len(d.tasks) > 0, "data.tasks", "expected at least one {task: NAME, weight: W} entry")
         _check(d.pool_size >= 1, "data.pool_size", f"expected >= 1, got {d.pool_size}")
         _check(d.workers >= 0, "data.workers", f"expected >= 0, got {d.workers}")
@@ -253,8 +267,37 @@ def validate(config: TrainConfig) -> TrainConfig:
     _check(o.warmup_steps >= 0, "optim.warmup_steps", f"expected >= 0, got {o.warmup_steps}")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"expected in [0, 1], got {o.min_lr_ratio}")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"expected >= 0 (0 disables), got {o.grad_clip}")
-    _check(t.steps >= 1, "train.steps", f"expected >= 1, got {t.steps}")
     _check(t.batch_size >= 1, "train.batch_size", f"expected >= 1, got {t.batch_size}")
+    _check(t.epochs >= 0, "train.epochs", f"expected >= 0, got {t.epochs}")
+    if d.kind == "mqar" and d.train_sets:
+        _check(t.epochs >= 1, "train.epochs", "data.train_sets needs train.epochs >= 1 (passes over the sets)")
+        steps = t.epochs * batches_per_epoch(d.train_sets, t.batch_size)
+        _check(
+            t.steps in (None, steps),
+            "train.steps",
+            f"{t.steps} != train.epochs x batches per epoch = {steps}; leave train.steps out",
+        )
+        t.steps = steps
+    else:
+        _check(t.epochs == 0, "train.epochs", "needs data.train_sets (fixed sets to pass over); use train.steps")
+        t.steps = 1000 if t.steps is None else t.steps
+    _check(t.steps >= 1, "train.steps", f"expected >= 1, got {t.steps}")
+    _check(o.schedule in SCHEDULES, "optim.schedule", f"expected one of {SCHEDULES}, got {o.schedule!r}")
+    if o.schedule == "epoch_cosine":
+        _check(t.epochs >= 1, "optim.schedule", "epoch_cosine needs train.epochs >= 1")
+        _check(o.warmup_steps == 0, "optim.warmup_steps", "epoch_cosine has no warmup; set warmup_steps: 0")
+    _check(
+        o.weight_decay_on in DECAY_ON, "optim.weight_decay_on", f"expected one of {DECAY_ON}, got {o.weight_decay_on!r}"
+    )
+    _check(t.eval_every_epochs >= 0, "train.eval_every_epochs", f"expected >= 0, got {t.eval_every_epochs}")
+    _check(
+        t.eval_every_epochs == 0 or t.epochs >= 1,
+        "train.eval_every_epochs",
+        "needs train.epochs >= 1; use train.eval_every (steps) otherwise",
+    )
+    _check(
+        0 <= t.early_stop_accuracy < 1, "train.early_stop_accuracy", f"expected in [0, 1), got {t.early_stop_accuracy}"
+    )
     _check(t.precision in PRECISIONS, "train.precision", f"expected one of {PRECISIONS}, got {t.precision!r}")
     _check(t.device in DEVICES, "train.device", f"expected one of {DEVICES}, got {t.device!r}")
     for name in ("log_every", "eval_every", "save_every", "keep_checkpoints"):
@@ -263,6 +306,49 @@ def validate(config: TrainConfig) -> TrainConfig:
     _check(e.batch_size >= 1, "eval.batch_size", f"expected >= 1, got {e.batch_size}")
     _check(e.seed != config.seed, "eval.seed", "must differ from the training seed (held-out data)")
     return config
+
+
+def batches_per_epoch(train_sets: List[List[int]], batch_size: int) -> int:
+    """Batches in one pass over fixed sets: each set in order, its last batch possibly short (zoology)."""
+    return sum(-(-n // batch_size) for _, _, n in train_sets)
+
+
+def _check_sets(d: DataSpec) -> None:
+    """The (seq_len, num_kv_pairs) settings of data.configs / train_sets / test_sets fit the generator."""
+    named = [(f"data.configs[{i}]", c, 2) for i, c in enumerate(d.configs)]
+    for name in ("train_sets", "test_sets"):
+        named += [(f"data.{name}[{i}]", c, 3) for i, c in enumerate(getattr(d, name))]
+    _check(
+        bool(d.train_sets) or not d.test_sets,
+        "data.test_sets",
+        "fixed test sets come with fixed data.train_sets; remove test_sets or add train_sets",
+    )
+    for where, pair, size in named:
+        shape = "[seq_len, num_kv_pairs]" if size == 2 else "[seq_len, num_kv_pairs, num_examples]"
+        _check(len(pair) == size, where, f"expected {shape}, got {pair}")
+        L, K = pair[0], pair[1]
+        _check(K >= 1 and 4 * K <= L, where, f"need 1 <= num_kv_pairs and 4 * num_kv_pairs <= seq_len, got {pair}")
+        _check(
+            K <= d.vocab_size // 2 - 1,
+            where,
+            f"{K} distinct keys do not fit in vocab_size {d.vocab_size}; raise data.vocab_size",
+        )
+        if size == 3:
+            _check(pair[2] >= 1, where, f"num_examples must be >= 1, got {pair}")
+        if d.generator == "zoology":
+            _check(L % 2 == 0, where, f"zoology's MQAR needs an even seq_len, got {pair}")
+            _check(
+                d.vocab_size > L,
+                where,
+                f"zoology's MQAR needs vocab_size > seq_len ({d.vocab_size} <= {L}); raise data.vocab_size "
+                "or set data.generator: qdelta",
+            )
+    settings = [(s[0], s[1]) for s in d.test_sets]
+    _check(
+        len(set(settings)) == len(settings), "data.test_sets", f"two sets share a (seq_len, num_kv_pairs): {settings}"
+    )
+    if d.seed is not None:
+        _check(0 <= d.seed < 2**32, "data.seed", f"expected in [0, 2**32) (numpy's seed range), got {d.seed}")
 
 
 def _apply_override(data: Dict[str, Any], assignment: str) -> None:

@@ -9,6 +9,7 @@ A grid file is a base training config plus axes::
     d_models: [128, 64, 256]     # in priority order
     lrs: [1.0e-3, 3.0e-3]
     heads_per: 64                # heads = max(1, d_model // heads_per)
+    num_heads: 2                 # optional: a fixed head count instead ({head_dim} = d_model // heads)
     seeds: [0, 1, 2]             # optional: replicate every job once per training seed
 
 Jobs are ordered by priority: d_models in the given order, then learning rates, then model
@@ -22,6 +23,13 @@ the last seed first. Each job's base ``seed`` is set and its name gets ``-s{seed
 writes its run folder; jobs not started, or still running when ``--budget-s`` runs out, are
 listed as cut in ``grid.json``. ``--records-tar`` packs the run records (no weights), the
 partial ``train_log.jsonl`` of a cut run included.
+
+Fixed MQAR sets (``data.train_sets``, zoology's protocol) are generated once before the workers
+start, several sets at once, into the cache every run then reads
+(:func:`qdelta.harness.train.mqar_sets.prepare`); that time comes out of ``--budget-s``. Started
+again on the same ``out_dir``, a grid skips finished runs (their ``metrics.json``) and resumes cut
+ones from their last checkpoint (``train.save_every``), so a grid too long for one call finishes
+over several.
 
 With ``--gpus N`` (N >= 2; default: every visible GPU) worker ``i`` (and probe ``i``) runs on GPU
 ``i % N``: it is started with ``CUDA_VISIBLE_DEVICES`` naming that one GPU, so ``train.device:
@@ -93,7 +101,8 @@ def _expand_one_seed(grid: Dict[str, Any], base: Dict[str, Any], suffix: str) ->
     heads_per = int(grid.get("heads_per", 64))
     jobs = []
     for d in grid["d_models"]:
-        fields = {"d": d, "heads": max(1, d // heads_per)}
+        heads = int(grid["num_heads"]) if grid.get("num_heads") else max(1, d // heads_per)
+        fields = {"d": d, "heads": heads, "head_dim": d // heads}
         for lr in grid["lrs"]:
             for model_type, overrides in grid["models"].items():
                 if overrides is None:  # `name: null` drops a model type
@@ -255,6 +264,10 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
     jobs = expand_grid(grid)
     out_dir.mkdir(parents=True, exist_ok=True)
     probe = None
+    if grid.get("auto_steps") and grid["base"].get("data", {}).get("train_sets"):
+        raise ValueError(
+            "grid: auto_steps sizes step counts, but base.data.train_sets trains by epochs; remove auto_steps"
+        )
     if grid.get("auto_steps"):
         # steps from a probe, so that the first wave of jobs ends in auto_steps.wave_fraction of the budget
         auto = grid["auto_steps"]
@@ -268,6 +281,20 @@ def run_grid(grid: Dict[str, Any], out_dir: Path, *, workers: int, budget_s: flo
         log.info("probe: %s; slowest %.3f s/step -> %d steps per run", probe, slowest, steps)
         for job in jobs:
             job["train"] = {**job.get("train", {}), "steps": steps}
+    from .config import load_config
+    from .mqar_sets import prepare
+
+    prepared_at = time.time()
+    configs = []
+    for job in jobs:
+        try:
+            configs.append(load_config(data={**job, "output_dir": None}))
+        except (ValueError, TypeError):
+            pass  # its worker writes the error into the job's folder
+    sets = prepare(configs, processes=workers)
+    if sets:  # generated once, in parallel, before any worker starts; the budget pays for it
+        budget_s -= time.time() - prepared_at
+        log.info("fixed MQAR sets: %d ready in the cache (%.0f s)", sets, time.time() - prepared_at)
     ctx = mp.get_context("spawn")
     job_queue, results = ctx.Queue(), ctx.Queue()
     for job in jobs:

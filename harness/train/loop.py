@@ -59,6 +59,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def epoch_cosine_factor(step: int, *, steps_per_epoch: int, epochs: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr in the epoch of ``step``: zoology's ``CosineAnnealingLR(T_max=epochs,
+    eta_min=min_lr_ratio * lr)`` stepped once an epoch, no warmup."""
+    epoch = step // steps_per_epoch
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """Multiplier of the peak lr after ``step`` optimizer steps: linear warmup, then cosine."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -125,9 +132,12 @@ def build_model(spec: ModelSpec, vocab_size: int, seed: int):
     return model.float()
 
 
-def _param_groups(model, weight_decay: float) -> List[Dict[str, Any]]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def _param_groups(model, weight_decay: float, decay_on: str = "matrices") -> List[Dict[str, Any]]:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if decay_on == "all":
+        return [{"params": trainable, "weight_decay": weight_decay}]
+    decay = [p for p in trainable if p.ndim >= 2]
+    rest = [p for p in trainable if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
@@ -204,11 +214,18 @@ class _Run:
         self.model.to(self.device).train()
         o = config.optim
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, o.weight_decay), lr=lr, betas=tuple(o.betas), eps=o.eps
+            _param_groups(self.model, o.weight_decay, o.weight_decay_on), lr=lr, betas=tuple(o.betas), eps=o.eps
         )
-        schedule = dict(warmup_steps=o.warmup_steps, total_steps=t.steps, min_lr_ratio=o.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, **schedule))
+        self.steps_per_epoch = t.steps // t.epochs if t.epochs else 0
+        if o.schedule == "epoch_cosine":
+            epoch_schedule = dict(steps_per_epoch=self.steps_per_epoch, epochs=t.epochs, min_lr_ratio=o.min_lr_ratio)
+            factor = lambda s: epoch_cosine_factor(s, **epoch_schedule)  # noqa: E731
+        else:
+            schedule = dict(warmup_steps=o.warmup_steps, total_steps=t.steps, min_lr_ratio=o.min_lr_ratio)
+            factor = lambda s: lr_factor(s, **schedule)  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.step = self.tokens = 0
+        self.stopped_early = False
         if self.resume_from is not None:
             state = torch.load(self.resume_from / TRAINER_STATE, map_location="cpu", weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -241,8 +258,14 @@ class _Run:
     def train_step(self, step: int):
         """One optimizer step on the global batch of ``step``; returns (loss, grad_norm, lr, tokens)."""
         t = self.config.train
-        per_rank = t.batch_size // self.dist.world
         batch = self.source.batch(step, t.batch_size)
+        rows = batch.input_ids.shape[0]  # batch_size, or fewer for the last batch of a fixed set
+        if rows % self.dist.world:
+            raise ValueError(
+                f"step {step}: a batch of {rows} rows does not split over {self.dist.world} ranks; "
+                f"use sets whose sizes leave a multiple of {self.dist.world} in their last batch"
+            )
+        per_rank = rows // self.dist.world
         batch = batch.rows(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank).to(self.device)
         loss = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -337,11 +360,22 @@ class _Run:
                             "elapsed_s": round(time.perf_counter() - started, 3),
                         }
                     )
-                if (t.eval_every and self.step % t.eval_every == 0) or last:
+                epoch_end = bool(self.steps_per_epoch) and self.step % self.steps_per_epoch == 0
+                if (
+                    (t.eval_every and self.step % t.eval_every == 0)
+                    or (
+                        t.eval_every_epochs
+                        and epoch_end
+                        and (self.step // self.steps_per_epoch) % t.eval_every_epochs == 0
+                    )
+                    or last
+                ):
                     if self.dist.main:
                         eval_metrics = self._evaluate()
                         records.append({"step": self.step, "eval": eval_metrics})
                     self._barrier()
+                    if not last and self._should_stop(eval_metrics):
+                        self.stopped_early = True
                 if self.dist.main:
                     for record in records:
                         log_file.write(json.dumps(record) + "\n")
@@ -350,6 +384,14 @@ class _Run:
                     bar.update(1)
                     if records and "loss" in records[0]:
                         bar.set_postfix(loss=f"{records[0]['loss']:.3f}")
+                if self.stopped_early:
+                    log.info(
+                        "%s: held-out mean accuracy > %g at step %d; stopping",
+                        self.out,
+                        t.early_stop_accuracy,
+                        self.step,
+                    )
+                    break
                 if t.save_every and self.step % t.save_every == 0 and not last:
                     if self.dist.main:
                         self._save_checkpoint()
@@ -358,12 +400,26 @@ class _Run:
             bar.close()
         return self._finish(eval_metrics, time.perf_counter() - started)
 
+    def _should_stop(self, eval_metrics: Dict[str, float]) -> bool:
+        """Zoology's early stop: the held-out mean accuracy above ``train.early_stop_accuracy``
+        (the decision of rank 0, shared with the other ranks)."""
+        threshold = self.config.train.early_stop_accuracy
+        if not threshold:
+            return False
+        stop = torch.tensor([float(self.dist.main and eval_metrics.get("mean", 0.0) > threshold)])
+        if self.dist.world > 1:
+            stop = stop.to(self.device)
+            torch.distributed.broadcast(stop, src=0)
+        return bool(stop.item())
+
     def _finish(self, eval_metrics: Dict[str, float], elapsed: float) -> Dict[str, Any]:
         result = {
             "name": self.config.name,
             "model_type": self.config.model.type,
             "lr": self.lr,
-            "steps": self.config.train.steps,
+            "steps": self.step,
+            "planned_steps": self.config.train.steps,
+            "stopped_early": self.stopped_early,
             "seed": self.config.seed,
             "num_parameters": sum(p.numel() for p in self.model.parameters()),
             "eval": eval_metrics or self._final_eval_from_log(),
@@ -374,6 +430,9 @@ class _Run:
             "versions": _versions(),
             "last_session_s": round(elapsed, 3),
         }
+        sets = getattr(self.source, "sets", None)
+        if sets is not None:
+            result["data_sha256"] = sets.digests()
         if self.dist.main:
             self._save_model(self.out)
             _write_atomic(self.out / METRICS, json.dumps(result, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The tokenizer that lets `qdelta eval --tasks qd_mqar` read the text MQAR task with a model
 trained on token-level MQAR (results/mqar/long/runs, vocab 8192).
 
-qd_mqar renders token t of `qdelta.tasks.mqar.make_mqar` as `syllable_name(t)` for t < V/2 (keys)
+qd_mqar renders token t of `qdelta.tasks.mqar.zoology_multiquery_ar` as `syllable_name(t)` for t < V/2 (keys)
 and `str(t - V/2)` for t >= V/2 (values), joined by spaces (`qdelta.tasks.synthetic.build_mqar`).
 The trained checkpoints carry the id tokenizer (token t is the string "t"), which cannot read
 syllable words. This WordLevel tokenizer inverts qd_mqar's rendering, so each word of a qd_mqar

@@ -119,8 +119,19 @@ def test_evaluate_mqar_oracle_and_chance():
     rand = evaluate_mqar(
         lambda x: torch.randn(*x.shape, V, generator=torch.Generator().manual_seed(1)),
         V,
-        settings=[(32, 4), (64, 8)],
+        settings=[(32, 4), (48, 8)],
         num_examples=100,
         seed=5,
     )
-    assert rand["L32_K4"] < 0.06 and rand["L64_K8"] < 0.06 and set(rand) == {"L32_K4", "L64_K8", "mean", "all"}
+    assert rand["L32_K4"] < 0.06 and rand["L48_K8"] < 0.06 and set(rand) == {"L32_K4", "L48_K8", "mean", "all"}
+
+
+def test_evaluate_mqar_generators():
+    """zoology's draws by default; the qdelta generator also where zoology refuses (V <= L)."""
+    V = 32
+    oracle = _TableOracle(V, 4)
+    with pytest.raises(ValueError, match="vocab_size > seq_len"):
+        evaluate_mqar(oracle, V, settings=[(64, 4)], num_examples=4, seed=5)
+    assert evaluate_mqar(oracle, V, settings=[(64, 4)], num_examples=4, seed=5, generator="qdelta")["all"] == 1.0
+    with pytest.raises(ValueError, match="generator"):
+        evaluate_mqar(oracle, V, settings=[(16, 2)], num_examples=4, seed=5, generator="zoo")

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from qdelta.harness.train import mqar_tokenizer as bridge
-from qdelta.tasks.mqar import make_mqar
+from qdelta.tasks.mqar import zoology_multiquery_ar
 from qdelta.tasks.synthetic import build_mqar
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def test_qd_mqar_docs_tokenize_to_the_training_ids():
     assert len(docs) == 3 * (2 + 4)
     for d in docs:
         i = settings.index([d["seq_len"], d["num_kv_pairs"]])
-        inputs, labels = make_mqar(64, d["seq_len"], d["num_kv_pairs"], 3, seed=2 * 1000 + i, power_a=0.01)
+        inputs, labels = zoology_multiquery_ar(64, 3, d["seq_len"], 2 * 1000 + i, num_kv_pairs=d["num_kv_pairs"])
         ids = tok(d["context"])["input_ids"]
         t = len(ids) - 1
         assert ids == inputs[d["example"], : t + 1].tolist()

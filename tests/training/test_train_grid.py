@@ -113,3 +113,29 @@ def test_cli_refuses_more_gpus_than_visible(tmp_path):
     grid_file.write_text(yaml.safe_dump(tiny_grid()))
     with pytest.raises(ValueError, match="--gpus: 2 asked for, but 0 GPU"):
         train_grid.main([str(grid_file), str(tmp_path / "out"), "--gpus", "2", "--workers", "1"])
+
+
+def test_auto_steps_is_refused_for_epochs_over_fixed_sets(tmp_path):
+    grid = tiny_grid()
+    grid["auto_steps"] = {"wave_fraction": 0.5}
+    grid["base"]["data"]["train_sets"] = [[16, 2, 8]]
+    with pytest.raises(ValueError, match="auto_steps"):
+        train_grid.run_grid(grid, tmp_path / "grid", workers=1, budget_s=60)
+
+
+@pytest.mark.slow
+def test_grid_over_fixed_sets_prepares_the_cache_and_resumes(tmp_path):
+    grid = tiny_grid()
+    del grid["base"]["train"]["steps"]
+    grid["base"]["train"].update(epochs=2, save_every=1)
+    grid["base"]["data"].update(
+        train_sets=[[16, 2, 8], [20, 2, 4]], test_sets=[[16, 2, 4]], cache_dir=str(tmp_path / "c")
+    )
+    grid["lrs"] = [1e-3]
+    summary = train_grid.run_grid(grid, tmp_path / "grid", workers=1, budget_s=300)
+    assert summary["done"] == 1 and len(list((tmp_path / "c").glob("*.npz"))) == 3
+    metrics = json.loads((tmp_path / "grid" / "qdelta-d32-lr0.001" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 * 3 and set(metrics["eval"]) == {"L16_K2", "mean", "all"}
+    again = train_grid.run_grid(grid, tmp_path / "grid", workers=1, budget_s=300)  # a finished run is kept
+    assert again["done"] == 1
+    assert json.loads((tmp_path / "grid" / "qdelta-d32-lr0.001" / "metrics.json").read_text()) == metrics
