@@ -77,6 +77,15 @@ class QDeltaPreTrainedModel(PreTrainedModel):
     _is_stateful = True
     main_input_name = "input_ids"
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus ``auto_map`` and ``qdelta_remote.py`` (see
+        :mod:`qdelta.remote_code`), so ``trust_remote_code=True`` loaders read the folder."""
+        from .remote_code import auto_map, write_remote_module
+
+        self.config.auto_map = auto_map(self.config.model_type)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_module(save_directory)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own QDeltaCache

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List
 
 from .docs import to_dataset
 from .haystack import LengthCounter, fill_to_length, pool_size, sentences
+from .ruler_niah import RULER_FIELDS, RulerNIAHSpec, build_ruler_niah
 from .spec import parse_spec, require
 from .symbols import KINDS, capacity, sample_distinct
 
@@ -187,4 +188,7 @@ def build_passkey(**metadata: Any):
 SPECS = {
     "build_niah": (NIAHSpec, ("context_length", "depth", "length", "example")),
     "build_passkey": (PasskeySpec, ("context_length", "depth", "length", "example")),
+    "build_ruler_niah": (RulerNIAHSpec, RULER_FIELDS),
 }
+
+__all__ = ["build_niah", "build_passkey", "build_ruler_niah", "SPECS"]

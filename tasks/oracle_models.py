@@ -48,6 +48,8 @@ class OracleLM(LM):
 
     @staticmethod
     def recall(context: str, doc: Dict[str, Any]) -> Optional[str]:
+        if doc.get("match") == "all":  # RULER tasks: every value of every queried key
+            return " ".join(re.findall(doc["answer_pattern"], context)) or None
         match = re.search(doc["answer_pattern"], context)
         return match.group(1) if match else None
 

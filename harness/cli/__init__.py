@@ -11,7 +11,9 @@ heavy at module level, so ``qdelta --help`` and ``qdelta CMD --help`` answer wit
 before ``run`` the models are imported and registered with transformers (``qdelta.load()``) unless
 the module sets ``NEEDS_MODELS = False``. A subcommand that forwards unknown options (``qdelta
 eval`` passes them to lm-eval) calls ``parser.set_defaults(_accepts_extra=True)``; it finds them
-in ``args.extra``.
+in ``args.extra``. A module may set ``NAME`` (the subcommand's name when it is no Python name,
+e.g. ``lm-eval``), and ``PASSES_ALL_ARGUMENTS = True`` with ``run_argv(argv)``: every argument
+after the subcommand, ``--help`` included, then goes to it unparsed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import List, Optional
 
 def _subcommands():
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    return [(name, importlib.import_module(f"{__name__}.{name}")) for name in names]
+    modules = [importlib.import_module(f"{__name__}.{name}") for name in names]
+    return [(getattr(module, "NAME", name), module) for name, module in zip(names, modules)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for name, module in _subcommands():
+        if argv[:1] == [name] and getattr(module, "PASSES_ALL_ARGUMENTS", False):
+            try:
+                return int(module.run_argv(argv[1:]) or 0)
+            except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+                print(f"qdelta {name}: error: {err}", file=sys.stderr)
+                return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     level = max(logging.DEBUG, getattr(args, "_log_level", logging.INFO) - 10 * args.verbose)

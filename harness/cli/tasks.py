@@ -13,6 +13,7 @@ EPILOG = """examples:
   qdelta tasks list                          # shipped tasks and groups
   qdelta tasks list --include_path my_tasks  # plus your own folder
   qdelta tasks validate my_tasks/qd_colors.yaml
+  qdelta tasks show qd_niah_single_1 --limit 1 --tokenizer results/checkpoints/qdelta-tiny-recall
 """
 
 
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also list the YAML files under DIR (repeatable)",
     )
+    p_show = sub.add_parser("show", help="print the rendered prompts and targets of a task (what the model sees)")
+    p_show.add_argument("task", metavar="TASK", help="task or group name (ours, lm-eval's or under --include_path)")
+    p_show.add_argument("--limit", type=int, default=1, metavar="N", help="docs per task (default 1)")
+    p_show.add_argument("--tokenizer", default=None, metavar="PATH", help="metadata.tokenizer: lengths in its tokens")
+    p_show.add_argument("--include_path", "--include-path", default=None, metavar="DIR", help="your own task folder")
     p_val = sub.add_parser("validate", help="check task YAML files: fields, types, impossible combinations")
     p_val.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
@@ -59,6 +65,10 @@ def _rows(root: Path) -> List[tuple]:
 
 
 def run(args) -> int:
+    if args.tasks_command == "show":
+        from ._tasks_show import show
+
+        return show(args)
     if args.tasks_command == "validate":
         from qdelta.tasks.validate import validate_task_file
 
@@ -89,5 +99,5 @@ def run(args) -> int:
             "piqa, ...) download their data from the Hugging Face hub: offline they need a filled cache."
         )
         return 0
-    print("usage: qdelta tasks {list,validate} ...  (qdelta tasks --help)")
+    print("usage: qdelta tasks {list,show,validate} ...  (qdelta tasks --help)")
     return 2

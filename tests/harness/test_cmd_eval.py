@@ -294,7 +294,7 @@ def test_data_parallel_two_processes_match_one(tmp_path, checkpoints):
     for name in ("leaderboard.csv", "slices.csv"):
         assert (tmp_path / "board_dp" / name).read_text() == (tmp_path / "board_one" / name).read_text()
     slices = (tmp_path / "board_dp" / "slices.csv").read_text()
-    assert ",qd_niah_single_1_quick,acc,depth,0.0," in slices and ",qd_niah_single_1_quick,acc,depth,1.0," in slices
+    assert ",qd_niah_single_1_quick,acc,depth," in slices and ",qd_niah_single_1_quick,acc,context_length," in slices
 
 
 def test_run_id_follows_command_and_weights(tmp_path, checkpoints):

@@ -97,13 +97,15 @@ def test_full_suite_yaml_runs_with_metadata_overrides():
     """qd_recall's own YAML files, shrunk through --metadata (it reaches every task), oracle at 100 %."""
     from lm_eval.tasks import TaskManager
 
-    small = {"num_examples": 1, "settings": [[16, 2]], "num_pairs": [2], "context_lengths": [128], "num_depths": 1}
+    small = {"num_examples": 1, "settings": [[16, 2]], "num_pairs": [2], "context_lengths": [320], "num_depths": 1}
+    small["num_samples"] = 1  # the RULER needle tasks
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=small)
     res = lm_eval.simple_evaluate(
         model="qd_oracle", tasks=["qd_recall"], task_manager=manager, log_samples=True, bootstrap_iters=0
     )
     leaves = [t for t in res["results"] if t != "qd_recall"]
-    assert sorted(leaves) == sorted(q.replace("_quick", "") for q in QUICK)
+    ruler_only = [f"qd_niah_{n}" for n in ("multikey_1", "multikey_2", "multikey_3", "multivalue", "multiquery")]
+    assert sorted(leaves) == sorted([q.replace("_quick", "") for q in QUICK] + ruler_only)
     assert all(res["results"][t]["acc,none"] == 1.0 for t in leaves) and res["results"]["qd_recall"]["acc,none"] == 1.0
     docs = [s["doc"] for t in leaves for s in res["samples"][t]]
-    assert {d["slice"] for d in docs} >= {"L16_K2", "P16_K2", "pairs2", "len128_depth50"}
+    assert {d["slice"] for d in docs} >= {"L16_K2", "P16_K2", "pairs2", "len320_depth50", "len320"}
