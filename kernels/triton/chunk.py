@@ -146,6 +146,9 @@ def chunk_forward(
     PG = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if saved_pairs else None
     R = torch.empty(2, T, H, dtype=f32, device=dev) if norm else None
     Rq, Rk = (G, G) if R is None else (R[0], R[1])
+    if norm:
+        rows, BR = T * H, 32
+        chunk_fwd._l2norm_rows_kernel[(triton.cdiv(rows, BR),)](q, k, R, rows, K=K, BK=_p2(K), BR=BR)
     launch(
         chunk_fwd._intra_kernel,
         (NC, H),

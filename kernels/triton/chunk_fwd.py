@@ -80,11 +80,8 @@ def row_values(x, o_t, m_c, PRESENT: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def half_qk_tiles(
-    q, k, t_1, t_2, m_1, m_2, i_k, rq1, rk1, rq2, rk2, K: tl.constexpr, BK: tl.constexpr, NORM: tl.constexpr
-):
-    """The q and k tiles (fp32) of K block ``i_k`` for both halves of a chunk, with their offsets and masks;
-    with NORM the rows are scaled by the inverse norms ``rq*``, ``rk*`` (l2-normalised in registers)."""
+def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constexpr):
+    """The q and k tiles (fp32) of K block ``i_k`` for both halves of a chunk, with their offsets and masks."""
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     p_1, p_2 = t_1[:, None] * K + o_k[None, :], t_2[:, None] * K + o_k[None, :]
@@ -93,26 +90,22 @@ def half_qk_tiles(
     b_k1 = tl.load(k + p_1, mask=mk_1, other=0.0).to(tl.float32)
     b_q2 = tl.load(q + p_2, mask=mk_2, other=0.0).to(tl.float32)
     b_k2 = tl.load(k + p_2, mask=mk_2, other=0.0).to(tl.float32)
-    if NORM:
-        b_q1, b_k1 = b_q1 * rq1[:, None], b_k1 * rk1[:, None]
-        b_q2, b_k2 = b_q2 * rq2[:, None], b_k2 * rk2[:, None]
     return b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2
 
 
 @triton.jit
-def inverse_norms(x, t_1, t_2, m_1, m_2, K: tl.constexpr, BK: tl.constexpr, HC: tl.constexpr):
-    """``1 / sqrt(sum_k x^2 + 1e-6)`` of the rows of both halves of a chunk (fp32; the l2-norm of
-    ``qdelta.kernels.l2norm``)."""
-    ss_1 = tl.zeros([HC], dtype=tl.float32)
-    ss_2 = tl.zeros([HC], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_1 = tl.load(x + t_1[:, None] * K + o_k[None, :], mask=m_1[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_2 = tl.load(x + t_2[:, None] * K + o_k[None, :], mask=m_2[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        ss_1 += tl.sum(b_1 * b_1, 1)
-        ss_2 += tl.sum(b_2 * b_2, 1)
-    return tl.rsqrt(ss_1 + 1e-6), tl.rsqrt(ss_2 + 1e-6)
+def _l2norm_rows_kernel(q, k, R_out, rows, K: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
+    """``1 / sqrt(sum_k x^2 + 1e-6)`` (fp32; the l2-norm of ``qdelta.kernels.l2norm``) of BR (token, head)
+    rows of q and of k: R_out (2, rows), q's first. Every later kernel scales the rows by these."""
+    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    o_k = tl.arange(0, BK)
+    m_r = o_r < rows
+    m = m_r[:, None] & (o_k < K)[None, :]
+    p = o_r.to(tl.int64)[:, None] * K + o_k[None, :]
+    b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
+    tl.store(R_out + o_r, tl.rsqrt(tl.sum(b_q * b_q, 1) + 1e-6), mask=m_r)
+    b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+    tl.store(R_out + rows + o_r, tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6), mask=m_r)
 
 
 @triton.jit
@@ -133,8 +126,8 @@ def _intra_kernel(
     T_out,
     A_out,
     PG_out,
-    Rq_out,
-    Rk_out,  # with NORM: (T, H) fp32 inverse row norms of q and k (read by every later kernel)
+    Rq,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -149,7 +142,9 @@ def _intra_kernel(
     STORE_PG: tl.constexpr,
     NORM: tl.constexpr,
 ):
-    """With NORM, first the inverse row norms of q and k (q and k are l2-normalised as loaded). Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
+    """With NORM, q and k are taken l2-normalised: the products run on the rows as loaded, with
+    ``x = rk (k + (lam rq / rk) q)``, and the row scalings act on the C x C results and on W's
+    row factor. Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
     one chunk and head; with STORE_PG also the strictly lower ``P * Gam`` (``L`` without beta) for the
     backward, which then does not recompute the pairing. The chunk is handled as two halves of
     ``HC = max(16, BC / 2)`` rows (for BC = 16 the second half is padding):
@@ -176,14 +171,10 @@ def _intra_kernel(
     b_beta1, b_beta2 = row_values(beta, t_1, m_1, True, HC), row_values(beta, t_2, m_2, True, HC)
     b_lam1, b_lam2 = row_values(lam, t_1, m_1, HAS_LAM, HC), row_values(lam, t_2, m_2, HAS_LAM, HC)
     if NORM:
-        rq1, rq2 = inverse_norms(q, t_1, t_2, m_1, m_2, K, BK, HC)
-        rk1, rk2 = inverse_norms(k, t_1, t_2, m_1, m_2, K, BK, HC)
-        tl.store(Rq_out + t_1, rq1, mask=m_1)
-        tl.store(Rq_out + t_2, rq2, mask=m_2)
-        tl.store(Rk_out + t_1, rk1, mask=m_1)
-        tl.store(Rk_out + t_2, rk2, mask=m_2)
-    else:
-        rq1, rq2, rk1, rk2 = b_beta1, b_beta2, b_beta1, b_beta2  # unused without NORM
+        rq1, rq2 = row_values(Rq, t_1, m_1, True, HC), row_values(Rq, t_2, m_2, True, HC)
+        rk1, rk2 = row_values(Rk, t_1, m_1, True, HC), row_values(Rk, t_2, m_2, True, HC)
+        b_lam1 = b_lam1 * rq1 / tl.where(m_1, rk1, 1.0)  # x / rk = k + (lam rq / rk) q
+        b_lam2 = b_lam2 * rq2 / tl.where(m_2, rk2, 1.0)
 
     # pairing P (paper <x_i, k_j>, official <k_i, x_j>): the diagonal blocks transposed, P21 as is; Q K^T
     b_P11t = tl.zeros([HC, HC], dtype=tl.float32)
@@ -193,9 +184,7 @@ def _intra_kernel(
     b_QK21 = tl.zeros([HC, HC], dtype=tl.float32)
     b_QK22 = tl.zeros([HC, HC], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
-        b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(
-            q, k, t_1, t_2, m_1, m_2, i_k, rq1, rk1, rq2, rk2, K, BK, NORM
-        )
+        b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1, b_x2 = b_k1 + b_lam1[:, None] * b_q1, b_k2 + b_lam2[:, None] * b_q2
         b_QK11 += tl.dot(b_q1, tl.trans(b_k1))
         b_QK21 += tl.dot(b_q2, tl.trans(b_k1))
@@ -208,6 +197,13 @@ def _intra_kernel(
             b_P11t += tl.dot(b_k1, tl.trans(b_x1))
             b_P22t += tl.dot(b_k2, tl.trans(b_x2))
             b_P21 += tl.dot(b_x2, tl.trans(b_k1))
+    if NORM:  # the raw rows' products to the normalised rows' (P: both factors are k's, up to x / rk)
+        b_QK11 *= rq1[:, None] * rk1[None, :]
+        b_QK21 *= rq2[:, None] * rk1[None, :]
+        b_QK22 *= rq2[:, None] * rk2[None, :]
+        b_P11t *= rk1[:, None] * rk1[None, :]
+        b_P22t *= rk2[:, None] * rk2[None, :]
+        b_P21 *= rk2[:, None] * rk1[None, :]
     # L^T of the diagonal blocks: element (j, i) = beta_i P_ij exp(G_i - G_j) for j < i
     lower_t1 = (o_1[:, None] < o_1[None, :]) & m_1[:, None] & m_1[None, :]
     lower_t2 = (o_1[:, None] < o_1[None, :]) & m_2[:, None] & m_2[None, :]
@@ -267,10 +263,10 @@ def _intra_kernel(
 
     # W = T diag(beta gam) X and U = T diag(beta) V, by halves
     b_wx1, b_wx2 = b_beta1 * tl.exp(b_G1), b_beta2 * tl.exp(b_G2)
+    if NORM:
+        b_wx1, b_wx2 = b_wx1 * rk1, b_wx2 * rk2
     for i_k in range(tl.cdiv(K, BK)):
-        b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(
-            q, k, t_1, t_2, m_1, m_2, i_k, rq1, rk1, rq2, rk2, K, BK, NORM
-        )
+        b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1 = (b_k1 + b_lam1[:, None] * b_q1) * b_wx1[:, None]
         b_x2 = (b_k2 + b_lam2[:, None] * b_q2) * b_wx2[:, None]
         tl.store(W_out + p_1, tl.dot(b_T1, b_x1).to(W_out.dtype.element_ty), mask=mk_1)
