@@ -4,12 +4,14 @@ Every public op calls :func:`prepare` first. It checks shapes, dtypes, devices,
 ``cu_seqlens``, ``initial_state`` and ``variant`` (raising ``ValueError`` /
 ``TypeError`` that name the argument, what was expected and what came), fills the
 defaults of DESIGN §2 (``g=None`` -> no decay, ``beta=None`` -> 1, ``lam=None`` -> 0,
-``scale=None`` -> K ** -0.5) and applies the optional q/k l2-norm.
+``scale=None`` -> K ** -0.5) and records the optional q/k l2-norm, which is left to the
+path that runs the call: the Triton kernels normalise the rows in registers (nothing is copied),
+the PyTorch reference paths call :meth:`Inputs.normalised` first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import torch
@@ -37,7 +39,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 class Inputs:
     """Validated inputs with defaults filled in; shapes as in DESIGN §2."""
 
-    q: torch.Tensor  # (B, T, H, K), l2-normalised if asked
+    q: torch.Tensor  # (B, T, H, K), as given (see qk_l2norm)
     k: torch.Tensor  # (B, T, H, K)
     v: torch.Tensor  # (B, T, H, V)
     g: Optional[torch.Tensor]  # (B, T, H) or None (no decay)
@@ -47,6 +49,13 @@ class Inputs:
     initial_state: Optional[Union[torch.Tensor, OfficialState]]
     cu_seqlens: Optional[torch.Tensor]  # (N + 1,) int64 on the CPU, or None
     variant: str
+    qk_l2norm: bool = False  # q and k still to be l2-normalised over K (use_qk_l2norm=True)
+
+    def normalised(self) -> "Inputs":
+        """These inputs with q and k l2-normalised (eager PyTorch, differentiable; the reference paths)."""
+        if not self.qk_l2norm:
+            return self
+        return replace(self, q=l2norm(self.q), k=l2norm(self.k), qk_l2norm=False)
 
     @property
     def num_sequences(self) -> int:
@@ -146,8 +155,6 @@ def prepare(q, k, v, g, beta, lam, *, scale, initial_state, use_qk_l2norm, cu_se
         initial_state.check_offsets(N, OFFICIAL_CHUNK)
     elif initial_state is not None:
         _check_state("initial_state", initial_state, want, q.device)
-    if use_qk_l2norm:
-        q, k = l2norm(q), l2norm(k)
     if beta is None:
         beta = torch.ones(B, T, H, dtype=q.dtype, device=q.device)
-    return Inputs(q, k, v, g, beta, lam, float(scale), initial_state, cu, variant)
+    return Inputs(q, k, v, g, beta, lam, float(scale), initial_state, cu, variant, bool(use_qk_l2norm))

@@ -36,7 +36,9 @@ def _final(inp: Inputs, finals, device):
 
 
 def run_per_sequence(inp: Inputs, sequence_fn, output_final_state: bool):
-    """Apply ``sequence_fn(q, k, v, g, beta, lam, scale, state) -> (o, state)`` to every sequence."""
+    """Apply ``sequence_fn(q, k, v, g, beta, lam, scale, state) -> (o, state)`` to every sequence
+    (q and k l2-normalised first where the call asks for it)."""
+    inp = inp.normalised()
     acc = state_dtype(inp.q.dtype)
     B, T, H, K = inp.q.shape
     V = inp.v.shape[-1]

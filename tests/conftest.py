@@ -18,7 +18,7 @@ import pytest
 # 1e-7 .. 5e-7 on outputs and every gradient.
 INTERPRET_FP32 = {"forward": 1e-5, "grad": 1e-5}
 
-# CPU, TRITON_INTERPRET=1, fp16 inputs: l2-normalised q, k are rounded to fp16 before the kernel
+# CPU, TRITON_INTERPRET=1, fp16 inputs: q, k are fp16 (normalised inside the kernel, unrounded)
 # (the fp64 reference normalises unrounded values), outputs and gradients are rounded to fp16
 # (2^-11 relative): a few 1e-4 expected.
 INTERPRET_FP16 = {"forward": 2e-3, "grad": 2e-3}

@@ -1,19 +1,32 @@
-"""Kernel benchmark behind ``qdelta bench kernels`` (issue 3): timings, bandwidth, result files.
+"""Kernel benchmark behind ``qdelta bench kernels`` (issues 3, 18): timings, bandwidth, result files.
 
-Times (median of ``triton.testing.do_bench``, bf16, 32,768 tokens a batch) our Triton
-``chunk_qdelta`` forward and forward+backward, PyTorch SDPA flash attention at the same width
-(16 heads of 64 / 128), flash-linear-attention's ``chunk_gated_delta_rule`` when importable,
-and the recurrent decode step at 64 sequences with its effective state bandwidth next to a
-measured device-to-device copy bandwidth. Results go to ``results/bench/`` as JSON + markdown.
+One run times, on identical inputs (bf16, 32,768 tokens a batch, median ms of
+``triton.testing.do_bench``): our Triton ``chunk_qdelta`` (``qdelta-paper``, ``qdelta-official``),
+the authors' chunk kernel ``chunk_qdelta_rule`` (``authors``; their public repository's
+``qdelta/qdelta_rule`` folder, loaded from an ignored folder named by ``--authors`` or
+``QDELTA_AUTHORS_DIR``; skipped with the reason in the notes when absent), flash-linear-attention's
+``chunk_gated_delta_rule`` (``fla-gdn``) and PyTorch SDPA flash attention at the same model width
+(``sdpa``). The linear-attention kernels run with the q/k l2-norm inside the call
+(``qk_l2norm=True``, what the models call) and on the same q, k without it (they are unit rows
+already, so both modes do the same work apart from the norm). Each row has the forward with grad
+enabled (training: tensors kept for the backward), the forward under ``no_grad`` (prefill) and
+forward+backward. Decoding: the recurrent step at 64 sequences as the model calls it (the public
+wrapper, fp32 state, ``use_qk_l2norm=True``) beside the kernel alone and fla's fused recurrent Gated
+DeltaNet call on the same inputs, with the kernel's state bandwidth next to a measured copy.
+Results go to ``results/bench/kernels-<card>.json`` (run metadata and ``rows``, a list of
+``{"config", "T", "impl", "qk_l2norm", "fwd_ms", "fwd_bwd_ms", "fwd_nograd_ms", "batch"}``) and the
+markdown table made from it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -27,41 +40,20 @@ SDPA_HEADS = {"340M": (16, 64), "1.3B": (16, 128)}  # same width as the model (d
 LENGTHS = (2048, 4096, 8192, 16384)
 TOKENS = 32768
 DECODE_SEQUENCES = 64
-
-# DESIGN §5 anchors: the authors' chunk kernel (fwd, fwd+bwd ms), H200 and H100, torch 2.11, Triton 3.6.
-AUTHORS = {
-    "H200": {
-        ("340M", 2048): (0.76, 3.23),
-        ("340M", 4096): (0.85, 3.41),
-        ("340M", 8192): (1.06, 4.03),
-        ("340M", 16384): (1.56, 5.53),
-        ("1.3B", 2048): (1.89, 10.98),
-        ("1.3B", 4096): (1.90, 10.99),
-        ("1.3B", 8192): (2.13, 11.47),
-        ("1.3B", 16384): (2.17, 12.76),
-    },
-    "H100": {
-        ("340M", 2048): (1.11, 3.86),
-        ("340M", 16384): (1.64, 6.05),
-        ("1.3B", 2048): (2.07, 11.92),
-        ("1.3B", 16384): (2.36, 13.70),
-    },
-}
+IMPLS = ("qdelta-paper", "qdelta-official", "authors", "fla-gdn", "sdpa")
+AUTHORS_ENV = "QDELTA_AUTHORS_DIR"  # folder holding the authors' ``qdelta_rule`` package (never committed)
 
 
 @dataclass
 class Row:
     config: str
     T: int
-    batch: int
-    ours_fwd_ms: float
-    ours_fwdbwd_ms: float
-    sdpa_fwd_ms: Optional[float]
-    sdpa_fwdbwd_ms: Optional[float]
-    fla_fwd_ms: Optional[float] = None
-    fla_fwdbwd_ms: Optional[float] = None
-    authors_fwd_ms: Optional[float] = None
-    authors_fwdbwd_ms: Optional[float] = None
+    impl: str  # one of IMPLS
+    qk_l2norm: bool  # the q/k l2-norm inside the call (False for sdpa: no norm)
+    fwd_ms: Optional[float]  # forward, grad enabled (training)
+    fwd_bwd_ms: Optional[float]
+    fwd_nograd_ms: Optional[float] = None  # forward under torch.no_grad (prefill)
+    batch: int = 0
 
 
 @dataclass
@@ -69,11 +61,12 @@ class DecodeRow:
     config: str
     variant: str
     sequences: int
-    step_us: float  # the public call, host work included
-    kernel_us: float  # the kernel launch alone
+    step_us: float  # the public call as the model makes it (use_qk_l2norm=True, fp32 state), host work included
+    kernel_us: float  # the kernel launch alone, same inputs
     state_bytes: int
     gbps: float
     fraction_of_copy: float
+    fla_call_us: Optional[float] = None  # fla's fused_recurrent_gated_delta_rule call on the same inputs
 
 
 @dataclass
@@ -88,6 +81,7 @@ class Report:
     decode: List[DecodeRow] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     fla_note: Optional[str] = None  # set where fla's backward guard was lifted for timing
+    authors: str = ""  # where the authors' kernel came from ("" when it was not measured)
     launch_overrides: str = ""  # QDELTA_TRITON_LAUNCH of the run (kernels/triton/launch.py), "" for the defaults
     # the launch settings in force, per head config and kernel (defaults and overrides resolved): tells runs of
     # code with other defaults apart ({} in reports written before it was recorded)
@@ -121,19 +115,42 @@ def _inputs(B, T, H, K, V, requires_grad=False, seed=0):
     return [t.requires_grad_(requires_grad) for t in ts]
 
 
-def time_ours(B, T, H, K, V, variant="paper"):
+def _time_three(call, do) -> tuple:
+    """(fwd with grad enabled, fwd+bwd, fwd under no_grad) ms of ``call() -> output``."""
+    fwd = _bench(call)
+    fwdbwd = _bench(lambda: call().backward(do))
+    with torch.no_grad():
+        nograd = _bench(call)
+    return fwd, fwdbwd, nograd
+
+
+def time_ours(B, T, H, K, V, variant="paper", qk_l2norm=True):
+    """Our ``chunk_qdelta`` as a layer calls it (the public op, ``use_qk_l2norm`` as given)."""
     from qdelta.kernels import chunk_qdelta
 
     q, k, v, g, beta, lam = _inputs(B, T, H, K, V, requires_grad=True)
     do = torch.randn(B, T, H, V, device="cuda").bfloat16()
-    with torch.no_grad():
-        fwd = _bench(lambda: chunk_qdelta(q, k, v, g, beta, lam, variant=variant))
+    return _time_three(lambda: chunk_qdelta(q, k, v, g, beta, lam, variant=variant, use_qk_l2norm=qk_l2norm)[0], do)
 
-    def fwdbwd():
-        o, _ = chunk_qdelta(q, k, v, g, beta, lam, variant=variant)
-        o.backward(do)
 
-    return fwd, _bench(fwdbwd)
+def load_authors(folder: Optional[str]):
+    """The authors' ``chunk_qdelta_rule`` from ``folder`` (which holds their ``qdelta_rule`` package, copied
+    from github.com/psmiz/Q-Delta ``qdelta/qdelta_rule``); raises ValueError naming what is missing."""
+    if not folder:
+        raise ValueError(f"no folder with the authors' kernel given (--authors or {AUTHORS_ENV})")
+    path = Path(folder)
+    if not (path / "qdelta_rule" / "__init__.py").is_file():
+        raise ValueError(f"{path}/qdelta_rule/__init__.py not found (copy psmiz/Q-Delta's qdelta/qdelta_rule there)")
+    if str(path.resolve()) not in sys.path:
+        sys.path.insert(0, str(path.resolve()))
+    return importlib.import_module("qdelta_rule").chunk_qdelta_rule
+
+
+def time_authors(fn, B, T, H, K, V, qk_l2norm=True):
+    """The authors' chunk kernel on the same inputs (lam as their ``lq``)."""
+    q, k, v, g, beta, lam = _inputs(B, T, H, K, V, requires_grad=True)
+    do = torch.randn(B, T, H, V, device="cuda").bfloat16()
+    return _time_three(lambda: fn(q, k, v, g, beta, lam, use_qk_l2norm_in_kernel=qk_l2norm)[0], do)
 
 
 def batch_size(T: int) -> int:
@@ -156,10 +173,7 @@ def time_sdpa(config, T):
     q, k, v = (torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     do = torch.randn(B, heads, T, dim, device="cuda", dtype=torch.bfloat16)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        with torch.no_grad():
-            fwd = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        fwdbwd = _bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(do))
-    return fwd, fwdbwd
+        return _time_three(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), do)
 
 
 def fla_version() -> Optional[str]:
@@ -199,21 +213,18 @@ def fla_backward_guard_lifted() -> Iterator[bool]:
         chunk_o.TRITON_ABOVE_3_7_1 = saved
 
 
-def time_fla(B, T, H, K, V, report: Optional[Report] = None):
-    """fla's ``chunk_gated_delta_rule`` (Gated DeltaNet = Q-Delta with lam = 0), fwd and fwd+bwd ms.
+def time_fla(B, T, H, K, V, report: Optional[Report] = None, qk_l2norm=True):
+    """fla's ``chunk_gated_delta_rule`` (Gated DeltaNet = Q-Delta with lam = 0) on the same inputs.
     The backward runs with fla's Hopper/Triton guard lifted; ``report.fla_note`` says so where
     the guard was active."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     q, k, v, g, beta, _ = _inputs(B, T, H, K, V, requires_grad=True)
     do = torch.randn(B, T, H, V, device="cuda").bfloat16()
-    with torch.no_grad():
-        fwd = _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta))
     with fla_backward_guard_lifted() as lifted:
         if lifted and report is not None:
             report.fla_note = FLA_GUARD_NOTE
-        fwdbwd = _bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0].backward(do))
-    return fwd, fwdbwd
+        return _time_three(lambda: chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=qk_l2norm)[0], do)
 
 
 def time_decode(config, variant, copy_gbps):
@@ -233,7 +244,9 @@ def time_decode(config, variant, copy_gbps):
         mats = 3
     with torch.no_grad():
         us = 1e3 * _bench(
-            lambda: fused_recurrent_qdelta(q, k, v, g, beta, lam, initial_state=state, inplace=True, variant=variant)
+            lambda: fused_recurrent_qdelta(
+                q, k, v, g, beta, lam, initial_state=state, inplace=True, variant=variant, use_qk_l2norm=True
+            )
         )
         inp = prepare(
             q,
@@ -244,26 +257,36 @@ def time_decode(config, variant, copy_gbps):
             lam,
             scale=None,
             initial_state=state,
-            use_qk_l2norm=False,
+            use_qk_l2norm=True,
             cu_seqlens=None,
             variant=variant,
         )
         launch, _ = build_launch(inp, output_final_state=False, inplace=True)
         kernel_us = 1e3 * _bench(launch)
+        fla_us = None
+        if variant == "paper" and fla_version():
+            from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
+
+            s0 = state.clone()
+            fla_us = 1e3 * _bench(
+                lambda: fused_recurrent_gated_delta_rule(
+                    q, k, v, g, beta, initial_state=s0, output_final_state=True, use_qk_l2norm_in_kernel=True
+                )
+            )
     nbytes = 2 * mats * N * H * K * V * 4  # each fp32 state matrix read once and written once
     gbps = nbytes / (kernel_us * 1e-6) / 1e9
-    return DecodeRow(config, variant, N, us, kernel_us, nbytes, gbps, gbps / copy_gbps)
+    return DecodeRow(config, variant, N, us, kernel_us, nbytes, gbps, gbps / copy_gbps, fla_us)
 
 
 def _guarded(report: Report, what: str, fn):
-    """Run one timing; on failure record it in the report's notes and return (None, None)."""
+    """Run one timing; on failure record it in the report's notes and return (None, None, None)."""
     try:
         return fn()
     except Exception as err:  # a failed measurement must not lose the others
         log.exception("%s failed", what)
         report.notes.append(f"{what}: failed ({type(err).__name__}: {str(err)[:200]})")
         torch.cuda.empty_cache()
-        return None, None
+        return None, None, None
 
 
 def card_family(name: str) -> Optional[str]:
@@ -293,9 +316,10 @@ def resolved_launch_settings() -> Dict[str, Dict[str, Dict]]:
     return {c: {k: launch.settings(k, K, V) for k in kernels} for c, (_, K, V) in HEAD_CONFIGS.items()}
 
 
-def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None) -> Report:
-    """All timings of issue 3 on the current CUDA device; ``on_progress(report)`` after every row
-    (the CLI writes the files then, so a run cut short keeps what it measured)."""
+def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None, authors_dir=None) -> Report:
+    """All timings on the current CUDA device; ``on_progress(report)`` after every shape (the CLI writes
+    the files then, so a run cut short keeps what it measured). ``authors_dir``: the folder with the
+    authors' ``qdelta_rule`` package (default: ``QDELTA_AUTHORS_DIR``)."""
     if not torch.cuda.is_available():
         raise ValueError("qdelta bench kernels needs a CUDA GPU (none is visible); run it on the GPU machine")
     import triton
@@ -314,29 +338,42 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
     skipped = left_out(configs, lengths)
     if skipped:
         report.notes.append(NOT_RUN + ", ".join(skipped))
+    try:
+        authors = load_authors(authors_dir or os.environ.get(AUTHORS_ENV))
+        report.authors = (
+            f"chunk_qdelta_rule from {authors_dir or os.environ.get(AUTHORS_ENV)} (github.com/psmiz/Q-Delta)"
+        )
+    except Exception as err:  # noqa: BLE001 - any reason it cannot be loaded is stated, the rest still runs
+        authors = None
+        report.notes.append(f"authors' kernel not measured: {type(err).__name__}: {str(err)[:200]}")
+    if report.fla == "not installed":
+        report.notes.append("fla-gdn not measured: flash-linear-attention (fla-core) is not importable")
     progress = on_progress or (lambda r: None)
-    anchors = AUTHORS.get(card_family(name), {})
     for config in configs:
-        H, K, V = HEAD_CONFIGS[config]
-        for T in lengths:
-            B = batch_size(T)
-            log.info("chunk %s T=%d B=%d", config, T, B)
-            ours = _guarded(report, f"ours {config} T={T}", lambda: time_ours(B, T, H, K, V))
-            sdpa = _guarded(report, f"SDPA {config} T={T}", lambda: time_sdpa(config, T))
-            row = Row(config, T, B, *ours, *sdpa)
-            if report.fla != "not installed":
-                row.fla_fwd_ms, row.fla_fwdbwd_ms = _guarded(
-                    report, f"fla {config} T={T}", lambda: time_fla(B, T, H, K, V, report)
-                )
-            log.info("%s", row)
-            row.authors_fwd_ms, row.authors_fwdbwd_ms = anchors.get((config, T), (None, None))
-            report.rows.append(row)
-            progress(report)
-            torch.cuda.empty_cache()
         for variant in ("paper", "official"):
             report.decode.append(time_decode(config, variant, report.copy_gbps))
             log.info("%s", report.decode[-1])
             progress(report)
+    for T in lengths:  # lengths outer: a run cut short still has both head configs of the first lengths
+        for config in configs:
+            H, K, V = HEAD_CONFIGS[config]
+            B = batch_size(T)
+            log.info("chunk %s T=%d B=%d", config, T, B)
+            timings = {}
+            for norm in (True, False):
+                for variant in ("paper", "official"):
+                    timings[f"qdelta-{variant}", norm] = lambda v=variant, n=norm: time_ours(B, T, H, K, V, v, n)
+                if authors is not None:
+                    timings["authors", norm] = lambda n=norm: time_authors(authors, B, T, H, K, V, n)
+                if report.fla != "not installed":
+                    timings["fla-gdn", norm] = lambda n=norm: time_fla(B, T, H, K, V, report, n)
+            timings["sdpa", False] = lambda: time_sdpa(config, T)
+            for (impl, norm), fn in timings.items():
+                fwd, fwdbwd, nograd = _guarded(report, f"{impl} qk_l2norm={norm} {config} T={T}", fn)
+                report.rows.append(Row(config, T, impl, norm, fwd, fwdbwd, nograd, B))
+                log.info("%s", report.rows[-1])
+                torch.cuda.empty_cache()
+                progress(report)
     return report
 
 
@@ -370,25 +407,29 @@ def merge_reports(reports: List[Report]) -> Report:
                 )
     rows, decode, copy_gbps = {}, {}, first.copy_gbps
     for r in reports:
-        rows.update({(w.config, w.T): w for w in r.rows})
+        rows.update({(w.config, w.T, w.impl, w.qk_l2norm): w for w in r.rows})
         if r.decode:
             decode.update({(d.config, d.variant): d for d in r.decode})
             copy_gbps = r.copy_gbps
     order = list(HEAD_CONFIGS)
-    by_shape = lambda w: (order.index(w.config), w.T)  # noqa: E731  (table order)
+    by_shape = lambda w: (order.index(w.config), w.T, IMPLS.index(w.impl), not w.qk_l2norm)  # noqa: E731
     merged = Report(
         **{n: getattr(first, n) for n in MERGE_MUST_MATCH},
         date=reports[-1].date,
         copy_gbps=copy_gbps,
         fla_note=next((r.fla_note for r in reports if r.fla_note), None),
+        authors=next((r.authors for r in reports if r.authors), ""),
     )
     merged.rows = sorted(rows.values(), key=by_shape)
     merged.decode = sorted(decode.values(), key=lambda d: (order.index(d.config), d.variant != "paper"))
-    runs = [f"{r.date} ({', '.join(f'{w.config} T={w.T}' for w in sorted(r.rows, key=by_shape))})" for r in reports]
+    runs = [
+        f"{r.date} ({', '.join(dict.fromkeys(f'{w.config} T={w.T}' for w in sorted(r.rows, key=by_shape)))})"
+        for r in reports
+    ]
     merged.notes = [f"merged from {len(reports)} runs on the same card and settings: " + "; ".join(runs)]
     kept = [n for r in reports for n in r.notes if not n.startswith((NOT_RUN, "merged from"))]
     merged.notes += list(dict.fromkeys(kept))  # each note once, in order
-    lacking = missing(set(rows), set(decode_config for decode_config, _ in decode))
+    lacking = missing({key[:2] for key in rows}, set(decode_config for decode_config, _ in decode))
     if lacking:
         merged.notes.append(NOT_RUN + ", ".join(lacking))
     return merged
@@ -398,44 +439,78 @@ def _fmt(x, digits=2):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _find(r: Report, config, T, impl, norm) -> Optional[Row]:
+    return next((w for w in r.rows if (w.config, w.T, w.impl, w.qk_l2norm) == (config, T, impl, norm)), None)
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    return "—" if a is None or b is None else f"{a / b:.2f}x"
+
+
 def to_markdown(r: Report) -> str:
+    """The report as markdown: every row, then the ratios against the authors and the cost of the norm."""
     lines = [
         f"# Kernel benchmark ({r.card})",
         "",
         f"torch {r.torch}, Triton {r.triton}, flash-linear-attention: {r.fla}, {r.date}. "
-        f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench. "
-        "Ours = Triton forward and Triton backward (kernels/triton/NOTES.md; launch settings in launch.py). "
-        "Authors' columns are DESIGN §5 anchors measured on the same card family (— where none)."
+        f"bf16, {TOKENS} tokens a batch, median ms of triton.testing.do_bench, every column measured in this "
+        "run on identical inputs. qdelta-* = our Triton forward and backward (kernels/triton/NOTES.md); "
+        f"authors = {r.authors or 'not measured (see the notes)'}; fla-gdn = fla's chunk_gated_delta_rule "
+        "(lam = 0); sdpa = PyTorch flash attention, 16 heads of the model width. qk_l2norm: the q/k l2-norm "
+        "inside the call. fwd = forward with grad enabled (training), no_grad = forward under torch.no_grad "
+        "(prefill)."
         + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}." if r.launch_overrides else ""),
         "",
-        "| heads | T | B | ours fwd | ours fwd+bwd | SDPA flash fwd | SDPA fwd+bwd | fla GDN fwd | fla fwd+bwd "
-        "| authors fwd | authors fwd+bwd |",
-        "|" + "---|" * 11,
+        "| heads | T | B | impl | qk_l2norm | fwd | fwd no_grad | fwd+bwd |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for w in r.rows:
         lines.append(
-            f"| {w.config} | {w.T} | {w.batch} | {_fmt(w.ours_fwd_ms)} | {_fmt(w.ours_fwdbwd_ms)} | "
-            f"{_fmt(w.sdpa_fwd_ms)} | {_fmt(w.sdpa_fwdbwd_ms)} | "
-            f"{_fmt(w.fla_fwd_ms) if r.fla != 'not installed' else 'not installed'} | "
-            f"{_fmt(w.fla_fwdbwd_ms) if r.fla != 'not installed' else 'not installed'} | "
-            f"{_fmt(w.authors_fwd_ms)} | {_fmt(w.authors_fwdbwd_ms)} |"
+            f"| {w.config} | {w.T} | {w.batch} | {w.impl} | {'yes' if w.qk_l2norm else 'no'} | "
+            f"{_fmt(w.fwd_ms)} | {_fmt(w.fwd_nograd_ms)} | {_fmt(w.fwd_bwd_ms)} |"
         )
     if r.fla_note:
         lines += ["", r.fla_note + "."]
     lines += [
         "",
-        f"Decode step (one token, {DECODE_SEQUENCES} sequences, state updated in place); "
-        f"measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write).",
+        "Ratios (qdelta-paper with the norm in the call, as the models run it; < 1 is faster): "
+        "against the authors with their in-kernel norm, fwd / no_grad fwd / fwd+bwd; the official variant "
+        "over the paper one (fwd+bwd); the norm's cost (with / without, fwd+bwd).",
         "",
-        "GB/s and share of copy use the kernel time.",
+        "| heads | T | vs authors fwd | vs authors no_grad | vs authors fwd+bwd | vs SDPA fwd+bwd "
+        "| official / paper | norm on / off |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for config, T in dict.fromkeys((w.config, w.T) for w in r.rows):
+        ours = _find(r, config, T, "qdelta-paper", True)
+        off = _find(r, config, T, "qdelta-paper", False)
+        official = _find(r, config, T, "qdelta-official", True)
+        auth = _find(r, config, T, "authors", True)
+        sdpa = _find(r, config, T, "sdpa", False)
+        if ours is None:
+            continue
+        get = lambda w, f: None if w is None else getattr(w, f)  # noqa: E731
+        lines.append(
+            f"| {config} | {T} | {_ratio(ours.fwd_ms, get(auth, 'fwd_ms'))} | "
+            f"{_ratio(ours.fwd_nograd_ms, get(auth, 'fwd_nograd_ms'))} | "
+            f"{_ratio(ours.fwd_bwd_ms, get(auth, 'fwd_bwd_ms'))} | {_ratio(ours.fwd_bwd_ms, get(sdpa, 'fwd_bwd_ms'))} | "
+            f"{_ratio(get(official, 'fwd_bwd_ms'), ours.fwd_bwd_ms)} | {_ratio(ours.fwd_bwd_ms, get(off, 'fwd_bwd_ms'))} |"
+        )
+    lines += [
         "",
-        "| heads | variant | call us | kernel us | state bytes | GB/s | of copy |",
-        "|---|---|---|---|---|---|---|",
+        f"Decode step (one token, {DECODE_SEQUENCES} sequences, fp32 state updated in place, use_qk_l2norm=True): "
+        "call = the public fused_recurrent_qdelta as the model calls it, host work included; kernel = the "
+        "kernel launch alone; fla call = fla's fused_recurrent_gated_delta_rule on the same inputs. "
+        f"Measured device-to-device copy: {r.copy_gbps:.0f} GB/s (read + write); GB/s and share of copy use "
+        "the kernel time.",
+        "",
+        "| heads | variant | call us | kernel us | fla call us | state bytes | GB/s | of copy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for d in r.decode:
         lines.append(
-            f"| {d.config} | {d.variant} | {d.step_us:.1f} | {d.kernel_us:.1f} | {d.state_bytes} | "
-            f"{d.gbps:.0f} | {100 * d.fraction_of_copy:.0f}% |"
+            f"| {d.config} | {d.variant} | {d.step_us:.1f} | {d.kernel_us:.1f} | {_fmt(d.fla_call_us, 1)} | "
+            f"{d.state_bytes} | {d.gbps:.0f} | {100 * d.fraction_of_copy:.0f}% |"
         )
     lines += [""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
@@ -454,3 +529,60 @@ def write_report(r: Report, out_dir: Path) -> Dict[str, Path]:
     _atomic_write(paths["json"], json.dumps(asdict(r), indent=2) + "\n")
     _atomic_write(paths["md"], to_markdown(r))
     return paths
+
+
+SUMMARY_BEGIN, SUMMARY_END = (
+    "<!-- kernel numbers: generated by qdelta.harness.bench.kernels summary -->",
+    "<!-- end -->",
+)
+
+
+def summary(r: Report) -> str:
+    """The kernel numbers the README and NOTES.md quote, made from one report (paper variant, the norm
+    in the call, as the models run it; every peer from the same run): regenerate them with
+    ``python -m qdelta.harness.bench.kernels summary results/bench/kernels-h200.json``."""
+
+    def ms(config, T, impl, norm, f="fwd_bwd_ms"):
+        w = _find(r, config, T, impl, norm)
+        return None if w is None else getattr(w, f)
+
+    parts = []
+    for config in HEAD_CONFIGS:
+        for T in (2048, 16384):
+            ours, auth = ms(config, T, "qdelta-paper", True), ms(config, T, "authors", True)
+            if ours is None:
+                continue
+            parts.append(
+                f"{config} heads, T = {T}: fwd {_fmt(ms(config, T, 'qdelta-paper', True, 'fwd_ms'))} / "
+                f"fwd+bwd {_fmt(ours)} ms; authors {_fmt(ms(config, T, 'authors', True, 'fwd_ms'))} / "
+                f"{_fmt(auth)} ({_ratio(ours, auth)}); fla Gated DeltaNet {_fmt(ms(config, T, 'fla-gdn', True))} "
+                f"({_ratio(ours, ms(config, T, 'fla-gdn', True))}); SDPA flash {_fmt(ms(config, T, 'sdpa', False))}; "
+                f"pre-normalised q, k {_fmt(ms(config, T, 'qdelta-paper', False))} "
+                f"(norm {_ratio(ours, ms(config, T, 'qdelta-paper', False))}); official variant "
+                f"{_fmt(ms(config, T, 'qdelta-official', True))}"
+            )
+    dec = [
+        f"{d.config} {d.variant} {d.step_us:.0f} / {d.kernel_us:.0f} us"
+        + (f" (fla {d.fla_call_us:.0f} us)" if d.fla_call_us else "")
+        for d in r.decode
+    ]
+    return (
+        f"{r.card}, torch {r.torch}, Triton {r.triton}, fla {r.fla}, {r.date[:10]}, bf16, {TOKENS} tokens a batch, "
+        "use_qk_l2norm=True (ratios: ours over the peer). "
+        + ". ".join(parts)
+        + ". Decode, 64 sequences, call / kernel: "
+        + ", ".join(dec)
+        + "."
+    )
+
+
+def _main(argv: List[str]) -> int:
+    if len(argv) != 2 or argv[0] != "summary":
+        print("usage: python -m qdelta.harness.bench.kernels summary KERNELS_JSON", file=sys.stderr)
+        return 2
+    print(SUMMARY_BEGIN + "\n" + summary(load_report(Path(argv[1]))) + "\n" + SUMMARY_END)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

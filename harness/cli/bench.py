@@ -1,4 +1,4 @@
-"""``qdelta bench kernels``: time the Q-Delta Triton kernels against SDPA, fla and DESIGN §5 anchors."""
+"""``qdelta bench kernels``: time the Q-Delta Triton kernels against the authors' kernel, fla and SDPA in one run."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for kernels-<card>.json / .md (default results/bench)",
     )
     parser.add_argument(
+        "--authors",
+        default=None,
+        metavar="DIR",
+        help="folder holding the authors' qdelta_rule package (psmiz/Q-Delta's qdelta/qdelta_rule, never "
+        "committed; default $QDELTA_AUTHORS_DIR); without it their kernel is skipped and the notes say why",
+    )
+    parser.add_argument(
         "--merge",
         type=Path,
         nargs="+",
@@ -51,7 +58,7 @@ def run(args) -> int:
     from qdelta.harness.bench import kernels as bench_kernels
 
     if args.merge:
-        if args.lengths or args.configs:
+        if args.lengths or args.configs or args.authors:
             raise ValueError("--merge combines finished runs; --lengths / --configs do not apply to it")
         for path in args.merge:
             if not path.is_file():
@@ -70,6 +77,7 @@ def run(args) -> int:
         lengths=tuple(args.lengths or bench_kernels.LENGTHS),
         configs=tuple(args.configs or bench_kernels.HEAD_CONFIGS),
         on_progress=lambda r: bench_kernels.write_report(r, args.out),
+        authors_dir=args.authors,
     )
     paths = bench_kernels.write_report(report, args.out)
     print(bench_kernels.to_markdown(report))

@@ -22,7 +22,7 @@ from typing import Tuple
 import torch
 import triton
 
-from .._inputs import OFFICIAL_CHUNK, Inputs
+from .._inputs import OFFICIAL_CHUNK, Inputs, l2norm
 from ..chunk import _chunk
 from ..state import OfficialState
 from . import chunk_fwd
@@ -109,6 +109,7 @@ def chunk_forward(
     chunk_size: int,
     official: bool,
     store_inverse: bool = False,
+    norm: bool = False,
 ):
     """Launch the forward kernels. Tokens laid out (T, H, ·), contiguous.
 
@@ -116,7 +117,9 @@ def chunk_forward(
     the official final state needs them and the output is fused), ht (N, H, K, V) final states
     and, with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, PG, h) with T the
     per-chunk ``(I + L)^-1`` (NC, H, BC, BC) and PG the strictly lower ``P * Gam`` (None unless the
-    backward is set to read it, launch.py SAVED_PAIRS); else None.
+    backward is set to read it, launch.py SAVED_PAIRS), and R, the (2, T, H) fp32 inverse row norms of
+    q and k (None without ``norm``); else None. With ``norm`` the kernels l2-normalise the rows of q
+    and k as they load them (``use_qk_l2norm``: no normalised copy is made).
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -141,6 +144,11 @@ def chunk_forward(
     Aqk = torch.empty(NC, H, BC, BC, dtype=q.dtype if a16 else f32, device=dev)
     # P * Gam for a backward that reads the pairing instead of recomputing it (launch.py SAVED_PAIRS)
     PG = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if saved_pairs else None
+    R = torch.empty(2, T, H, dtype=f32, device=dev) if norm else None
+    Rq, Rk = (G, G) if R is None else (R[0], R[1])
+    if norm:
+        rows, BR = T * H, 32
+        chunk_fwd._l2norm_rows_kernel[(triton.cdiv(rows, BR),)](q, k, R, rows, K=K, BK=_p2(K), BR=BR)
     launch(
         chunk_fwd._intra_kernel,
         (NC, H),
@@ -159,6 +167,8 @@ def chunk_forward(
         G if Tinv is None else Tinv,
         Aqk,
         G if PG is None else PG,
+        Rq,
+        Rk,
         H=H,
         K=K,
         V=V,
@@ -168,6 +178,7 @@ def chunk_forward(
         OFFICIAL=official,
         STORE_T=store_inverse,
         STORE_PG=PG is not None,
+        NORM=norm,
         HC=max(16, BC // 2),
     )
     cfg = state
@@ -199,12 +210,15 @@ def chunk_forward(
         ht if h is None else h,
         U if Up is None else Up,
         ht,
+        Rq,
+        Rk,
         scale,
         H=H,
         K=K,
         V=V,
         BC=BC,
         BK=_p2(K),
+        NORM=norm,
         HAS_H0=h0 is not None,
         FUSE_OUTPUT=fuse,
         STORE_H=store_h,
@@ -224,23 +238,26 @@ def chunk_forward(
             o,
             table.bos,
             table.len,
+            Rq,
             scale,
             H=H,
             K=K,
             V=V,
             BC=BC,
+            NORM=norm,
         )
-    return o, h, ht, ((G, W, Up, Aqk, Tinv, PG, h) if store_inverse else None)
+    return o, h, ht, ((G, W, Up, Aqk, Tinv, PG, h, R) if store_inverse else None)
 
 
 class _ChunkQDelta(torch.autograd.Function):
-    """(q, k, v, g, beta, lam, h0) -> (o, final state, start state of every sequence's last chunk)."""
+    """(q, k, v, g, beta, lam, h0) -> (o, final state, start state of every sequence's last chunk);
+    with ``norm`` q and k are l2-normalised inside the kernels (gradients through the norm included)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official):
+    def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, norm):
         needs_grad = any(ctx.needs_input_grad[:7])
         o, h, ht, for_backward = chunk_forward(
-            q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, store_inverse=needs_grad
+            q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, store_inverse=needs_grad, norm=norm
         )
         # the official final state is rebuilt from h_last; h is not kept in a fused no-grad paper call
         h_last = h[table.last] if h is not None else ht.new_empty(0)
@@ -253,7 +270,7 @@ class _ChunkQDelta(torch.autograd.Function):
     def backward(ctx, do, dht, dh_last):
         q, k, v, g, beta, lam, *forward = ctx.saved_tensors
         table, scale, official, no_h0 = ctx.meta
-        N, (H, K, V) = table.num_sequences, forward[-1].shape[1:]
+        N, (H, K, V) = table.num_sequences, forward[6].shape[1:]
 
         def zero_state(d):
             return torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if d is None else d.float()
@@ -266,21 +283,21 @@ class _ChunkQDelta(torch.autograd.Function):
             "official": official,
         }
         dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht), zero_state(dh_last))
-        return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None
+        return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None, None
 
 
-def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float) -> OfficialState:
-    """Rebuild the official in-chunk state after each sequence's last chunk (PyTorch, differentiable)."""
+def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float, norm: bool) -> OfficialState:
+    """Rebuild the official in-chunk state after each sequence's last chunk (PyTorch, differentiable;
+    with ``norm`` the last chunk's q and k rows are l2-normalised here)."""
     parts = []
     for n, ((start, end), first) in enumerate(zip(table.bounds, table.last_bos)):
         piece = lambda t: t[first:end].transpose(0, 1).float()  # noqa: E731  (H, C, ·)
+        qn, kn = (l2norm(piece(t)) if norm else piece(t) for t in (q, k))
         zeros = torch.zeros(end - first, q.shape[1], dtype=torch.float32, device=q.device).transpose(0, 1)
         gg = zeros if g is None else piece(g)
         ll = zeros if lam is None else piece(lam)
         S0 = h_last[n]
-        _, st = _chunk(
-            piece(q), piece(k), piece(v), gg, piece(beta), ll, scale, OfficialState(S0, S0, torch.zeros_like(S0), 0)
-        )
+        _, st = _chunk(qn, kn, piece(v), gg, piece(beta), ll, scale, OfficialState(S0, S0, torch.zeros_like(S0), 0))
         parts.append(st)
     offsets = torch.tensor([p.offset for p in parts], dtype=torch.int64, device=q.device)
     return OfficialState(*(torch.stack([p[i] for p in parts]) for i in range(3)), offsets)
@@ -301,10 +318,11 @@ def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool):
         h0 = h0.state
     if h0 is not None:
         h0 = h0.float().contiguous()
-    o, ht, h_last = _ChunkQDelta.apply(q, k, v, g, beta, lam, h0, table, inp.scale, size, official)
+    norm = inp.qk_l2norm
+    o, ht, h_last = _ChunkQDelta.apply(q, k, v, g, beta, lam, h0, table, inp.scale, size, official, norm)
     o = o.reshape(B, T, H, V)
     if not output_final_state:
         return o, None
     if official:
-        return o, _official_final(q, k, v, g, beta, lam, h_last, table, inp.scale)
+        return o, _official_final(q, k, v, g, beta, lam, h_last, table, inp.scale, norm)
     return o, ht

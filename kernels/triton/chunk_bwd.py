@@ -53,6 +53,8 @@ def _reverse_state_kernel(
     dS_end,
     dUp,
     dh0,  # out: (NC, H, K, V) fp32 (16-bit: H_LOWP), (T, H, V) fp32, (N, H, K, V) fp32
+    Rq,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k
     scale,
     H: tl.constexpr,
     K: tl.constexpr,
@@ -61,6 +63,7 @@ def _reverse_state_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     LOWP: tl.constexpr,
+    NORM: tl.constexpr,
 ):
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k = tl.arange(0, BK)  # BK covers all of K
@@ -88,10 +91,14 @@ def _reverse_state_kernel(
         b_At = tl.load(Aqk + (i_c * H + i_h) * BC * BC + o_c[None, :] * BC + o_c[:, None])
         b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m_ck, other=0.0)
         b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
+        b_gq = scale * tl.where(m_c, tl.exp(b_G), 0.0)
+        if NORM:  # the rows of k and q^T normalised on the C-row side of their products
+            b_e *= tl.load(Rk + o_t, mask=m_c, other=0.0)
+            b_gq *= tl.load(Rq + o_t, mask=m_c, other=0.0)
         b_dU = scale * dot(b_At, b_do, k, LOWP) + dot(b_k, b_dS, k, LOWP) * b_e[:, None]
         tl.store(dUp + p_cv, b_dU, mask=m_cv)
         b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
-        b_dog = b_do.to(tl.float32) * (scale * tl.where(m_c, tl.exp(b_G), 0.0))[:, None]
+        b_dog = b_do.to(tl.float32) * b_gq[:, None]
         b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
         b_dS = dot_add(dot_add(b_dS * tl.exp(G_last), b_qt, b_dog, k, LOWP), b_Wt, -b_dU, k, LOWP)
         if i == 0:  # the gradient of the last chunk's start state joins here (loaded here: not held in registers)
@@ -122,6 +129,8 @@ def _intra_bwd_kernel(
     dG_out,
     dbeta_out,  # (T,H,V), (T,H,V), (NC,H,BC,BC) x2 (fp32 or, for a
     # LOWP K-block kernel, 16-bit), (T,H) fp32 x2
+    Rq,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k (read when the pairs are recomputed)
     scale,
     H: tl.constexpr,
     K: tl.constexpr,
@@ -132,6 +141,7 @@ def _intra_bwd_kernel(
     HAS_LAM: tl.constexpr,
     OFFICIAL: tl.constexpr,
     SAVED_PAIRS: tl.constexpr,
+    NORM: tl.constexpr,
 ):
     """dR, dv, dL, dAqk and the gate / beta parts of one chunk and head. The pairing ``P`` and ``Q K^T``
     are recomputed from q and k (K loop), or with SAVED_PAIRS read as the forward stored them (``P * Gam``
@@ -165,6 +175,9 @@ def _intra_bwd_kernel(
     if not SAVED_PAIRS:
         b_P = tl.zeros([BC, BC], dtype=tl.float32)
         b_QK = tl.zeros([BC, BC], dtype=tl.float32)
+        if NORM:
+            b_rq = tl.load(Rq + o_t, mask=m_c, other=0.0)
+            b_rk = tl.load(Rk + o_t, mask=m_c, other=0.0)
         for i_k in range(tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m = m_c[:, None] & (o_k < K)[None, :]
@@ -173,6 +186,9 @@ def _intra_bwd_kernel(
             b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
             b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
             b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
+            if NORM:
+                b_q, b_k = b_q * b_rq[:, None], b_k * b_rk[:, None]
+                b_qt, b_kt = b_qt * b_rq[None, :], b_kt * b_rk[None, :]
             b_QK += tl.dot(b_q, b_kt)
             if OFFICIAL:
                 b_P += tl.dot(b_k, b_kt + b_lam[None, :] * b_qt)  # <k_i, x_j>
@@ -222,6 +238,10 @@ def _kq_bwd_kernel(
     dG_part,
     dbeta_part,
     dlam_part,  # (T,H,K) x2, (NK, T, H) fp32 x3
+    sq_part,
+    sk_part,  # with NORM: (NK, T, H) fp32 row sums of dq * q and dk * k (normalised q, k)
+    Rq,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k
     scale,
     T_total,
     H: tl.constexpr,
@@ -233,7 +253,11 @@ def _kq_bwd_kernel(
     HAS_LAM: tl.constexpr,
     OFFICIAL: tl.constexpr,
     LOWP: tl.constexpr,
+    NORM: tl.constexpr,
 ):
+    """dq, dk of one chunk, head and K block (with NORM: with respect to the normalised q, k, plus their
+    row sums with q, k, which the gate kernel turns into the gradients of the raw q, k) and the parts of
+    dG, dbeta, dlam."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -274,6 +298,9 @@ def _kq_bwd_kernel(
     p_ck = o_t[:, None] * K + o_k[None, :]
     b_q = tl.load(q + p_ck, mask=m_ck, other=0.0).to(tl.float32)
     b_k = tl.load(k + p_ck, mask=m_ck, other=0.0).to(tl.float32)
+    if NORM:
+        b_q *= tl.load(Rq + o_t, mask=m_c, other=0.0)[:, None]
+        b_k *= tl.load(Rk + o_t, mask=m_c, other=0.0)[:, None]
     b_x = b_k + b_lam[:, None] * b_q
     b_dq = b_dOS * (scale * b_gam)[:, None]  # from diag(gam) Q S0
     b_dx = b_dRS * (-b_beta * b_gam)[:, None]  # from R = beta V - beta gam X S0
@@ -302,6 +329,9 @@ def _kq_bwd_kernel(
     tl.store(dG_part + p_part, b_dGp, mask=m_c)
     tl.store(dbeta_part + p_part, b_dbeta, mask=m_c)
     tl.store(dlam_part + p_part, tl.sum(b_dx * b_q, 1), mask=m_c)
+    if NORM:
+        tl.store(sq_part + p_part, tl.sum(b_dq * b_q, 1), mask=m_c)
+        tl.store(sk_part + p_part, tl.sum(b_dk * b_k, 1), mask=m_c)
 
 
 @triton.jit
@@ -316,14 +346,26 @@ def _gate_bwd_kernel(
     dg,
     dbeta,
     dlam,  # (T, H) in the inputs' dtypes
+    q,
+    k,
+    dq,
+    dk,  # with NORM: raw q, k and the gradients with respect to the normalised ones, overwritten in place
+    sq_part,
+    sk_part,
+    Rq,
+    Rk,
     T_total,
     NK: tl.constexpr,
     H: tl.constexpr,
+    K: tl.constexpr,
     BC: tl.constexpr,
+    BK: tl.constexpr,
     HAS_G: tl.constexpr,
     HAS_LAM: tl.constexpr,
+    NORM: tl.constexpr,
 ):
-    """Sum the per-K-block parts; dg = reverse cumsum of dG inside the chunk (G is the in-chunk cumsum of g)."""
+    """Sum the per-K-block parts; dg = reverse cumsum of dG inside the chunk (G is the in-chunk cumsum of g).
+    With NORM, the l2-norm's backward: ``dx = r (dy - y <dy, y>)`` for ``y = r x`` (q and k rows)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     b_dG = tl.load(dG_intra + o_t, mask=m_c, other=0.0)
@@ -341,16 +383,38 @@ def _gate_bwd_kernel(
         # reverse cumsum as a masked row sum: dg_j = sum_{i >= j} dG_i
         b_dg = tl.sum(tl.where(o_c[:, None] >= o_c[None, :], b_dG[:, None], 0.0), 0)
         tl.store(dg + o_t, b_dg.to(dg.dtype.element_ty), mask=m_c)
+    if NORM:
+        b_sq = tl.zeros([BC], dtype=tl.float32)
+        b_sk = tl.zeros([BC], dtype=tl.float32)
+        for i_k in range(NK):
+            p = i_k * T_total * H + o_t
+            b_sq += tl.load(sq_part + p, mask=m_c, other=0.0)
+            b_sk += tl.load(sk_part + p, mask=m_c, other=0.0)
+        b_rq = tl.load(Rq + o_t, mask=m_c, other=0.0)
+        b_rk = tl.load(Rk + o_t, mask=m_c, other=0.0)
+        # dx = r dy - r^2 <dy, y> x
+        b_cq, b_ck = b_rq * b_rq * b_sq, b_rk * b_rk * b_sk
+        for i_k in range(tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            p_ck = o_t[:, None] * K + o_k[None, :]
+            m_ck = m_c[:, None] & (o_k < K)[None, :]
+            b_dq = tl.load(dq + p_ck, mask=m_ck, other=0.0).to(tl.float32) * b_rq[:, None]
+            b_dq -= tl.load(q + p_ck, mask=m_ck, other=0.0).to(tl.float32) * b_cq[:, None]
+            tl.store(dq + p_ck, b_dq.to(dq.dtype.element_ty), mask=m_ck)
+            b_dk = tl.load(dk + p_ck, mask=m_ck, other=0.0).to(tl.float32) * b_rk[:, None]
+            b_dk -= tl.load(k + p_ck, mask=m_ck, other=0.0).to(tl.float32) * b_ck[:, None]
+            tl.store(dk + p_ck, b_dk.to(dk.dtype.element_ty), mask=m_ck)
 
 
 def chunk_backward(saved, do, dht, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0); tokens laid out (T, H, ·), states fp32.
 
     ``saved``: the inputs q, k, v, g (or None), beta, lam (or None), the forward's G, W, U', Aqk, T,
-    P * Gam (or None) and chunk-start states h, the chunk table, scale and variant.
+    P * Gam (or None), chunk-start states h and inverse q/k row norms R (None: q, k used as given),
+    the chunk table, scale and variant.
     """
     q, k, v, g, beta, lam = saved["inputs"]
-    G, W, Up, Aqk, Tinv, PG, h = saved["forward"]
+    G, W, Up, Aqk, Tinv, PG, h, R = saved["forward"]
     table, scale, official = saved["table"], saved["scale"], saved["official"]
     T, H, K = q.shape
     V = v.shape[-1]
@@ -358,6 +422,8 @@ def chunk_backward(saved, do, dht, dh_last):
     BC = Tinv.shape[-1]
     dev, f32 = q.device, torch.float32
     do = do.contiguous()
+    norm = R is not None
+    Rq, Rk = (G, G) if R is None else (R[0], R[1])
 
     cfg = settings("reverse", K, V)
     # H_LOWP: the end-state gradients kept for the K-block kernel in the inputs' 16-bit dtype (as h is)
@@ -383,12 +449,15 @@ def chunk_backward(saved, do, dht, dh_last):
         dS_end,
         dUp,
         dh0,
+        Rq,
+        Rk,
         scale,
         H=H,
         K=K,
         V=V,
         BC=BC,
         BK=_p2(K),
+        NORM=norm,
     )
 
     # dR, dP and dA have one reader, the K-block kernel: with LOWP it rounds them to the inputs' 16-bit
@@ -427,6 +496,8 @@ def chunk_backward(saved, do, dht, dh_last):
         dA,
         dG_intra,
         dbeta_intra,
+        Rq,
+        Rk,
         scale,
         H=H,
         K=K,
@@ -435,12 +506,14 @@ def chunk_backward(saved, do, dht, dh_last):
         HAS_LAM=lam is not None,
         OFFICIAL=official,
         SAVED_PAIRS=PG is not None,
+        NORM=norm,
     )
 
     cfg = kq
     NK = triton.cdiv(K, cfg["BK"])
     dq, dk = torch.empty_like(q), torch.empty_like(k)
-    parts = torch.empty(3, NK, T, H, dtype=f32, device=dev)
+    parts = torch.empty(5 if norm else 3, NK, T, H, dtype=f32, device=dev)
+    sq, sk = (parts[0], parts[0]) if not norm else (parts[3], parts[4])
     launch(
         _kq_bwd_kernel,
         (NK, NC, H),
@@ -464,6 +537,10 @@ def chunk_backward(saved, do, dht, dh_last):
         parts[0],
         parts[1],
         parts[2],
+        sq,
+        sk,
+        Rq,
+        Rk,
         scale,
         T,
         H=H,
@@ -472,6 +549,7 @@ def chunk_backward(saved, do, dht, dh_last):
         BC=BC,
         HAS_LAM=lam is not None,
         OFFICIAL=official,
+        NORM=norm,
     )
 
     dg = None if g is None else torch.empty_like(g)
@@ -488,11 +566,22 @@ def chunk_backward(saved, do, dht, dh_last):
         dbeta if dg is None else dg,
         dbeta,
         dbeta if dlam is None else dlam,
+        q,
+        k,
+        dq,
+        dk,
+        sq,
+        sk,
+        Rq,
+        Rk,
         T,
         NK=NK,
         H=H,
+        K=K,
         BC=BC,
+        BK=min(64, _p2(K)),
         HAS_G=g is not None,
         HAS_LAM=lam is not None,
+        NORM=norm,
     )
     return dq, dk, dv, dg, dbeta, dlam, dh0

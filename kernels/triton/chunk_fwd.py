@@ -94,6 +94,21 @@ def half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K: tl.constexpr, BK: tl.constex
 
 
 @triton.jit
+def _l2norm_rows_kernel(q, k, R_out, rows, K: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):
+    """``1 / sqrt(sum_k x^2 + 1e-6)`` (fp32; the l2-norm of ``qdelta.kernels.l2norm``) of BR (token, head)
+    rows of q and of k: R_out (2, rows), q's first. Every later kernel scales the rows by these."""
+    o_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    o_k = tl.arange(0, BK)
+    m_r = o_r < rows
+    m = m_r[:, None] & (o_k < K)[None, :]
+    p = o_r.to(tl.int64)[:, None] * K + o_k[None, :]
+    b_q = tl.load(q + p, mask=m, other=0.0).to(tl.float32)
+    tl.store(R_out + o_r, tl.rsqrt(tl.sum(b_q * b_q, 1) + 1e-6), mask=m_r)
+    b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+    tl.store(R_out + rows + o_r, tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6), mask=m_r)
+
+
+@triton.jit
 def _intra_kernel(
     q,
     k,
@@ -111,6 +126,8 @@ def _intra_kernel(
     T_out,
     A_out,
     PG_out,
+    Rq,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -123,8 +140,11 @@ def _intra_kernel(
     OFFICIAL: tl.constexpr,
     STORE_T: tl.constexpr,
     STORE_PG: tl.constexpr,
+    NORM: tl.constexpr,
 ):
-    """Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
+    """With NORM, q and k are taken l2-normalised: the products run on the rows as loaded, with
+    ``x = rk (k + (lam rq / rk) q)``, and the row scalings act on the C x C results and on W's
+    row factor. Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
     one chunk and head; with STORE_PG also the strictly lower ``P * Gam`` (``L`` without beta) for the
     backward, which then does not recompute the pairing. The chunk is handled as two halves of
     ``HC = max(16, BC / 2)`` rows (for BC = 16 the second half is padding):
@@ -150,6 +170,11 @@ def _intra_kernel(
     tl.store(G_out + t_2, b_G2, mask=m_2)
     b_beta1, b_beta2 = row_values(beta, t_1, m_1, True, HC), row_values(beta, t_2, m_2, True, HC)
     b_lam1, b_lam2 = row_values(lam, t_1, m_1, HAS_LAM, HC), row_values(lam, t_2, m_2, HAS_LAM, HC)
+    if NORM:
+        rq1, rq2 = row_values(Rq, t_1, m_1, True, HC), row_values(Rq, t_2, m_2, True, HC)
+        rk1, rk2 = row_values(Rk, t_1, m_1, True, HC), row_values(Rk, t_2, m_2, True, HC)
+        b_lam1 = b_lam1 * rq1 / tl.where(m_1, rk1, 1.0)  # x / rk = k + (lam rq / rk) q
+        b_lam2 = b_lam2 * rq2 / tl.where(m_2, rk2, 1.0)
 
     # pairing P (paper <x_i, k_j>, official <k_i, x_j>): the diagonal blocks transposed, P21 as is; Q K^T
     b_P11t = tl.zeros([HC, HC], dtype=tl.float32)
@@ -172,6 +197,13 @@ def _intra_kernel(
             b_P11t += tl.dot(b_k1, tl.trans(b_x1))
             b_P22t += tl.dot(b_k2, tl.trans(b_x2))
             b_P21 += tl.dot(b_x2, tl.trans(b_k1))
+    if NORM:  # the raw rows' products to the normalised rows' (P: both factors are k's, up to x / rk)
+        b_QK11 *= rq1[:, None] * rk1[None, :]
+        b_QK21 *= rq2[:, None] * rk1[None, :]
+        b_QK22 *= rq2[:, None] * rk2[None, :]
+        b_P11t *= rk1[:, None] * rk1[None, :]
+        b_P22t *= rk2[:, None] * rk2[None, :]
+        b_P21 *= rk2[:, None] * rk1[None, :]
     # L^T of the diagonal blocks: element (j, i) = beta_i P_ij exp(G_i - G_j) for j < i
     lower_t1 = (o_1[:, None] < o_1[None, :]) & m_1[:, None] & m_1[None, :]
     lower_t2 = (o_1[:, None] < o_1[None, :]) & m_2[:, None] & m_2[None, :]
@@ -231,6 +263,8 @@ def _intra_kernel(
 
     # W = T diag(beta gam) X and U = T diag(beta) V, by halves
     b_wx1, b_wx2 = b_beta1 * tl.exp(b_G1), b_beta2 * tl.exp(b_G2)
+    if NORM:
+        b_wx1, b_wx2 = b_wx1 * rk1, b_wx2 * rk2
     for i_k in range(tl.cdiv(K, BK)):
         b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1 = (b_k1 + b_lam1[:, None] * b_q1) * b_wx1[:, None]
@@ -265,6 +299,8 @@ def _state_kernel(
     h_out,
     Up_out,
     ht_out,
+    Rq,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k
     scale,
     H: tl.constexpr,
     K: tl.constexpr,
@@ -277,8 +313,10 @@ def _state_kernel(
     STORE_H: tl.constexpr,
     STORE_UP: tl.constexpr,
     LOWP: tl.constexpr,
+    NORM: tl.constexpr,
 ):
-    """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched)."""
+    """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched). With NORM the
+    rows of k and q are l2-normalised by scaling the C-row side of their products."""
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k = tl.arange(0, BK)  # BK covers all of K
     o_v = i_v * BV + tl.arange(0, BV)
@@ -306,12 +344,18 @@ def _state_kernel(
         if FUSE_OUTPUT:
             b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
             b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
-            b_o = dot(b_q, b_S, k, LOWP) * tl.exp(b_G)[:, None] + dot(b_A, b_U, k, LOWP)
+            b_gq = tl.exp(b_G)
+            if NORM:
+                b_gq *= tl.load(Rq + o_t, mask=m_c, other=0.0)
+            b_o = dot(b_q, b_S, k, LOWP) * b_gq[:, None] + dot(b_A, b_U, k, LOWP)
             tl.store(o + p_u, (scale * b_o).to(o.dtype.element_ty), mask=m_u)
         # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md) and used as
         # loaded; the decay exp(G_C - G_i) scales the rows of U' instead (C x BV, not K x C elements)
         b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
-        b_Ue = b_U * tl.where(m_c, tl.exp(G_last - b_G), 0.0)[:, None]
+        b_e = tl.where(m_c, tl.exp(G_last - b_G), 0.0)
+        if NORM:
+            b_e *= tl.load(Rk + o_t, mask=m_c, other=0.0)
+        b_Ue = b_U * b_e[:, None]
         b_S = b_S * tl.exp(G_last) + dot(b_kt, b_Ue, k, LOWP)
     tl.store(ht_out + i_n.to(tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
 
@@ -327,6 +371,7 @@ def _output_kernel(
     o,
     chunk_bos,
     chunk_len,
+    Rq,  # with NORM: (T, H) fp32 inverse row norms of q
     scale,
     H: tl.constexpr,
     K: tl.constexpr,
@@ -335,6 +380,7 @@ def _output_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     LOWP: tl.constexpr,
+    NORM: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
@@ -348,10 +394,12 @@ def _output_kernel(
         b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_o = dot_add(b_o, b_q, b_h, q, LOWP)
-    b_G = tl.load(G + o_t, mask=m_c, other=0.0)
+    b_gq = tl.exp(tl.load(G + o_t, mask=m_c, other=0.0))
+    if NORM:
+        b_gq *= tl.load(Rq + o_t, mask=m_c, other=0.0)
     b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
     p_u = o_t[:, None] * V + o_v[None, :]
     m_u = m_c[:, None] & m_v[None, :]
     b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
-    b_o = scale * (b_o * tl.exp(b_G)[:, None] + dot(b_A, b_U, q, LOWP))
+    b_o = scale * (b_o * b_gq[:, None] + dot(b_A, b_U, q, LOWP))
     tl.store(o + p_u, b_o.to(o.dtype.element_ty), mask=m_u)

@@ -9,7 +9,8 @@ state, P = in-chunk x-memory, both decayed with S), adds ``x u^T`` to P, and at 
 token of a sequence resets ``D = S, P = 0`` (see :mod:`qdelta.kernels.state`).
 
 Every V column of the state evolves on its own, so V is split across programs and the whole K
-dimension lives in one block (K <= 256, V <= 512, padded to powers of two with masks). The state
+dimension lives in one block (K <= 256, V <= 512, padded to powers of two with masks), so
+``use_qk_l2norm`` normalises the q and k rows in registers. The state
 is read once and written once per call; ``inplace=True`` writes it over the initial state.
 Forward only (decoding): calls that need gradients go to the PyTorch reference. Checked with
 Triton 3.9 (TRITON_INTERPRET=1) and Triton 3.6 on an H200 (NOTES.md).
@@ -57,7 +58,9 @@ def _recurrent_kernel(
     HAS_LAM: tl.constexpr,
     HAS_S0: tl.constexpr,
     OFFICIAL: tl.constexpr,
+    NORM: tl.constexpr,
 ):
+    """Tokens of one sequence, head and V block; with NORM q and k are l2-normalised in registers."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -82,6 +85,9 @@ def _recurrent_kernel(
         o_t = t * H + i_h
         b_q = tl.load(q + o_t * K + o_k, mask=m_k, other=0.0).to(tl.float32)
         b_k = tl.load(k + o_t * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        if NORM:
+            b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q, 0) + 1e-6)
+            b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, 0) + 1e-6)
         b_v = tl.load(v + o_t * V + o_v, mask=m_v, other=0.0).to(tl.float32)
         b_beta = tl.load(beta + o_t).to(tl.float32)
         b_x = b_k
@@ -210,6 +216,7 @@ def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
             HAS_LAM=lam is not None,
             HAS_S0=s is not None,
             OFFICIAL=official,
+            NORM=inp.qk_l2norm,
         )
 
     def finish():

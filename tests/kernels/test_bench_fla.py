@@ -13,7 +13,7 @@ HAVE_FLA = importlib.util.find_spec("fla") is not None
 
 
 def _report(note=None) -> bench_kernels.Report:
-    row = bench_kernels.Row("340M", 2048, 16, 1.0, 3.0, 0.9, 2.5, fla_fwd_ms=0.8, fla_fwdbwd_ms=2.9)
+    row = bench_kernels.Row("340M", 2048, "fla-gdn", True, 0.8, 2.9, 0.7, 16)
     return bench_kernels.Report(
         card="NVIDIA H100 80GB HBM3",
         torch="2.11.0",

@@ -38,13 +38,15 @@ def _partial_run(date, lengths, decode, seed, **fields):
         card="NVIDIA H200", torch="2.11.0", triton="3.6.0", date=date, fla="0.6.0", copy_gbps=4000 + seed, **fields
     )
     r.rows = [
-        bench_kernels.Row(c, T, 32768 // T, ms(), 10 + ms(), ms(), ms())
+        bench_kernels.Row(c, T, impl, norm, ms(), 10 + ms(), ms(), 32768 // T)
         for c in bench_kernels.HEAD_CONFIGS
         for T in lengths
+        for impl in bench_kernels.IMPLS
+        for norm in ((False,) if impl == "sdpa" else (True, False))
     ]
     r.decode = (
         [
-            bench_kernels.DecodeRow(c, v, 64, ms(), ms(), 1 << 20, ms(), 0.5)
+            bench_kernels.DecodeRow(c, v, 64, ms(), ms(), 1 << 20, ms(), 0.5, ms())
             for c in bench_kernels.HEAD_CONFIGS
             for v in ("paper", "official")
         ]
@@ -61,10 +63,14 @@ def test_merge_combines_partial_runs_and_names_them(tmp_path, capsys):
     paths = [bench_kernels.write_report(r, tmp_path / name)["json"] for name, r in (("a", a), ("b", b))]
     assert main(["bench", "kernels", "--merge", *map(str, paths), "--out", str(tmp_path / "merged")]) == 0
     merged = bench_kernels.load_report(tmp_path / "merged" / "kernels-h200.json")
-    got = {(w.config, w.T): w for w in merged.rows}
-    assert list(got) == [(c, T) for c in bench_kernels.HEAD_CONFIGS for T in bench_kernels.LENGTHS]
-    assert got["1.3B", 2048] == next(w for w in a.rows if (w.config, w.T) == ("1.3B", 2048))
-    assert got["1.3B", 4096] == next(w for w in b.rows if (w.config, w.T) == ("1.3B", 4096))  # the later run's
+    got = {(w.config, w.T, w.impl, w.qk_l2norm): w for w in merged.rows}
+    shapes = list(dict.fromkeys(key[:2] for key in got))
+    assert shapes == [(c, T) for c in bench_kernels.HEAD_CONFIGS for T in bench_kernels.LENGTHS]
+    key = lambda w: (w.config, w.T, w.impl, w.qk_l2norm)  # noqa: E731
+    first = ("1.3B", 2048, "authors", True)
+    assert got[first] == next(w for w in a.rows if key(w) == first)
+    again = ("1.3B", 4096, "qdelta-paper", True)
+    assert got[again] == next(w for w in b.rows if key(w) == again)  # the later run's
     assert merged.decode == b.decode and merged.copy_gbps == b.copy_gbps
     assert not any(n.startswith("not run") for n in merged.notes)  # every shape is covered now
     assert merged.notes.count("a note both runs carry") == 1
@@ -104,10 +110,16 @@ def test_committed_results_render_and_cover_every_shape(tmp_path):
                 assert (c, T) in shapes or f"{c} T={T}" in notes, f"{c} T={T} neither measured nor noted"
             decoded = {d.variant for d in report.decode if d.config == c}
             assert decoded == {"paper", "official"} or f"{c} decode" in notes, f"{c} decode neither measured nor noted"
-        assert all(r.ours_fwd_ms and r.ours_fwdbwd_ms and r.ours_fwd_ms < r.ours_fwdbwd_ms for r in report.rows)
+        assert {r.impl for r in report.rows} <= set(bench_kernels.IMPLS)
+        ours = [r for r in report.rows if r.impl.startswith("qdelta")]
+        assert ours and all(r.fwd_ms and r.fwd_bwd_ms and r.fwd_ms < r.fwd_bwd_ms for r in ours)
+        # every implementation named is measured, or the notes say why not
+        for impl in ("authors", "fla-gdn"):
+            assert any(r.impl == impl and r.fwd_ms for r in report.rows) or impl.split("-")[0] in notes
         text = bench_kernels.to_markdown(report)
-        assert report.card in text and report.triton in text
-        assert text.count("\n| 1.3B |") == len([r for r in report.rows if r.config == "1.3B"]) + len(
+        assert report.card in text and report.triton in text and "DESIGN §5" not in text
+        shapes_13 = {r.T for r in report.rows if r.config == "1.3B"}
+        assert text.count("\n| 1.3B |") == len([r for r in report.rows if r.config == "1.3B"]) + len(shapes_13) + len(
             [d for d in report.decode if d.config == "1.3B"]
         )
         written = bench_kernels.write_report(report, tmp_path)
@@ -133,3 +145,20 @@ def test_profile_refuses_bad_arguments_before_touching_a_gpu(argv, message, caps
     with pytest.raises(SystemExit) as exit_:
         profile.main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_readme_and_notes_quote_the_committed_benchmark():
+    """The kernel numbers of README.md and kernels/triton/NOTES.md are the summary of the committed JSON
+    (regenerated, never typed in): ``python -m qdelta.harness.bench.kernels summary <json>``."""
+    root = RESULTS.parents[1]
+    report = bench_kernels.load_report(RESULTS / "kernels-h200.json")
+    block = bench_kernels.SUMMARY_BEGIN + "\n" + bench_kernels.summary(report) + "\n" + bench_kernels.SUMMARY_END
+    for doc in (root / "README.md", root / "kernels" / "triton" / "NOTES.md"):
+        assert block in doc.read_text(), f"{doc.name}: regenerate its kernel numbers from kernels-h200.json"
+
+
+def test_benchmark_rows_use_the_issue_schema():
+    raw = json.loads((RESULTS / "kernels-h200.json").read_text())
+    want = {"config", "T", "impl", "qk_l2norm", "fwd_ms", "fwd_bwd_ms"}
+    assert raw["rows"] and all(want <= set(r) for r in raw["rows"])
+    assert {r["impl"] for r in raw["rows"]} == set(bench_kernels.IMPLS)

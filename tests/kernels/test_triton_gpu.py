@@ -3,6 +3,8 @@
 The reference is the PyTorch chunk path in float64 on the same GPU (the token loop is too slow
 at 16K tokens); it is itself tested against the token loop to 1e-10 (test_reference_ops.py).
 Every check prints one ``ERR`` line so the device log records the measured errors (NOTES.md).
+``norm=on``: ``use_qk_l2norm=True`` (the kernels normalise q, k); ``norm=off``: q, k l2-normalised
+beforehand (in float64, then rounded to the test's dtype) and ``use_qk_l2norm=False``.
 """
 
 import pytest
@@ -27,7 +29,7 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def reference(x, variant, cu_seqlens):
+def reference(x, variant, cu_seqlens, norm=True):
     """The PyTorch chunk path in float64 (never the Triton path: it dispatches by dtype)."""
     inp = prepare(
         x["q"],
@@ -38,7 +40,7 @@ def reference(x, variant, cu_seqlens):
         x["lam"],
         scale=None,
         initial_state=x["initial_state"],
-        use_qk_l2norm=True,
+        use_qk_l2norm=norm,
         cu_seqlens=cu_seqlens,
         variant=variant,
     )
@@ -60,45 +62,60 @@ def forward_backward(op, x, variant, cu_seqlens, weights):
     return [o] + state_parts(s), {n: t.grad for n, t in leaves.items()}
 
 
-def triton_op(x, variant, cu_seqlens):
-    return chunk_qdelta(**x, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu_seqlens, variant=variant)
+def triton_op(x, variant, cu_seqlens, norm=True):
+    return chunk_qdelta(**x, use_qk_l2norm=norm, output_final_state=True, cu_seqlens=cu_seqlens, variant=variant)
 
 
+def prenormalised(x):
+    """q and k l2-normalised in float64, then rounded back to their dtype (the inputs of a norm=off call)."""
+    out = dict(x)
+    for n in ("q", "k"):
+        out[n] = torch.nn.functional.normalize(x[n].double(), dim=-1).to(x[n].dtype)
+    return out
+
+
+@pytest.mark.parametrize("norm", ["on", "off"])
 @pytest.mark.parametrize("variant", ["paper", "official"])
 @pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
 @pytest.mark.parametrize("heads", ["340M", "1.3B"])
-def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant, tol):
+def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant, norm, tol):
     K, V = HEADS[heads]
-    T = 16384 if dtype_name == "bfloat16" else 4096
+    T = (16384 if dtype_name == "bfloat16" else 4096) // (1 if norm == "on" else 4)
     cu = torch.tensor([0, T // 3 + 5, T // 3 + 70, T])  # three sequences, chunk boundaries mid-sequence
     x = random_inputs(1, T, H, K, V, dtype=DTYPES[dtype_name], device="cuda", seed=7, num_sequences=3)
     x["initial_state"] = x["initial_state"] * 0.2
+    if norm == "off":
+        x = prenormalised(x)
+    on = norm == "on"
+    op = lambda leaves, variant, cu_seqlens: triton_op(leaves, variant, cu_seqlens, on)  # noqa: E731
+    ref = lambda leaves, variant, cu_seqlens: reference(leaves, variant, cu_seqlens, on)  # noqa: E731
     x64 = {n: t.double() for n, t in x.items()}
     gen = torch.Generator(device="cuda").manual_seed(1)
     n_parts = 3 if variant == "official" else 1
     weights = [torch.randn(1, T, H, V, generator=gen, device="cuda", dtype=torch.float64)]
     weights += [torch.randn(3, H, K, V, generator=gen, device="cuda", dtype=torch.float64) for _ in range(n_parts)]
-    outs, grads = forward_backward(triton_op, x, variant, cu, weights)
-    ref_outs, ref_grads = forward_backward(reference, x64, variant, cu, weights)
+    outs, grads = forward_backward(op, x, variant, cu, weights)
+    ref_outs, ref_grads = forward_backward(ref, x64, variant, cu, weights)
     tol_f = tol["tolerance"](dtype_name, "forward", "cuda")
     tol_g = tol["tolerance"](dtype_name, "grad", "cuda")
     failures = []
+    tag = f"{heads} {dtype_name} {variant} norm={norm} T={T}"
     for name, a, b in zip(["o", "S", "chunk_start", "x_memory"], outs, ref_outs):
         e = rel(a, b)
-        print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd {name}: {e:.3e} (tol {tol_f})")
+        print(f"ERR chunk {tag} fwd {name}: {e:.3e} (tol {tol_f})")
         if not e <= tol_f:
             failures.append((name, e))
     # no gradients, with the output fused into the state pass (the default has its own output kernel; fused,
     # the paper variant keeps no chunk states)
     with launch.overridden({"state": {"FUSE_OUTPUT": True}}), torch.no_grad():
-        o_nograd, _ = triton_op(x, variant, cu)
+        o_nograd, _ = op(x, variant, cu)
     e = rel(o_nograd, ref_outs[0])
-    print(f"ERR chunk {heads} {dtype_name} {variant} T={T} fwd o (no grad, output fused): {e:.3e} (tol {tol_f})")
+    print(f"ERR chunk {tag} fwd o (no grad, output fused): {e:.3e} (tol {tol_f})")
     if not e <= tol_f:
         failures.append(("o (no grad)", e))
     for name in x:
         e = rel(grads[name], ref_grads[name])
-        print(f"ERR chunk {heads} {dtype_name} {variant} T={T} grad d{name}: {e:.3e} (tol {tol_g})")
+        print(f"ERR chunk {tag} grad d{name}: {e:.3e} (tol {tol_g})")
         if not e <= tol_g:
             failures.append(("d" + name, e))
     assert not failures, failures
@@ -152,14 +169,18 @@ def test_prefill_split_invariance(variant, at, tol):
     assert e_o <= tol["GPU_CONSISTENCY"] and e_s <= tol["GPU_CONSISTENCY"]
 
 
+@pytest.mark.parametrize("norm", ["on", "off"])
 @pytest.mark.parametrize("variant", ["paper", "official"])
-def test_recurrent_kernel_vs_fp64(variant, tol):
+def test_recurrent_kernel_vs_fp64(variant, norm, tol):
     K, V = HEADS["1.3B"]
     x = random_inputs(64, 3, H, K, V, dtype=torch.bfloat16, device="cuda", seed=11)
-    o, s = fused_recurrent_qdelta(**x, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    if norm == "off":
+        x = prenormalised(x)
+    on = norm == "on"
+    o, s = fused_recurrent_qdelta(**x, use_qk_l2norm=on, output_final_state=True, variant=variant)
     x64 = {n: t.double() for n, t in x.items()}
-    o_ref, s_ref = chunk_qdelta(**x64, use_qk_l2norm=True, output_final_state=True, variant=variant)
+    o_ref, s_ref = chunk_qdelta(**x64, use_qk_l2norm=on, output_final_state=True, variant=variant)
     e_o = rel(o, o_ref)
     e_s = max(rel(a, b) for a, b in zip(state_parts(s), state_parts(s_ref)))
-    print(f"ERR recurrent bf16 {variant}: o {e_o:.3e} state {e_s:.3e}")
+    print(f"ERR recurrent bf16 {variant} norm={norm}: o {e_o:.3e} state {e_s:.3e}")
     assert e_o <= tol["GPU_BF16"]["forward"] and e_s <= tol["GPU_BF16"]["forward"]

@@ -4,7 +4,9 @@ Triton reads TRITON_INTERPRET when the kernels are decorated, and setting it her
 every other CPU test in this pytest process onto the interpreter. So the checks run once, in a
 subprocess started with TRITON_INTERPRET=1 (this file run as a script); the tests assert on the
 errors it reports. fp32 inputs; sizes small (T up to 130, several chunk boundaries, varlen,
-initial states); tolerances from the ``tol`` fixture (tests/conftest.py).
+initial states); tolerances from the ``tol`` fixture (tests/conftest.py). Cases named ``-prenorm`` pass q, k l2-normalised
+beforehand with ``use_qk_l2norm=False``; the others leave the norm to the kernels
+(``use_qk_l2norm=True``, its gradient included).
 """
 
 import json
@@ -22,7 +24,7 @@ CASES = {
     "paper-varlen": ("paper", 20, 24, 64, "varlen", True),
     "official-varlen": ("official", 20, 24, 64, "varlen", True),
     "paper-batch-chunk16-no-gates": ("paper", 32, 16, 16, "batch", False),
-    "official-batch-no-gates": ("official", 17, 33, 64, "batch", False),
+    "official-batch-no-gates-prenorm": ("official", 17, 33, 64, "batch", False),
     "paper-varlen-fp16": ("paper", 20, 24, 64, "varlen", True),  # fp16 inputs: INTERPRET_FP16 tolerances
     # the output computed inside the state pass (launch.py FUSE_OUTPUT), both variants
     "paper-varlen-fused-output": ("paper", 20, 24, 64, "varlen", True),
@@ -38,7 +40,7 @@ CASES = {
     # by default; the other cases here run with it off)
     "paper-varlen-saved-pairs": ("paper", 20, 24, 64, "varlen", True),
     "official-batch-saved-pairs": ("official", 17, 33, 64, "batch", True),
-    "paper-batch-chunk16-saved-pairs": ("paper", 24, 40, 16, "batch", True),
+    "paper-batch-chunk16-saved-pairs-prenorm": ("paper", 24, 40, 16, "batch", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
@@ -62,6 +64,9 @@ def _check_chunk(name, torch, ops, rel):
         with_initial_state=gated,
         num_sequences=3 if cu is not None else B,
     )
+    norm = not name.endswith("-prenorm")
+    if not norm:
+        x["q"], x["k"] = ops.l2norm(x["q"]), ops.l2norm(x["k"])
     gen = torch.Generator().manual_seed(1)
     w_o = torch.randn(B, T, 2, V, generator=gen, dtype=torch.float64)
     w_s = [torch.randn(3 if cu is not None else B, 2, K, V, generator=gen, dtype=torch.float64) for _ in range(3)]
@@ -70,7 +75,7 @@ def _check_chunk(name, torch, ops, rel):
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         leaves = {n: t.to(state_dtype if n == "initial_state" else dtype).requires_grad_(True) for n, t in x.items()}
         final = not name.endswith("no-final-state")
-        o, s = op(**leaves, use_qk_l2norm=True, output_final_state=final, cu_seqlens=cu, variant=variant, **kw)
+        o, s = op(**leaves, use_qk_l2norm=norm, output_final_state=final, cu_seqlens=cu, variant=variant, **kw)
         parts = [] if not final else list(s[:3]) if variant == "official" else [s]
         loss = (o.double() * w_o).sum() + sum((p.double() * w).sum() for p, w in zip(parts, w_s))
         loss.backward()
@@ -87,7 +92,7 @@ def _check_chunk(name, torch, ops, rel):
         reverse={"LOWP": lowp, "H_LOWP": lowp},
         kq_bwd={"LOWP": lowp},
         intra={"W_LOWP": lowp, "A_LOWP": lowp},
-        intra_bwd={"SAVED_PAIRS": name.endswith("saved-pairs")},
+        intra_bwd={"SAVED_PAIRS": "saved-pairs" in name},
     )
     with launch.overridden(settings):
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
@@ -95,7 +100,7 @@ def _check_chunk(name, torch, ops, rel):
             with torch.no_grad():
                 o_nograd, _ = ops.chunk_qdelta(
                     **{n: t.to(torch.float32) for n, t in x.items()},
-                    use_qk_l2norm=True,
+                    use_qk_l2norm=norm,
                     cu_seqlens=cu,
                     variant=variant,
                     chunk_size=chunk,
@@ -134,18 +139,21 @@ def _check_decode(variant, torch, ops, rel):
     return errors
 
 
-def _check_recurrent_varlen(variant, torch, ops, rel):
-    """The recurrent kernel on packed sequences (several tokens each) from an initial state."""
+def _check_recurrent_varlen(variant, torch, ops, rel, norm=True):
+    """The recurrent kernel on packed sequences (several tokens each) from an initial state; without
+    ``norm``, q and k come l2-normalised."""
     from qdelta.kernels.testing import random_inputs
 
     x = random_inputs(1, 40, 2, 20, 24, dtype=torch.float64, seed=9, num_sequences=3)
+    if not norm:
+        x["q"], x["k"] = ops.l2norm(x["q"]), ops.l2norm(x["k"])
     cu = torch.tensor([0, 7, 8, 40])
     o_ref, s_ref = ops.naive_recurrent_qdelta(
-        **x, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu, variant=variant
+        **x, use_qk_l2norm=norm, output_final_state=True, cu_seqlens=cu, variant=variant
     )
     x32 = {n: t.float() for n, t in x.items()}
     o, s = ops.fused_recurrent_qdelta(
-        **x32, use_qk_l2norm=True, output_final_state=True, cu_seqlens=cu, variant=variant
+        **x32, use_qk_l2norm=norm, output_final_state=True, cu_seqlens=cu, variant=variant
     )
     parts = list(zip(s[:3], s_ref[:3])) if variant == "official" else [(s, s_ref)]
     errors = {"forward:o": rel(o, o_ref)}
@@ -178,6 +186,7 @@ def _main():
     for variant in ("paper", "official"):
         result[f"decode-{variant}"] = _check_decode(variant, torch, ops, rel)
         result[f"recurrent-varlen-{variant}"] = _check_recurrent_varlen(variant, torch, ops, rel)
+    result["recurrent-varlen-paper-prenorm"] = _check_recurrent_varlen("paper", torch, ops, rel, norm=False)
     result["chunk_calls"] = calls["chunk"]
     result["recurrent_calls"] = calls["recurrent"]
     print("RESULT " + json.dumps(result))
@@ -195,7 +204,10 @@ def interpreted():
 
 
 @pytest.mark.parametrize(
-    "name", list(CASES) + ["decode-paper", "decode-official", "recurrent-varlen-paper", "recurrent-varlen-official"]
+    "name",
+    list(CASES)
+    + ["decode-paper", "decode-official", "recurrent-varlen-paper", "recurrent-varlen-official"]
+    + ["recurrent-varlen-paper-prenorm"],
 )
 def test_matches_fp64_reference(interpreted, name, tol):
     errors = interpreted[name]
@@ -211,7 +223,7 @@ def test_triton_path_was_used(interpreted):
     """The chunk calls went through the Triton kernels (not the reference fallback)."""
     fused = sum(name.endswith("fused-output") for name in CASES)  # + one no-grad call each
     assert interpreted["chunk_calls"] == len(CASES) + fused + 2  # + one prefill per decode check
-    assert interpreted["recurrent_calls"] == 8
+    assert interpreted["recurrent_calls"] == 9
 
 
 if __name__ == "__main__":
