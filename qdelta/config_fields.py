@@ -41,6 +41,7 @@ HF_BOOKKEEPING: Dict[str, Optional[Tuple]] = {
         "output_attentions",
         "output_hidden_states",
         "tokenizer_class",
+        "auto_map",  # which module trust_remote_code imports (qdelta_remote.py); qdelta itself ignores it
     )
 }
 HF_BOOKKEEPING.update(is_encoder_decoder=(False,), chunk_size_feed_forward=(0,))

@@ -13,7 +13,8 @@ import pytest
 from qdelta.harness import cli
 
 SCRIPT = Path(sys.executable).parent / "qdelta"
-SUBCOMMANDS = [name for name, _ in cli._subcommands()]
+SUBCOMMANDS = [name for name, module in cli._subcommands() if not getattr(module, "PASSES_ALL_ARGUMENTS", False)]
+PASS_THROUGH = [name for name, module in cli._subcommands() if getattr(module, "PASSES_ALL_ARGUMENTS", False)]
 
 
 def _imports(argv, **env):
@@ -36,6 +37,15 @@ def test_help_imports_neither_torch_nor_transformers(argv):
     assert done.returncode == 0 and "usage: qdelta" in done.stdout, done.stderr[-2000:]
     assert "examples" in done.stdout or argv == ["--help"]
     assert not {"torch", "transformers", "lm_eval"} & modules, sorted(modules & {"torch", "transformers", "lm_eval"})
+
+
+@pytest.mark.skipif(not SCRIPT.is_file(), reason="the qdelta console script is not installed next to python")
+@pytest.mark.parametrize("name", PASS_THROUGH)
+def test_pass_through_help_is_the_wrapped_programs_own(name):
+    """``qdelta lm-eval --help`` hands ``--help`` to lm-eval: its usage, not qdelta's parser."""
+    done, _ = _imports([name, "--help"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: qdelta" not in done.stdout and f"usage: {name}" in done.stdout, done.stdout[:500]
 
 
 @pytest.mark.slow
