@@ -529,7 +529,7 @@ def main_job_argv(checkpoints_dir: Path) -> List[List[str]]:
             "--model",
             "qdelta",
             "--model_args",
-            f"pretrained={p}",
+            f"pretrained={p},on_overflow=count",  # a prompt past a checkpoint's window scores wrong, counted
             "--tasks",
             MAIN_JOB_GROUP,
             "--batch_size",
