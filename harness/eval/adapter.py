@@ -32,7 +32,8 @@
 Generation is greedy, as HFLM reads the task's ``generation_kwargs`` (``generation.py``):
 sampling (``do_sample: true``, or ``temperature`` > 0 without ``do_sample``) and beam search
 are refused with the fix, unknown keys are refused by name. It stops at the task's stop strings,
-the budget, or any end-of-text id of the tokenizer, ``config.json`` or ``generation_config.json``.
+the budget, or any end-of-text id of the tokenizer, ``config.json`` or ``generation_config.json``;
+the end token is decoded with the rest, as HFLM decodes it (no text when it is a special token).
 
 Data parallel: launched with ``accelerate launch`` (WORLD_SIZE > 1) each process takes its
 shard of every task through lm-eval's rank/world_size mechanism.
@@ -589,7 +590,8 @@ class QDeltaLM(TemplateLM):
                 token = int(next_ids[b])
                 if done[b]:
                     continue
-                if token in self.stop_token_ids:
+                if token in self.stop_token_ids:  # kept, as in HFLM: decoding drops it if it is a special token
+                    generated[b].append(token)
                     done[b] = True
                     continue
                 generated[b].append(token)
