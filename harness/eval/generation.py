@@ -69,7 +69,7 @@ def greedy_settings(gen_kwargs: Optional[dict], default_max_gen_toks: int, task:
     if kwargs["do_sample"]:
         asked = ", ".join(f"{k}={gen_kwargs[k]!r}" for k in ("do_sample", "temperature") if k in gen_kwargs)
         raise ValueError(
-            f"{where}generation_kwargs {asked} ask for sampling; --model qdelta decodes greedily only: pass "
+            f"{where}sampling asked for (generation_kwargs {asked}); --model qdelta decodes greedily only: pass "
             "--gen_kwargs do_sample=false (greedy, what temperature=0 means), or sample with --model hf"
         )
     beams = int(float(kwargs.get("num_beams") or 1))
