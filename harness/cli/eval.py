@@ -288,6 +288,8 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
         loaded = manager.load(task_names)
     except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
         raise ValueError(f"could not build task(s) {', '.join(task_names)}: {_one_line(err)}") from None
+    if cfg.model == "qdelta":
+        check_generation_kwargs(loaded["tasks"], cfg.gen_kwargs, lm.max_gen_toks)
     record = records.RunRecord(runs_dir, run_id)
     writer = lm.rank == 0
 
@@ -296,6 +298,21 @@ def evaluate_run(cfg, runs_dir: Path, run_id: Optional[str], command: str) -> di
 
     with records.folder_lock(record.path, on_wait=waiting) if writer else nullcontext():
         return _evaluate_tasks(cfg, lm, manager, loaded, record, command, pretrained, metadata)
+
+
+def check_generation_kwargs(tasks: dict, gen_kwargs, default_max_gen_toks: int) -> None:
+    """Generation arguments ``--model qdelta`` cannot honour (sampling, beams, unknown keys) are refused
+    before anything runs: each generation task's ``generation_kwargs`` updated by ``--gen_kwargs``, as
+    ``simple_evaluate`` updates them."""
+    from lm_eval.utils import simple_parse_args_string
+
+    from qdelta.harness.eval.generation import greedy_settings
+
+    override = simple_parse_args_string(gen_kwargs) if isinstance(gen_kwargs, str) else dict(gen_kwargs or {})
+    for name, task in tasks.items():
+        if task.get_config("output_type") == "generate_until":
+            merged = {**(task.get_config("generation_kwargs") or {}), **override}
+            greedy_settings(merged, default_max_gen_toks, task=name)
 
 
 def _task_identity(task) -> tuple:
@@ -412,9 +429,12 @@ def _evaluate_tasks(cfg, lm, manager, loaded, record, command: str, pretrained, 
                 continue
             samples = (result or {}).pop("samples", {}).get(name, [])
             progress.done(i, sum(len(s.get("arguments") or []) for s in samples))
+            stats = _all_ranks_truncation(lm, lm.take_stats()) if hasattr(lm, "take_stats") else None
             if not writer:
                 continue
             result["config"].update(model=cfg.model, model_args=cfg.model_args)
+            if stats is not None:
+                result["truncation"] = {name: _truncation_of(lm, stats, name)}
             if tracker is not None:
                 tracker.save_results_aggregated(results=result, samples={name: samples} if cfg.log_samples else None)
                 if cfg.log_samples:
@@ -437,11 +457,41 @@ def _evaluate_tasks(cfg, lm, manager, loaded, record, command: str, pretrained, 
                 "seconds": round(time.time() - started, 3),
                 "when": records.now(),
             }
-            if hasattr(lm, "take_stats"):
-                entry["adapter"] = lm.take_stats()
+            if stats is not None:
+                entry["adapter"] = stats
+                entry["truncation"] = result["truncation"][name]
             record.write_task(name, result, samples, entry)
     merged = record.finish([n for n, _ in leaf_tasks]) if writer else {}
     return {"run_id": run_id, "failed": failed, "merged": merged, "writer": writer, "path": record.path}
+
+
+def _all_ranks_truncation(lm, stats: dict) -> dict:
+    """``stats`` with the left-truncation counts summed over the data-parallel ranks (a collective
+    call: every rank makes it); one process: unchanged."""
+    if lm.world_size == 1:
+        return stats
+    per_rank = lm.gather_object(sorted(stats.get("truncated", {}).items()))
+    if per_rank is None:  # not the gathering rank
+        return stats
+    total: dict = {}
+    for items in per_rank:
+        for task, counts in items:
+            summed = total.setdefault(task, {"prompts": 0, "tokens_dropped": 0})
+            for key in summed:
+                summed[key] += counts[key]
+    return {**stats, "truncated": total}
+
+
+def _truncation_of(lm, stats: dict, task: str) -> dict:
+    """``{"mode", "max_length", "prompts_truncated", "tokens_dropped"}`` of one task, for its results
+    JSON and run-record entry (zeros under truncation=none: nothing is cut)."""
+    counts = stats.get("truncated", {}).get(task, {})
+    return {
+        "mode": getattr(lm, "truncation", "none"),
+        "max_length": lm.max_length,
+        "prompts_truncated": counts.get("prompts", 0),
+        "tokens_dropped": counts.get("tokens_dropped", 0),
+    }
 
 
 class Interrupted(KeyboardInterrupt):

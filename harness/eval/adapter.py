@@ -13,11 +13,27 @@
     variant              ``paper`` or ``official`` (DESIGN §2), passed to ``qdelta.load_model``
     prefix_reuse         ``True``: requests sharing a context prefix reuse its recurrent state
     prefix_min_fraction  share needed to group requests (fraction of the longest context, 0.5)
-    on_overflow          ``error`` (default): a request longer than ``config.max_sequence_length``
-                         raises; ``count``: it is scored as wrong (log-likelihood -inf, empty
-                         generation), counted, logged and written to the run record
+    max_length           the length limit requests are checked against (tokens); default
+                         ``config.max_sequence_length`` (None for recurrent models: no limit), at
+                         most that. ``max_length=2048,truncation=left`` is what ``--model hf``
+                         does with our recurrent checkpoints (their max_position_embeddings)
+    on_overflow          ``error`` (default): a request longer than the limit raises, naming the
+                         task, the length and the fix; ``count``: it is scored as wrong
+                         (log-likelihood -inf, empty generation), counted, logged and written to
+                         the run record
+    truncation           ``none`` (default) or ``left``: lm-eval's HFLM left truncation, opt-in.
+                         A log-likelihood input keeps its last ``max_length`` tokens (context cut,
+                         continuation whole); a generation context keeps its last
+                         ``max_length - max_gen_toks``. Truncated prompts are counted per task
+                         (``take_stats()['truncated']``, the run record). Not with on_overflow=count
     max_gen_toks         default generation budget when a task sets none (256)
     add_bos_token        prepend the tokenizer's special tokens when encoding (False)
+
+Generation is greedy, as HFLM reads the task's ``generation_kwargs`` (``generation.py``):
+sampling (``do_sample: true``, or ``temperature`` > 0 without ``do_sample``) and beam search
+are refused with the fix, unknown keys are refused by name. It stops at the task's stop strings,
+the budget, or any end-of-text id of the tokenizer, ``config.json`` or ``generation_config.json``;
+the end token is decoded with the rest, as HFLM decodes it (no text when it is a special token).
 
 Data parallel: launched with ``accelerate launch`` (WORLD_SIZE > 1) each process takes its
 shard of every task through lm-eval's rank/world_size mechanism.
@@ -37,15 +53,21 @@ import lm_eval.models  # noqa: F401  (registers the built-in models first: `hf` 
 import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from .generation import eos_token_ids, greedy_settings
 from .scoring import ReuseStats, common_prefix_len, plan_prefix_groups, repeat_cache, score_requests
 
 log = logging.getLogger(__name__)
 
 QDELTA_MODEL_TYPES = ("qdelta", "gated_deltanet", "delta_net", "linear_attn", "transformer")
 OVERFLOW_POLICIES = ("error", "count")
+TRUNCATION_MODES = ("none", "left")
+MODEL_ARGS = (
+    "pretrained, tokenizer, device, dtype, batch_size, max_batch_size, variant, prefix_reuse, "
+    "prefix_min_fraction, max_length, on_overflow, truncation, max_gen_toks, add_bos_token"
+)
 _DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -205,7 +227,9 @@ class QDeltaLM(TemplateLM):
         variant=None,
         prefix_reuse=True,
         prefix_min_fraction=0.5,
+        max_length=None,
         on_overflow="error",
+        truncation="none",
         max_gen_toks=256,
         add_bos_token=False,
         trust_remote_code=None,
@@ -214,14 +238,21 @@ class QDeltaLM(TemplateLM):
         super().__init__()
         if unknown:
             raise ValueError(
-                f"unknown --model_args for model qdelta: {', '.join(sorted(unknown))}; accepted: "
-                "pretrained, tokenizer, device, dtype, batch_size, max_batch_size, variant, "
-                "prefix_reuse, prefix_min_fraction, on_overflow, max_gen_toks, add_bos_token"
+                f"unknown --model_args for model qdelta: {', '.join(sorted(unknown))}; accepted: {MODEL_ARGS}"
             )
         if on_overflow not in OVERFLOW_POLICIES:
             raise ValueError(
                 f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}; e.g. on_overflow=count"
             )
+        truncation = str(truncation).strip().lower()
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(
+                f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}; truncation=left is lm-eval's "
+                "left truncation (keeps the last tokens)"
+            )
+        if truncation == "left" and on_overflow == "count":
+            raise ValueError("truncation=left and on_overflow=count both handle over-length requests; pass one of them")
+        self.truncation = truncation
         self.batch_size_per_gpu = parse_batch_size(batch_size, max_batch_size)
         self.prefix_reuse = parse_bool("prefix_reuse", prefix_reuse)
         self.prefix_min_fraction = float(prefix_min_fraction)
@@ -270,7 +301,11 @@ class QDeltaLM(TemplateLM):
         else:
             raise TypeError(f"pretrained must be a checkpoint folder or a torch model, got {type(pretrained).__name__}")
         self.model.eval()
+        self._max_length = self._check_max_length(max_length)
         self.tokenizer = _load_tokenizer(tokenizer, pretrained)
+        self.stop_token_ids = eos_token_ids(
+            self.tokenizer, self.model.config, self.pretrained, getattr(self.model, "generation_config", None)
+        )
         if self.tokenizer.eos_token_id is None and self.tokenizer.bos_token_id is None:
             log.warning(
                 "the tokenizer has no eos/bos token: empty contexts are prefixed with token 0 and "
@@ -278,7 +313,27 @@ class QDeltaLM(TemplateLM):
             )
         self.stats = ReuseStats()
         self.events: Dict[str, int] = defaultdict(int)
+        self.truncated: Dict[str, dict] = {}  # task -> {"prompts", "tokens_dropped"} under truncation=left
+        self._request_tasks: List[Optional[str]] = []  # task of each loglikelihood request being scored
         self._uses_qdelta_cache: Optional[bool] = None
+
+    def _check_max_length(self, max_length) -> Optional[int]:
+        model_limit = getattr(self.model.config, "max_sequence_length", None)
+        if max_length is None or str(max_length).strip().lower() in ("", "none"):
+            return model_limit
+        try:
+            limit = int(max_length)
+        except ValueError:
+            raise ValueError(
+                f"max_length must be a number of tokens, got {max_length!r}; e.g. max_length=2048"
+            ) from None
+        if limit < 2:
+            raise ValueError(f"max_length must be >= 2 tokens, got {limit}; e.g. max_length=2048")
+        if model_limit is not None and limit > model_limit:
+            raise ValueError(
+                f"max_length={limit} exceeds the model's max_sequence_length {model_limit}; pass at most {model_limit}"
+            )
+        return limit
 
     # ---------------------------------------------------------------- lm-eval properties
     @property
@@ -294,8 +349,8 @@ class QDeltaLM(TemplateLM):
 
     @property
     def max_length(self) -> Optional[int]:
-        """``config.max_sequence_length``: None for recurrent models (no limit)."""
-        return getattr(self.model.config, "max_sequence_length", None)
+        """The ``max_length`` model arg, else ``config.max_sequence_length`` (None for recurrent models)."""
+        return self._max_length
 
     @property
     def max_gen_toks(self) -> int:
@@ -346,7 +401,7 @@ class QDeltaLM(TemplateLM):
     def _tree_forward(self):
         """Level-batched prefix walks need our recurrent cache (``select`` + per-row token counts);
         the Transformer's KV cache and other caches take the one-chain-at-a-time walk (None)."""
-        if self._uses_qdelta_cache is None and self.max_length is not None:
+        if self._uses_qdelta_cache is None and getattr(self.model.config, "max_sequence_length", None) is not None:
             self._uses_qdelta_cache = False
         if self._uses_qdelta_cache is None:
             from qdelta.cache import QDeltaCache
@@ -355,29 +410,62 @@ class QDeltaLM(TemplateLM):
             self._uses_qdelta_cache = isinstance(self._forward(probe, None, True)[1], QDeltaCache)
         return self._forward_masked if self._uses_qdelta_cache else None
 
-    def _too_long(self, n_tokens: int, what: str) -> bool:
-        """True (and counted) when ``n_tokens`` exceeds the model's limit under on_overflow=count."""
+    def _over_limit(self, n_tokens: int, what: str, task: Optional[str]) -> bool:
+        """False when ``n_tokens`` fits; over the limit: raises (on_overflow=error) or counts and
+        returns True (on_overflow=count)."""
         limit = self.max_length
         if limit is None or n_tokens <= limit:
             return False
         if self.on_overflow == "error":
             raise ValueError(
-                f"a {what} request needs {n_tokens} tokens but the model's max_sequence_length is "
-                f"{limit}; evaluate shorter task settings, or pass on_overflow=count in --model_args "
-                "to score such requests as wrong and count them"
+                f"task {task or '?'}: a {what} request needs {n_tokens} tokens but max_length is {limit}; pass "
+                "truncation=left in --model_args (lm-eval's left truncation, counted) or on_overflow=count "
+                "(scored wrong, counted), or evaluate shorter task settings"
             )
         self.events[f"{what}_over_max_length"] += 1
         return True
 
+    def _truncate_left(self, tokens: List[int], keep: int, task: Optional[str]) -> List[int]:
+        """The last ``keep`` tokens; counts the prompt and the tokens dropped for ``task``."""
+        counts = self.truncated.setdefault(task or "?", {"prompts": 0, "tokens_dropped": 0})
+        counts["prompts"] += 1
+        counts["tokens_dropped"] += len(tokens) - keep
+        return tokens[-keep:]
+
+    def _fit_loglikelihood(self, ctx: List[int], cont: List[int], task: Optional[str]) -> Optional[List[int]]:
+        """The context to score with (left-truncated under truncation=left), or None: counted overflow."""
+        limit, need = self.max_length, len(ctx) + len(cont) - 1
+        if limit is None or need <= limit:
+            return ctx
+        if self.truncation == "left":  # HFLM: (ctx + cont)[-(limit + 1):][:-1]
+            room = limit + 1 - len(cont)
+            if room < 1:
+                raise ValueError(
+                    f"task {task or '?'}: a loglikelihood continuation of {len(cont)} tokens does not fit max_length "
+                    f"{limit} even without its context (truncation=left cuts contexts only); raise max_length"
+                )
+            return self._truncate_left(ctx, room, task)
+        return None if self._over_limit(need, "loglikelihood", task) else ctx
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
+        """lm-eval's encoding (``TemplateLM.loglikelihood``), keeping each request's task for errors and counts."""
+        self._request_tasks = [getattr(req, "task_name", None) for req in requests]
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._request_tasks = []
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> List[Tuple[float, bool]]:
         results: List[Optional[Tuple[float, bool]]] = [None] * len(requests)
-        keep = []
+        keep, items = [], []
         for i, (_, ctx, cont) in enumerate(requests):
-            if self._too_long(len(ctx) + len(cont) - 1, "loglikelihood"):
+            task = self._request_tasks[i] if i < len(self._request_tasks) else None
+            fitted = self._fit_loglikelihood(ctx, cont, task)
+            if fitted is None:
                 results[i] = (float("-inf"), False)
             else:
                 keep.append(i)
-        items = [(requests[i][1], requests[i][2]) for i in keep]
+                items.append((fitted, cont))
         scored = score_requests(
             self._forward,
             items,
@@ -434,23 +522,30 @@ class QDeltaLM(TemplateLM):
             ctx = self.tok_encode(context) or [self.prefix_token_id]
             encoded.append(ctx)
             buckets[(json.dumps(gen_kwargs, sort_keys=True, default=str), len(ctx))].append(i)
+        eos = self.eot_token_id
+        eos_text = None if eos is None else self.tokenizer.decode([eos], skip_special_tokens=False)
+        limit = self.max_length
         for (_, length), members in buckets.items():
-            kwargs = normalize_gen_kwargs(requests[members[0]].args[1], self.max_gen_toks)
-            if kwargs.get("do_sample"):
-                raise ValueError(
-                    "qdelta generates greedily; the task asks do_sample=True: pass "
-                    "--gen_kwargs do_sample=False (or temperature=0)"
-                )
-            eos = self.eot_token_id
-            eos_text = None if eos is None else self.tokenizer.decode([eos], skip_special_tokens=False)
-            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
-            budget = int(kwargs.pop("max_gen_toks"))
-            if self._too_long(length, "generate_until"):
+            task = getattr(requests[members[0]], "task_name", None)
+            until, budget = greedy_settings(requests[members[0]].args[1], self.max_gen_toks, task)
+            until = handle_stop_sequences(until, eos=eos_text)
+            if limit is not None and self.truncation == "left":  # HFLM: the context keeps limit - budget
+                room = limit - budget
+                if room < 1:
+                    raise ValueError(
+                        f"task {task or '?'}: max_gen_toks={budget} leaves no room for a context within max_length "
+                        f"{limit} (truncation=left keeps max_length - max_gen_toks); lower max_gen_toks or raise max_length"
+                    )
+                if length > room:
+                    for i in members:
+                        encoded[i] = self._truncate_left(encoded[i], room, task)
+                    length = room
+            elif self._over_limit(length, "generate_until", task):
                 for i in members:
                     out[i] = ""
                 continue
-            if self.max_length is not None and length + budget > self.max_length:
-                budget = self.max_length - length
+            elif limit is not None and length + budget > limit:
+                budget = limit - length
                 self.events["generation_capped_at_max_length"] += len(members)
             if self.prefix_reuse:
                 groups = [
@@ -495,7 +590,8 @@ class QDeltaLM(TemplateLM):
                 token = int(next_ids[b])
                 if done[b]:
                     continue
-                if token == self.eot_token_id:
+                if token in self.stop_token_ids:  # kept, as in HFLM: decoding drops it if it is a special token
+                    generated[b].append(token)
                     done[b] = True
                     continue
                 generated[b].append(token)
@@ -511,11 +607,20 @@ class QDeltaLM(TemplateLM):
     def _log_events(self) -> None:
         for name, count in sorted(self.events.items()):
             log.warning("qdelta: %d request(s) %s (on_overflow=%s)", count, name.replace("_", " "), self.on_overflow)
+        for task, counts in sorted(self.truncated.items()):
+            log.warning(
+                "qdelta: task %s: %d prompt(s) so far left-truncated to max_length %s, %d tokens dropped (truncation=left)",
+                task,
+                counts["prompts"],
+                self.max_length,
+                counts["tokens_dropped"],
+            )
 
     def take_stats(self) -> dict:
-        """Prefix-reuse savings and overflow events since the last call (then reset)."""
-        info = {**self.stats.as_dict(), "events": dict(self.events)}
-        self.stats, self.events = ReuseStats(), defaultdict(int)
+        """Prefix-reuse savings, overflow events and left truncations per task since the last call
+        (then reset): ``{..., "events": {name: n}, "truncated": {task: {"prompts", "tokens_dropped"}}}``."""
+        info = {**self.stats.as_dict(), "events": dict(self.events), "truncated": dict(self.truncated)}
+        self.stats, self.events, self.truncated = ReuseStats(), defaultdict(int), {}
         return info
 
     def state_size(self) -> dict:
@@ -537,7 +642,10 @@ class QDeltaLM(TemplateLM):
             "pretrained": self.pretrained,
             "prefix_reuse": self.prefix_reuse,
             "on_overflow": self.on_overflow,
-            "max_sequence_length": self.max_length,
+            "truncation": self.truncation,
+            "max_sequence_length": getattr(config, "max_sequence_length", None),
+            "max_length": self.max_length,
+            "stop_token_ids": list(self.stop_token_ids),
         }
 
 
