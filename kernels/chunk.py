@@ -105,8 +105,9 @@ def chunk_qdelta(
         precision: ``"tf32"`` (default) or ``"ieee"``: how the Triton kernels multiply fp32 inputs.
             ``"tf32"``: their matrix products (``tl.dot``) on fp32 operands run in TF32 on the
             tensor cores (10-bit mantissa); fp32 inputs then land 1.8e-3 relative L2 from the
-            float64 reference at K = 256 on the H200 (forward; gradients up to 2.9e-3).
-            ``"ieee"``: full fp32 products (slower), for reference checks. bf16/fp16 inputs are
+            float64 reference at K = 256 on the H200 (output; gradients up to 2.5e-3).
+            ``"ieee"``: full fp32 products (slower), for reference checks: 4.5e-7 there
+            (gradients up to 9.4e-7). bf16/fp16 inputs are
             unaffected (their kernels are the same either way); the PyTorch reference path
             computes in the inputs' dtype and ignores it.
 
