@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # One device call (GPU machine, see NOTES.md): make `import qdelta.kernels` work, then run the
-# steps named: pick (the first of CANDIDATES, launch overrides as JSON separated by ';', that passes
-# the bf16 chunk GPU tests becomes QDELTA_TRITON_LAUNCH for the later steps), tests (GPU tests),
-# profile (where one fwd+bwd goes, ours and fla's), bench (the benchmark), tune (harness/bench/tune.py; TUNE_ARGS, TUNE_TRIALS: JSON for --trials),
+# steps named: tests (GPU tests), profile (where one fwd+bwd goes, ours and fla's), bench (the benchmark), tune (harness/bench/tune.py; TUNE_ARGS, TUNE_TRIALS: JSON for --trials),
 # all (= tests profile bench). Logs and result files land
-# in $OUT, named with $TAG when set (e.g. a run under QDELTA_TRITON_LAUNCH overrides). If .whl/ holds
+# in $OUT, named with $TAG when set. If .whl/ holds
 # wheels (fla-core, einops), they are installed first; .authors/ (ignored, never committed) holds the authors'
 # qdelta_rule package for the benchmark. Usage: bash scripts/device_check.sh STEP...
 set -o pipefail
@@ -26,20 +24,9 @@ if ! python3 -c "import qdelta.kernels" 2>/dev/null; then
   fi
 fi
 python3 -c "import torch, triton, qdelta.kernels.triton as t; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), t.__file__)" 2>&1 | tee "$OUT/env.log"
-echo "QDELTA_TRITON_LAUNCH=${QDELTA_TRITON_LAUNCH:-}" | tee -a "$OUT/env.log"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv | tee -a "$OUT/env.log"
 for step in $steps; do
   case $step in
-  pick)
-    IFS=';' read -ra cands <<< "${CANDIDATES:-}"
-    for c in "${cands[@]}"; do
-      if QDELTA_TRITON_LAUNCH="$c" timeout 200 python3 -m pytest -q -m gpu -x -s -p no:cacheprovider \
-           tests/kernels/test_triton_gpu.py -k "forward_and_gradients and bfloat16" > "$OUT/pick.log" 2>&1; then
-        export QDELTA_TRITON_LAUNCH="$c"; echo "picked: $c"; grep ERR "$OUT/pick.log" | sort -t: -k2 -g | tail -3; break
-      fi
-      echo "failed: $c"; grep -E "^E |ERR" "$OUT/pick.log" | tail -3
-    done
-    echo "QDELTA_TRITON_LAUNCH=${QDELTA_TRITON_LAUNCH:-}" | tee -a "$OUT/env.log" ;;
   tests)
     timeout ${TESTS_TIMEOUT:-480} python3 -m pytest -q -m gpu -s -rA -p no:cacheprovider tests/kernels/test_triton_gpu.py tests/kernels/test_triton_profile.py ${TEST_ARGS:-} 2>&1 \
       | tee "$OUT/gpu_tests$tag.log" | grep -E "ERR|passed|failed|Error" ;;

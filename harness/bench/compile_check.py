@@ -42,10 +42,9 @@ _TRITON_TYPES = {
 
 
 def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> List[dict]:
-    """The kernel launches of one chunk forward + backward with the launch.py defaults, one forward with
-    the output fused into the state pass, one forward + backward with the other side of the options that
-    change kernel code (SAVED_PAIRS off, A_LOWP on), and one decoding step (tiny T, real head sizes), recorded
-    under the interpreter (this process must have TRITON_INTERPRET=1) as plain, JSON-able descriptions."""
+    """The kernel launches of one chunk forward + backward with the launch.py settings (for float32 inputs
+    also one with ``precision="ieee"``) and one decoding step (tiny T, real head sizes), recorded under the
+    interpreter (this process must have TRITON_INTERPRET=1) as plain, JSON-able descriptions."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("record_launches runs under TRITON_INTERPRET=1 (the launches happen on the CPU)")
     import torch
@@ -91,14 +90,9 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
         leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
         o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
         o.float().sum().backward()
-        # the state pass with the output fused in (launch.py FUSE_OUTPUT, not the default)
-        with launch.overridden({"state": {"FUSE_OUTPUT": True}}), torch.no_grad():
-            chunk_qdelta(**{n: t.detach() for n, t in leaves.items()}, use_qk_l2norm=True, variant=variant)
-        # the other side of the options that change kernel code: SAVED_PAIRS (intra and intra_bwd; on by
-        # default), A_LOWP (off)
-        with launch.overridden({"intra_bwd": {"SAVED_PAIRS": False}, "intra": {"A_LOWP": True}}):
+        if dtype_name == "float32":  # fp32 dots in IEEE precision (chunk_qdelta's precision="ieee")
             again = {n: t.detach().requires_grad_(True) for n, t in leaves.items()}
-            chunk_qdelta(**again, use_qk_l2norm=True, variant=variant)[0].float().sum().backward()
+            chunk_qdelta(**again, use_qk_l2norm=True, variant=variant, precision="ieee")[0].sum().backward()
         step = {n: t[:, :1].detach() for n, t in leaves.items()}
         with torch.no_grad():
             fused_recurrent_qdelta(

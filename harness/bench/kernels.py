@@ -82,7 +82,7 @@ class Report:
     notes: List[str] = field(default_factory=list)
     fla_note: Optional[str] = None  # set where fla's backward guard was lifted for timing
     authors: str = ""  # where the authors' kernel came from ("" when it was not measured)
-    launch_overrides: str = ""  # QDELTA_TRITON_LAUNCH of the run (kernels/triton/launch.py), "" for the defaults
+    launch_overrides: str = ""  # launch.OVERRIDES in force (JSON; kernels/triton/launch.py), "" for the table
     # the launch settings in force, per head config and kernel (defaults and overrides resolved): tells runs of
     # code with other defaults apart ({} in reports written before it was recorded)
     launch_settings: Dict[str, Dict[str, Dict]] = field(default_factory=dict)
@@ -324,6 +324,8 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
         raise ValueError("qdelta bench kernels needs a CUDA GPU (none is visible); run it on the GPU machine")
     import triton
 
+    from qdelta.kernels.triton import launch
+
     name = torch.cuda.get_device_name()
     report = Report(
         card=name,
@@ -332,7 +334,7 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         fla=fla_version() or "not installed",
         copy_gbps=copy_bandwidth_gbps(),
-        launch_overrides=os.environ.get("QDELTA_TRITON_LAUNCH", ""),
+        launch_overrides=json.dumps(launch.OVERRIDES) if launch.OVERRIDES else "",
         launch_settings=resolved_launch_settings(),
     )
     skipped = left_out(configs, lengths)
@@ -458,8 +460,7 @@ def to_markdown(r: Report) -> str:
         f"authors = {r.authors or 'not measured (see the notes)'}; fla-gdn = fla's chunk_gated_delta_rule "
         "(lam = 0); sdpa = PyTorch flash attention, 16 heads of the model width. qk_l2norm: the q/k l2-norm "
         "inside the call. fwd = forward with grad enabled (training), no_grad = forward under torch.no_grad "
-        "(prefill)."
-        + (f" Launch settings overridden: QDELTA_TRITON_LAUNCH={r.launch_overrides}." if r.launch_overrides else ""),
+        "(prefill)." + (f" Launch settings overridden: {r.launch_overrides}." if r.launch_overrides else ""),
         "",
         "| heads | T | B | impl | qk_l2norm | fwd | fwd no_grad | fwd+bwd |",
         "|---|---|---|---|---|---|---|---|",

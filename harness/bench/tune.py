@@ -5,8 +5,8 @@ forward+backward timed (median of ``triton.testing.do_bench``), bf16, 32,768 tok
         [--T 2048] [--repeat N] [--out tune.json]
 
 Each kernel's trials run in a fresh process (a launch that faults leaves the CUDA context
-unusable), against that process's own baseline (best of three). Trials start from the launch.py
-defaults, or from ``QDELTA_TRITON_LAUNCH`` when that is set (tuning around a candidate setting).
+unusable), against that process's own baseline (best of three). Each trial changes single values
+of the launch.py table, in-process (``launch.overridden``) and only while it is timed.
 Prints one line per trial and, last, the best setting per kernel (forward kernels judged by the
 forward time, backward kernels by forward+backward, the decoding kernel ``recurrent`` by its paper
 variant's kernel time, its pair reading (paper, official) in ms) and the chunk time with all the best ones together.
@@ -27,19 +27,12 @@ from triton.testing import do_bench
 from qdelta.harness.bench.kernels import HEAD_CONFIGS, batch_size
 from qdelta.kernels.triton import launch
 
-TRIALS = {  # changes from the v10 defaults (launch.py); risky ones (faults, out of shared memory) last
-    "intra": [{"A_LOWP": True}, {"BK": 32}, {"num_warps": 4}, {"BK": 32, "num_warps": 4}],
-    "state": [{"FUSE_OUTPUT": True}, {"BV": 32}, {"num_stages": 3}, {"num_warps": 4}, {"num_warps": 8}],
+TRIALS = {  # changes from the launch.py table; risky ones (faults, out of shared memory) last
+    "intra": [{"BK": 32}, {"num_warps": 4}, {"BK": 32, "num_warps": 4}],
+    "state": [{"BV": 32}, {"num_stages": 3}, {"num_warps": 4}, {"num_warps": 8}],
     "output": [{"BK": 32}, {"BV": 64}, {"num_warps": 4}, {"num_stages": 3}],
     "reverse": [{"num_stages": 2}, {"num_warps": 4}, {"num_warps": 8}, {"BV": 128, "num_warps": 8}],
-    "intra_bwd": [
-        {"SAVED_PAIRS": False},
-        {"BV": 32, "BK": 32},
-        {"BK": 32},
-        {"num_warps": 8},
-        {"BV": 32},
-        {"num_stages": 1},
-    ],
+    "intra_bwd": [{"num_warps": 8}, {"BV": 32}, {"num_stages": 1}],
     "kq_bwd": [{"BK": 32}, {"num_warps": 8}, {"BV": 32}, {"LOWP": False}, {"BK": 32, "BV": 32, "LOWP": False}],
     # decoding: judged by the paper variant's kernel time (a 64-sequence step), official beside it; the
     # default V tile is 64 columns at K <= 128 and 32 above, so one of BV 32 / 64 repeats the baseline
@@ -76,11 +69,6 @@ def time_decode(name):
 
 T_LEN = 2048  # --T: sequence length, batch_size(T) sequences (long T: few for the sequential passes)
 REPEAT = 1  # --repeat: each trial timed this many times, the best kept (the 340M timings spread ~10 %)
-
-
-# the settings every trial starts from: QDELTA_TRITON_LAUNCH when set (tuning on top of a candidate), else
-# the launch.py defaults; a trial's overrides replace single values of these (recorded in the report)
-BASE = {kernel: dict(o) for kernel, o in launch.OVERRIDES.items()}
 
 
 def trial(leaves, do, overrides, decode_config=None):
@@ -131,9 +119,6 @@ def main(argv=None) -> int:
     parser.add_argument("--T", type=int, default=2048, help="sequence length; must divide 32,768 tokens")
     parser.add_argument("--repeat", type=int, default=1, help="time each trial this many times, keep the best")
     parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--best-json", default=None, help="write the starting settings with the last config's best changes here (JSON)"
-    )
     parser.add_argument("--group", nargs=2, metavar=("CONFIG", "KERNEL"), help=argparse.SUPPRESS)
     parser.add_argument("--combined", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -157,7 +142,7 @@ def main(argv=None) -> int:
             result = run_group(name, kernel)
         print("GROUP " + json.dumps(result), flush=True)
         return 0
-    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "T": T_LEN, "base": BASE, "results": {}}
+    report = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "T": T_LEN, "results": {}}
 
     def child(name, kernel, combined=None):
         cmd = [sys.executable, "-m", "qdelta.harness.bench.tune", "--group", name, kernel]
@@ -187,9 +172,6 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    if args.best_json:  # the starting settings with the best changes on top: ready for QDELTA_TRITON_LAUNCH
-        with open(args.best_json, "w") as f:
-            json.dump({k: {**BASE.get(k, {}), **best.get(k, {})} for k in set(BASE) | set(best)}, f)
     return 0
 
 

@@ -1,9 +1,9 @@
 """``chunk_qdelta`` on Triton: chunk table, launches, and the autograd Function.
 
 Forward: the three Triton kernels of :mod:`.chunk_fwd`. Backward: the four Triton kernels of
-:mod:`.chunk_bwd` from what the forward saves (chunk-start states, G, W, U', Q K^T * Gam, T, and
-with launch.py SAVED_PAIRS the strictly lower P * Gam),
-gradients for q, k, v, g, beta, lam and the initial state, with the final-state gradient flowing in.
+:mod:`.chunk_bwd` from what the forward saves (chunk-start states, G, W, U', Q K^T * Gam, T and the
+strictly lower P * Gam), gradients for q, k, v, g, beta, lam and the initial state, with the
+final-state gradient flowing in.
 
 The official variant runs here from chunk boundaries (an ``initial_state`` that is a tensor, or
 an :class:`OfficialState` at a boundary); its final in-chunk state (chunk-start state, x-memory,
@@ -23,7 +23,7 @@ import torch
 import triton
 
 from .._inputs import OFFICIAL_CHUNK, Inputs, l2norm
-from ..chunk import _chunk
+from ..chunk import PRECISIONS, _chunk
 from ..state import OfficialState
 from . import chunk_fwd
 from .chunk_bwd import chunk_backward
@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 
 MAX_K, MAX_V, MAX_CHUNK = 256, 512, 64
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def dot_precision(precision: str, dtype: torch.dtype) -> str:
+    """The kernels' ``DOT_PRECISION`` for a call: ``precision`` ("tf32" or "ieee") for fp32 inputs; "tf32"
+    (Triton's default) for 16-bit inputs, whose kernels stay as they are."""
+    assert precision in PRECISIONS, precision  # checked by chunk_qdelta
+    return precision if dtype == torch.float32 else "tf32"
 
 
 def interpret_mode() -> bool:
@@ -90,9 +97,8 @@ class ChunkTable:
 def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
     """The chunk table of these sequence bounds, built once and kept (16 most recent). Building it copies
     host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its queued
-    work: a table built on every call made the host wait once per call (v9: 0.5 - 0.9 ms per fwd+bwd
-    where the GPU waited for the host; with the cache, v10, the benchmark's wall time is its CUDA time).
-    The tables are read-only."""
+    work, so a table built on every call would make the host wait once per call. The tables are
+    read-only."""
     return ChunkTable(bounds, chunk_size, device)
 
 
@@ -110,40 +116,33 @@ def chunk_forward(
     official: bool,
     store_inverse: bool = False,
     norm: bool = False,
+    precision: str = "tf32",
 ):
     """Launch the forward kernels. Tokens laid out (T, H, ·), contiguous.
 
-    Returns o (T, H, V), h (NC, H, K, V) chunk-start states (None when neither the backward nor
-    the official final state needs them and the output is fused), ht (N, H, K, V) final states
-    and, with ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, PG, h) with T the
-    per-chunk ``(I + L)^-1`` (NC, H, BC, BC) and PG the strictly lower ``P * Gam`` (None unless the
-    backward is set to read it, launch.py SAVED_PAIRS), and R, the (2, T, H) fp32 inverse row norms of
-    q and k (None without ``norm``); else None. With ``norm`` the kernels l2-normalise the rows of q
-    and k as they load them (``use_qk_l2norm``: no normalised copy is made).
+    Returns o (T, H, V), h (NC, H, K, V) chunk-start states, ht (N, H, K, V) final states and, with
+    ``store_inverse``, what the backward reads: (G, W, U', Aqk, T, PG, h, R) with T the per-chunk
+    ``(I + L)^-1`` (NC, H, BC, BC), PG the strictly lower ``P * Gam`` and R the (2, T, H) fp32 inverse
+    row norms of q and k (None without ``norm``); else None. With ``norm`` the kernels l2-normalise the
+    rows of q and k as they load them (``use_qk_l2norm``: no normalised copy is made). ``precision``:
+    the dots' ``input_precision`` for fp32 operands (:func:`dot_precision`).
     """
     T, H, K = q.shape
     V = v.shape[-1]
     NC, N = table.num_chunks, table.num_sequences
     dev, f32 = q.device, torch.float32
     G = torch.empty(T, H, dtype=f32, device=dev)
-    # W and Aqk in the inputs' 16-bit dtype (launch.py W_LOWP, A_LOWP) only where every reader rounds
-    # them to that dtype anyway (LOWP in the state and reverse passes; Aqk: also in the pass that computes
-    # the output, fused into the state pass or the output kernel, and not read elementwise by a backward
-    # with SAVED_PAIRS): then the same numbers, half the bytes
+    # W in the inputs' 16-bit dtype (launch.py W_LOWP) only where both its readers round it to that dtype
+    # anyway (LOWP in the state and reverse passes): then the same numbers, half the bytes
     cfg = settings("intra", K, V)
     state, reverse, output = settings("state", K, V), settings("reverse", K, V), settings("output", K, V)
-    fuse = state.pop("FUSE_OUTPUT")
-    saved_pairs = store_inverse and settings("intra_bwd", K, V)["SAVED_PAIRS"]
-    rounded = q.dtype != f32 and state["LOWP"] and reverse["LOWP"]
-    w16 = cfg.pop("W_LOWP") and rounded
-    a16 = cfg.pop("A_LOWP") and rounded and (fuse or output["LOWP"]) and not saved_pairs
+    w16 = cfg.pop("W_LOWP") and q.dtype != f32 and state["LOWP"] and reverse["LOWP"]
     W = torch.empty(T, H, K, dtype=q.dtype if w16 else f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
     BC = _p2(chunk_size)
     Tinv = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None
-    Aqk = torch.empty(NC, H, BC, BC, dtype=q.dtype if a16 else f32, device=dev)
-    # P * Gam for a backward that reads the pairing instead of recomputing it (launch.py SAVED_PAIRS)
-    PG = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if saved_pairs else None
+    Aqk = torch.empty(NC, H, BC, BC, dtype=f32, device=dev)
+    PG = torch.empty(NC, H, BC, BC, dtype=f32, device=dev) if store_inverse else None  # P * Gam, for the backward
     R = torch.empty(2, T, H, dtype=f32, device=dev) if norm else None
     Rq, Rk = (G, G) if R is None else (R[0], R[1])
     if norm:
@@ -177,19 +176,18 @@ def chunk_forward(
         HAS_LAM=lam is not None,
         OFFICIAL=official,
         STORE_T=store_inverse,
-        STORE_PG=PG is not None,
         NORM=norm,
+        DOT_PRECISION=precision,
         HC=max(16, BC // 2),
     )
     cfg = state
-    store_h = store_inverse or official or not fuse
     # H_LOWP: chunk-start states kept in the inputs' 16-bit dtype (half the bytes of the largest tensor,
     # written here and read by the output kernel — which rounds them anyway with its LOWP — and by the
     # backward's K-block kernel); the official variant keeps fp32 (its final state is rebuilt from the
     # last chunk's start state)
-    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official and (fuse or output["LOWP"])
-    h = torch.empty(NC, H, K, V, dtype=q.dtype if h16 else f32, device=dev) if store_h else None
-    Up = torch.empty(T, H, V, dtype=f32, device=dev) if store_inverse or not fuse else None
+    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official and output["LOWP"]
+    h = torch.empty(NC, H, K, V, dtype=q.dtype if h16 else f32, device=dev)
+    Up = torch.empty(T, H, V, dtype=f32, device=dev)
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
     o = torch.empty(T, H, V, dtype=q.dtype, device=dev)
     launch(
@@ -201,18 +199,13 @@ def chunk_forward(
         U,
         G,
         ht if h0 is None else h0,
-        q,
-        Aqk,
-        o,
         table.bos,
         table.len,
         table.seq_chunks,
-        ht if h is None else h,
-        U if Up is None else Up,
+        h,
+        Up,
         ht,
-        Rq,
         Rk,
-        scale,
         H=H,
         K=K,
         V=V,
@@ -220,56 +213,67 @@ def chunk_forward(
         BK=_p2(K),
         NORM=norm,
         HAS_H0=h0 is not None,
-        FUSE_OUTPUT=fuse,
-        STORE_H=store_h,
-        STORE_UP=Up is not None,
+        DOT_PRECISION=precision,
     )
-    if not fuse:
-        cfg = output
-        launch(
-            chunk_fwd._output_kernel,
-            (triton.cdiv(V, cfg["BV"]), NC, H),
-            cfg,
-            q,
-            Aqk,
-            G,
-            h,
-            Up,
-            o,
-            table.bos,
-            table.len,
-            Rq,
-            scale,
-            H=H,
-            K=K,
-            V=V,
-            BC=BC,
-            NORM=norm,
-        )
+    cfg = output
+    launch(
+        chunk_fwd._output_kernel,
+        (triton.cdiv(V, cfg["BV"]), NC, H),
+        cfg,
+        q,
+        Aqk,
+        G,
+        h,
+        Up,
+        o,
+        table.bos,
+        table.len,
+        Rq,
+        scale,
+        H=H,
+        K=K,
+        V=V,
+        BC=BC,
+        NORM=norm,
+        DOT_PRECISION=precision,
+    )
     return o, h, ht, ((G, W, Up, Aqk, Tinv, PG, h, R) if store_inverse else None)
 
 
 class _ChunkQDelta(torch.autograd.Function):
     """(q, k, v, g, beta, lam, h0) -> (o, final state, start state of every sequence's last chunk);
-    with ``norm`` q and k are l2-normalised inside the kernels (gradients through the norm included)."""
+    with ``norm`` q and k are l2-normalised inside the kernels (gradients through the norm included);
+    ``precision``: the dots' input precision for fp32 operands, forward and backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, norm):
+    def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, norm, precision):
         needs_grad = any(ctx.needs_input_grad[:7])
         o, h, ht, for_backward = chunk_forward(
-            q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, store_inverse=needs_grad, norm=norm
+            q,
+            k,
+            v,
+            g,
+            beta,
+            lam,
+            h0,
+            table,
+            scale,
+            chunk_size,
+            official,
+            store_inverse=needs_grad,
+            norm=norm,
+            precision=precision,
         )
-        # the official final state is rebuilt from h_last; h is not kept in a fused no-grad paper call
-        h_last = h[table.last] if h is not None else ht.new_empty(0)
+        h_last = h[table.last]  # the official final state is rebuilt from it
         if needs_grad:
             ctx.save_for_backward(q, k, v, g, beta, lam, *for_backward)
-        ctx.meta = (table, scale, official, h0 is None)
+        ctx.meta = (table, scale, official, h0 is None, precision)
         return o, ht, h_last
 
     @staticmethod
     def backward(ctx, do, dht, dh_last):
         q, k, v, g, beta, lam, *forward = ctx.saved_tensors
-        table, scale, official, no_h0 = ctx.meta
+        table, scale, official, no_h0, precision = ctx.meta
         N, (H, K, V) = table.num_sequences, forward[6].shape[1:]
 
         def zero_state(d):
@@ -281,9 +285,10 @@ class _ChunkQDelta(torch.autograd.Function):
             "table": table,
             "scale": scale,
             "official": official,
+            "dot_precision": precision,
         }
         dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht), zero_state(dh_last))
-        return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None, None
+        return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None, None, None
 
 
 def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float, norm: bool) -> OfficialState:
@@ -303,8 +308,10 @@ def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: flo
     return OfficialState(*(torch.stack([p[i] for p in parts]) for i in range(3)), offsets)
 
 
-def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool):
-    """Run a prepared call (see :func:`supports`) on Triton; returns (o, final state or None)."""
+def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool, precision: str = "tf32"):
+    """Run a prepared call (see :func:`supports`) on Triton; returns (o, final state or None).
+    ``precision``: "tf32" or "ieee", the dots' input precision for fp32 inputs (:func:`dot_precision`)."""
+    dots = dot_precision(precision, inp.q.dtype)
     B, T, H, K = inp.q.shape
     V = inp.v.shape[-1]
     flat = lambda t: None if t is None else t.reshape((B * T,) + t.shape[2:]).contiguous()  # noqa: E731
@@ -319,7 +326,7 @@ def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool):
     if h0 is not None:
         h0 = h0.float().contiguous()
     norm = inp.qk_l2norm
-    o, ht, h_last = _ChunkQDelta.apply(q, k, v, g, beta, lam, h0, table, inp.scale, size, official, norm)
+    o, ht, h_last = _ChunkQDelta.apply(q, k, v, g, beta, lam, h0, table, inp.scale, size, official, norm, dots)
     o = o.reshape(B, T, H, V)
     if not output_final_state:
         return o, None

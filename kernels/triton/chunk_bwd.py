@@ -18,12 +18,13 @@ gradient is ever formed. Gate and beta gradients are row sums of products that t
 already hold (e.g. ``d gam_i`` from R is ``-beta_i rowsum(X * dR S0^T)_i``); the in-chunk
 cumulative gate's gradient ``dG`` is summed over the K blocks and reverse-cumsummed inside each
 chunk by (4) ``_gate_bwd_kernel``. The forward saves G, W, U', ``Aqk = (Q K^T) * Gam``, ``T``, the
-chunk-start states ``h`` and, with SAVED_PAIRS, ``P * Gam``; nothing is recomputed in PyTorch.
+chunk-start states ``h`` and ``P * Gam``, so the pairing is never recomputed (and nothing is recomputed in PyTorch).
 
 Transposed operands are loaded transposed through pointer arithmetic (no ``tl.trans`` of a dot
 result: the Triton 3.4-3.7.0 Hopper hazard, DESIGN §5). fp32 accumulation and state throughout;
-``tl.dot`` of fp32 operands is tf32 on Hopper, as in the forward; with ``LOWP`` (launch.py) the
-reverse pass and the K-block kernel round their dot operands to the inputs' 16-bit dtype.
+``tl.dot`` of fp32 operands runs at ``DOT_PRECISION`` ("tf32" or "ieee"), as in the forward; with
+``LOWP`` (launch.py) the reverse pass and the K-block kernel round their dot operands to the inputs'
+16-bit dtype.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _reverse_state_kernel(
     W,
     G,
     Aqk,
-    do,  # (T, H, K) x2, W (T, H, K) fp32/16-bit, (T, H) fp32, (NC, H, BC, BC) fp32/16-bit, (T, H, V)
+    do,  # (T, H, K) x2, W (T, H, K) fp32/16-bit, (T, H) fp32, (NC, H, BC, BC) fp32, (T, H, V)
     dht,
     dh_last,  # (N, H, K, V) fp32: gradients of the final states and of each sequence's last chunk start
     chunk_bos,
@@ -64,6 +65,7 @@ def _reverse_state_kernel(
     BV: tl.constexpr,
     LOWP: tl.constexpr,
     NORM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k = tl.arange(0, BK)  # BK covers all of K
@@ -95,12 +97,13 @@ def _reverse_state_kernel(
         if NORM:  # the rows of k and q^T normalised on the C-row side of their products
             b_e *= tl.load(Rk + o_t, mask=m_c, other=0.0)
             b_gq *= tl.load(Rq + o_t, mask=m_c, other=0.0)
-        b_dU = scale * dot(b_At, b_do, k, LOWP) + dot(b_k, b_dS, k, LOWP) * b_e[:, None]
+        b_dU = scale * dot(b_At, b_do, k, LOWP, DOT_PRECISION) + dot(b_k, b_dS, k, LOWP, DOT_PRECISION) * b_e[:, None]
         tl.store(dUp + p_cv, b_dU, mask=m_cv)
         b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
         b_dog = b_do.to(tl.float32) * b_gq[:, None]
         b_Wt = tl.load(W + o_t[None, :] * K + o_k[:, None], mask=m_kc, other=0.0)
-        b_dS = dot_add(dot_add(b_dS * tl.exp(G_last), b_qt, b_dog, k, LOWP), b_Wt, -b_dU, k, LOWP)
+        b_dS = dot_add(b_dS * tl.exp(G_last), b_qt, b_dog, k, LOWP, DOT_PRECISION)
+        b_dS = dot_add(b_dS, b_Wt, -b_dU, k, LOWP, DOT_PRECISION)
         if i == 0:  # the gradient of the last chunk's start state joins here (loaded here: not held in registers)
             b_dS += tl.load(dh_last + p_seq, mask=m_kv, other=0.0)
     tl.store(dh0 + p_seq, b_dS, mask=m_kv)
@@ -108,18 +111,15 @@ def _reverse_state_kernel(
 
 @triton.jit
 def _intra_bwd_kernel(
-    q,
-    k,
     v,
     G,
     beta,
-    lam,
     Tinv,
     Up,
     dUp,
     do,  # tokens (T, H, ·); Tinv (NC, H, BC, BC); Up, dUp fp32
     PG,
-    Aqk,  # with SAVED_PAIRS: the forward's strictly lower P * Gam (fp32) and (Q K^T) * Gam, (NC, H, BC, BC)
+    Aqk,  # the forward's strictly lower P * Gam and (Q K^T) * Gam, (NC, H, BC, BC) fp32
     chunk_bos,
     chunk_len,
     dR_out,
@@ -129,29 +129,19 @@ def _intra_bwd_kernel(
     dG_out,
     dbeta_out,  # (T,H,V), (T,H,V), (NC,H,BC,BC) x2 (fp32 or, for a
     # LOWP K-block kernel, 16-bit), (T,H) fp32 x2
-    Rq,
-    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k (read when the pairs are recomputed)
     scale,
     H: tl.constexpr,
-    K: tl.constexpr,
     V: tl.constexpr,
     BC: tl.constexpr,
-    BK: tl.constexpr,
     BV: tl.constexpr,
-    HAS_LAM: tl.constexpr,
-    OFFICIAL: tl.constexpr,
-    SAVED_PAIRS: tl.constexpr,
-    NORM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    """dR, dv, dL, dAqk and the gate / beta parts of one chunk and head. The pairing ``P`` and ``Q K^T``
-    are recomputed from q and k (K loop), or with SAVED_PAIRS read as the forward stored them (``P * Gam``
-    and ``Aqk = (Q K^T) * Gam``: the same tf32 products — the forward keeps Aqk fp32 then — one C x C
-    tile each instead of q and k)."""
+    """dR, dv, dL, dAqk and the gate / beta parts of one chunk and head. The pairing and ``Q K^T`` are
+    read as the forward stored them (``P * Gam`` and ``Aqk = (Q K^T) * Gam``, one C x C tile each)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
     b_G = tl.load(G + o_t, mask=m_c, other=0.0)
     b_beta = row_values(beta, o_t, m_c, True, BC)
-    b_lam = row_values(lam, o_t, m_c, HAS_LAM, BC)
     p_cc = (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :]
 
     b_dLacc = tl.zeros([BC, BC], dtype=tl.float32)  # dR U'^T
@@ -162,54 +152,26 @@ def _intra_bwd_kernel(
         o_v = i_v * BV + tl.arange(0, BV)
         m_cv = m_c[:, None] & (o_v < V)[None, :]
         p_cv = o_t[:, None] * V + o_v[None, :]
-        b_dR = tl.dot(b_Tt, tl.load(dUp + p_cv, mask=m_cv, other=0.0))
+        b_dR = tl.dot(b_Tt, tl.load(dUp + p_cv, mask=m_cv, other=0.0), input_precision=DOT_PRECISION)
         tl.store(dR_out + p_cv, b_dR.to(dR_out.dtype.element_ty), mask=m_cv)
         b_v = tl.load(v + p_cv, mask=m_cv, other=0.0).to(tl.float32)
         tl.store(dv + p_cv, (b_dR * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_cv)
         b_dbeta += tl.sum(b_dR * b_v, 1)
         m_vc = (o_v < V)[:, None] & m_c[None, :]
         b_Upt = tl.load(Up + o_t[None, :] * V + o_v[:, None], mask=m_vc, other=0.0)
-        b_dLacc += tl.dot(b_dR, b_Upt)
-        b_dAacc += tl.dot(tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32), b_Upt)
+        b_dLacc += tl.dot(b_dR, b_Upt, input_precision=DOT_PRECISION)
+        b_do = tl.load(do + p_cv, mask=m_cv, other=0.0).to(tl.float32)
+        b_dAacc += tl.dot(b_do, b_Upt, input_precision=DOT_PRECISION)
 
-    if not SAVED_PAIRS:
-        b_P = tl.zeros([BC, BC], dtype=tl.float32)
-        b_QK = tl.zeros([BC, BC], dtype=tl.float32)
-        if NORM:
-            b_rq = tl.load(Rq + o_t, mask=m_c, other=0.0)
-            b_rk = tl.load(Rk + o_t, mask=m_c, other=0.0)
-        for i_k in range(tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m = m_c[:, None] & (o_k < K)[None, :]
-            mt = (o_k < K)[:, None] & m_c[None, :]
-            b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
-            b_k = tl.load(k + o_t[:, None] * K + o_k[None, :], mask=m, other=0.0).to(tl.float32)
-            b_qt = tl.load(q + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
-            b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=mt, other=0.0).to(tl.float32)
-            if NORM:
-                b_q, b_k = b_q * b_rq[:, None], b_k * b_rk[:, None]
-                b_qt, b_kt = b_qt * b_rq[None, :], b_kt * b_rk[None, :]
-            b_QK += tl.dot(b_q, b_kt)
-            if OFFICIAL:
-                b_P += tl.dot(b_k, b_kt + b_lam[None, :] * b_qt)  # <k_i, x_j>
-            else:
-                b_P += tl.dot(b_k + b_lam[:, None] * b_q, b_kt)  # <x_i, k_j>
     m_strict = (o_c[:, None] > o_c[None, :]) & m_c[:, None] & m_c[None, :]
     m_incl = (o_c[:, None] >= o_c[None, :]) & m_c[:, None] & m_c[None, :]
     b_Gam = tl.exp(tl.where(m_incl, b_G[:, None] - b_G[None, :], float("-inf")))
     b_dL = tl.where(m_strict, -b_dLacc, 0.0)
-    if SAVED_PAIRS:
-        b_PG = tl.load(PG + p_cc, mask=m_strict, other=0.0)
-    else:
-        b_PG = b_P * b_Gam
-    b_dLPG = b_dL * b_PG  # d(L)_ij L_ij / beta_i
+    b_dLPG = b_dL * tl.load(PG + p_cc, mask=m_strict, other=0.0)  # d(L)_ij L_ij / beta_i
     b_dbeta += tl.sum(b_dLPG, 1)
     b_ML = b_dLPG * b_beta[:, None]
     b_dA = tl.where(m_incl, scale * b_dAacc, 0.0)
-    if SAVED_PAIRS:
-        b_MA = b_dA * tl.load(Aqk + p_cc, mask=m_incl, other=0.0).to(tl.float32)
-    else:
-        b_MA = b_dA * b_QK * b_Gam
+    b_MA = b_dA * tl.load(Aqk + p_cc, mask=m_incl, other=0.0)
     b_dG = tl.sum(b_ML + b_MA, 1) - tl.sum(b_ML + b_MA, 0)
     tl.store(dP_out + p_cc, (b_dL * b_Gam * b_beta[:, None]).to(dP_out.dtype.element_ty))
     tl.store(dA_out + p_cc, (b_dA * b_Gam).to(dA_out.dtype.element_ty))
@@ -254,6 +216,7 @@ def _kq_bwd_kernel(
     OFFICIAL: tl.constexpr,
     LOWP: tl.constexpr,
     NORM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """dq, dk of one chunk, head and K block (with NORM: with respect to the normalised q, k, plus their
     row sums with q, k, which the gate kernel turns into the gradients of the raw q, k) and the parts of
@@ -291,9 +254,9 @@ def _kq_bwd_kernel(
         b_sdot += tl.sum(b_St.to(tl.float32) * b_dSt.to(tl.float32), 0)
         p_cv = o_c[:, None] * (H * V) + o_v[None, :]
         m_cv = m_c[:, None] & m_v[None, :]
-        b_dOS = dot_add(b_dOS, tl.load(do_c + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP)
-        b_dRS = dot_add(b_dRS, tl.load(dR_c + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP)
-        b_UdS = dot_add(b_UdS, tl.load(Up_c + p_cv, mask=m_cv, other=0.0), b_dSt, k, LOWP)
+        b_dOS = dot_add(b_dOS, tl.load(do_c + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP, DOT_PRECISION)
+        b_dRS = dot_add(b_dRS, tl.load(dR_c + p_cv, mask=m_cv, other=0.0), b_St, k, LOWP, DOT_PRECISION)
+        b_UdS = dot_add(b_UdS, tl.load(Up_c + p_cv, mask=m_cv, other=0.0), b_dSt, k, LOWP, DOT_PRECISION)
 
     p_ck = o_t[:, None] * K + o_k[None, :]
     b_q = tl.load(q + p_ck, mask=m_ck, other=0.0).to(tl.float32)
@@ -316,13 +279,13 @@ def _kq_bwd_kernel(
     b_dA = tl.load(dA + p_cc + o_c[:, None] * BC + o_c[None, :])
     b_dAt = tl.load(dA + p_cc + o_c[None, :] * BC + o_c[:, None])
     if OFFICIAL:  # P = K X^T
-        b_dk += dot(b_dP, b_x, k, LOWP)
-        b_dx += dot(b_dPt, b_k, k, LOWP)
+        b_dk += dot(b_dP, b_x, k, LOWP, DOT_PRECISION)
+        b_dx += dot(b_dPt, b_k, k, LOWP, DOT_PRECISION)
     else:  # P = X K^T
-        b_dx += dot(b_dP, b_k, k, LOWP)
-        b_dk += dot(b_dPt, b_x, k, LOWP)
-    b_dq += dot(b_dA, b_k, k, LOWP) + b_lam[:, None] * b_dx
-    b_dk += dot(b_dAt, b_q, k, LOWP) + b_dx
+        b_dx += dot(b_dP, b_k, k, LOWP, DOT_PRECISION)
+        b_dk += dot(b_dPt, b_x, k, LOWP, DOT_PRECISION)
+    b_dq += dot(b_dA, b_k, k, LOWP, DOT_PRECISION) + b_lam[:, None] * b_dx
+    b_dk += dot(b_dAt, b_q, k, LOWP, DOT_PRECISION) + b_dx
     tl.store(dq + p_ck, b_dq.to(dq.dtype.element_ty), mask=m_ck)
     tl.store(dk + p_ck, b_dk.to(dk.dtype.element_ty), mask=m_ck)
     p_part = tl.cast(i_k, tl.int64) * T_total * H + o_t
@@ -410,12 +373,13 @@ def chunk_backward(saved, do, dht, dh_last):
     """Gradients (dq, dk, dv, dg, dbeta, dlam, dh0); tokens laid out (T, H, ·), states fp32.
 
     ``saved``: the inputs q, k, v, g (or None), beta, lam (or None), the forward's G, W, U', Aqk, T,
-    P * Gam (or None), chunk-start states h and inverse q/k row norms R (None: q, k used as given),
-    the chunk table, scale and variant.
+    P * Gam, chunk-start states h and inverse q/k row norms R (None: q, k used as given), the chunk
+    table, scale, variant and the dots' ``input_precision`` for fp32 operands ("tf32" or "ieee").
     """
     q, k, v, g, beta, lam = saved["inputs"]
     G, W, Up, Aqk, Tinv, PG, h, R = saved["forward"]
     table, scale, official = saved["table"], saved["scale"], saved["official"]
+    precision = saved["dot_precision"]
     T, H, K = q.shape
     V = v.shape[-1]
     NC, N = table.num_chunks, table.num_sequences
@@ -458,6 +422,7 @@ def chunk_backward(saved, do, dht, dh_last):
         BC=BC,
         BK=_p2(K),
         NORM=norm,
+        DOT_PRECISION=precision,
     )
 
     # dR, dP and dA have one reader, the K-block kernel: with LOWP it rounds them to the inputs' 16-bit
@@ -470,23 +435,18 @@ def chunk_backward(saved, do, dht, dh_last):
     dA = torch.empty(NC, H, BC, BC, dtype=to_kq, device=dev)
     dG_intra = torch.empty(T, H, dtype=f32, device=dev)
     dbeta_intra = torch.empty(T, H, dtype=f32, device=dev)
-    cfg = settings("intra_bwd", K, V)
-    cfg.pop("SAVED_PAIRS")  # the forward decided: PG is there or not
     launch(
         _intra_bwd_kernel,
         (NC, H),
-        cfg,
-        q,
-        k,
+        settings("intra_bwd", K, V),
         v,
         G,
         beta,
-        q if lam is None else lam,
         Tinv,
         Up,
         dUp,
         do,
-        Tinv if PG is None else PG,
+        PG,
         Aqk,
         table.bos,
         table.len,
@@ -496,17 +456,11 @@ def chunk_backward(saved, do, dht, dh_last):
         dA,
         dG_intra,
         dbeta_intra,
-        Rq,
-        Rk,
         scale,
         H=H,
-        K=K,
         V=V,
         BC=BC,
-        HAS_LAM=lam is not None,
-        OFFICIAL=official,
-        SAVED_PAIRS=PG is not None,
-        NORM=norm,
+        DOT_PRECISION=precision,
     )
 
     cfg = kq
@@ -550,6 +504,7 @@ def chunk_backward(saved, do, dht, dh_last):
         HAS_LAM=lam is not None,
         OFFICIAL=official,
         NORM=norm,
+        DOT_PRECISION=precision,
     )
 
     dg = None if g is None else torch.empty_like(g)

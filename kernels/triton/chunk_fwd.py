@@ -8,7 +8,6 @@ Per chunk of C tokens from state S0 (``G`` the in-chunk cumulative gate, ``gam =
     T  = (I + L)^-1 ;  W = T diag(beta gam) X ;  U = T diag(beta) V          (1) _intra_kernel
     U' = U - W S0 ;    S_C = gam_C S0 + K^T diag(gam_C / gam) U'             (2) _state_kernel
     O  = scale ( diag(gam) Q S0 + ((Q K^T) * Gam * lower_incl) U' )          (3) _output_kernel
-                                                    (or fused into (2): launch.py FUSE_OUTPUT)
 The backward is in :mod:`.chunk_bwd`.
 
 Chunks come from a host-built table (first token, length), so packed sequences
@@ -16,17 +15,17 @@ Chunks come from a host-built table (first token, length), so packed sequences
 case; tokens past a chunk's length are masked to zero. The official variant is computed here
 only from chunk boundaries (its in-chunk continuation is handled by the caller).
 
-Precision: gate cumsum, T, U, U' and the running state are fp32 (W, Aqk and the kept chunk-start
+Precision: gate cumsum, T, U, U', Aqk and the running state are fp32 (W and the kept chunk-start
 states can be stored in the inputs' 16-bit dtype where their readers round them anyway: launch.py
-W_LOWP, A_LOWP, H_LOWP); ``tl.dot`` on fp32 operands uses Triton's default (tf32 on Hopper).
+W_LOWP, H_LOWP); ``tl.dot`` on fp32 operands runs at ``DOT_PRECISION`` ("tf32" on Hopper tensor cores,
+or "ieee" fp32, the caller's ``precision``), except the two dots that assemble T, always "ieee".
 Plain pointer arithmetic with masks throughout: Triton 3.9 removed ``tl.make_block_ptr``. Checked
 with Triton 3.9 (TRITON_INTERPRET=1, CPU) and Triton 3.6 on an H200 (torch 2.11;
 tests/kernels/test_triton_gpu.py, see NOTES.md); not yet run on an H100.
 Limits: K <= 256, V <= 512 (any size, padded to powers of two inside), chunk size <= 64.
 The state passes hold all of K in one block. With 16-bit operands the forward pass's K-wide loads (W,
 K^T) go to the dots untouched, so Triton copies them straight to shared memory, two pipeline stages
-ahead, also at K = 256 (197 KB) — with the output fused in (q and Aqk loaded too) K = 256 needs one
-stage (NOTES.md v9).
+ahead, also at K = 256 (197 KB).
 No ``tl.trans`` of a dot result anywhere (the Triton 3.4-3.7.0 Hopper miscompile, DESIGN §5).
 """
 
@@ -37,26 +36,26 @@ import triton.language as tl
 
 
 @triton.jit
-def dot(a, b, like, LOWP: tl.constexpr):
+def dot(a, b, like, LOWP: tl.constexpr, PRECISION: tl.constexpr):
     """``a @ b`` with fp32 accumulation; with LOWP both operands are first rounded to the element type
     of the pointer ``like`` (the inputs' dtype: bf16/fp16 operands run at the full tensor-core rate;
-    for fp32 inputs nothing changes), else both are taken as fp32 (tf32 dots). Operands loaded in
-    the 16-bit dtype can be passed as loaded: with LOWP they then reach the dot untouched, which
-    keeps them out of fp32 registers."""
+    for fp32 inputs nothing changes), else both are taken as fp32. Operands loaded in the 16-bit dtype
+    can be passed as loaded: with LOWP they then reach the dot untouched, which keeps them out of fp32
+    registers. ``PRECISION`` ("tf32" or "ieee") is the dot's ``input_precision`` for fp32 operands."""
     if LOWP:
-        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty))
+        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty), input_precision=PRECISION)
     else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
 
 
 @triton.jit
-def dot_add(acc, a, b, like, LOWP: tl.constexpr):
+def dot_add(acc, a, b, like, LOWP: tl.constexpr, PRECISION: tl.constexpr):
     """``acc + a @ b`` as one accumulating dot (operands as in :func:`dot`): the product lands in ``acc``'s
     registers instead of a second accumulator of the same size."""
     if LOWP:
-        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty), acc)
+        return tl.dot(a.to(like.dtype.element_ty), b.to(like.dtype.element_ty), acc, input_precision=PRECISION)
     else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -118,8 +117,7 @@ def _intra_kernel(
     lam,  # inputs, (T, H, K) / (T, H, V) / (T, H)
     chunk_bos,
     chunk_len,  # (NC,) int32: first token and length of every chunk
-    # out, fp32 unless said: G (T, H), W (T, H, K; 16-bit with W_LOWP), U (T, H, V), T, A and PG (NC, H, BC, BC;
-    # A 16-bit with A_LOWP)
+    # out, fp32 unless said: G (T, H), W (T, H, K; 16-bit with W_LOWP), U (T, H, V), T, A and PG (NC, H, BC, BC)
     G_out,
     W_out,
     U_out,
@@ -139,14 +137,14 @@ def _intra_kernel(
     HAS_LAM: tl.constexpr,
     OFFICIAL: tl.constexpr,
     STORE_T: tl.constexpr,
-    STORE_PG: tl.constexpr,
     NORM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """With NORM, q and k are taken l2-normalised: the products run on the rows as loaded, with
     ``x = rk (k + (lam rq / rk) q)``, and the row scalings act on the C x C results and on W's
-    row factor. Gate cumsum G, ``(Q K^T) * Gam`` (A_out), ``T = (I + L)^-1`` (T_out, for the backward), W and U of
-    one chunk and head; with STORE_PG also the strictly lower ``P * Gam`` (``L`` without beta) for the
-    backward, which then does not recompute the pairing. The chunk is handled as two halves of
+    row factor. Gate cumsum G, ``(Q K^T) * Gam`` (A_out), W and U of one chunk and head; with STORE_T also,
+    for the backward, ``T = (I + L)^-1`` (T_out) and the strictly lower ``P * Gam`` (PG_out: ``L`` without
+    beta), so that the backward never recomputes the pairing. The chunk is handled as two halves of
     ``HC = max(16, BC / 2)`` rows (for BC = 16 the second half is padding):
     ``T = [[T1, 0], [-T2 L21 T1, T2]]`` with T1, T2 the inverses of the diagonal blocks, both by forward
     substitution in the same HC - 1 steps on HC x HC tiles (a quarter of the elements of one BC x BC
@@ -186,17 +184,17 @@ def _intra_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1, b_x2 = b_k1 + b_lam1[:, None] * b_q1, b_k2 + b_lam2[:, None] * b_q2
-        b_QK11 += tl.dot(b_q1, tl.trans(b_k1))
-        b_QK21 += tl.dot(b_q2, tl.trans(b_k1))
-        b_QK22 += tl.dot(b_q2, tl.trans(b_k2))
+        b_QK11 += tl.dot(b_q1, tl.trans(b_k1), input_precision=DOT_PRECISION)
+        b_QK21 += tl.dot(b_q2, tl.trans(b_k1), input_precision=DOT_PRECISION)
+        b_QK22 += tl.dot(b_q2, tl.trans(b_k2), input_precision=DOT_PRECISION)
         if OFFICIAL:
-            b_P11t += tl.dot(b_x1, tl.trans(b_k1))
-            b_P22t += tl.dot(b_x2, tl.trans(b_k2))
-            b_P21 += tl.dot(b_k2, tl.trans(b_x1))
+            b_P11t += tl.dot(b_x1, tl.trans(b_k1), input_precision=DOT_PRECISION)
+            b_P22t += tl.dot(b_x2, tl.trans(b_k2), input_precision=DOT_PRECISION)
+            b_P21 += tl.dot(b_k2, tl.trans(b_x1), input_precision=DOT_PRECISION)
         else:
-            b_P11t += tl.dot(b_k1, tl.trans(b_x1))
-            b_P22t += tl.dot(b_k2, tl.trans(b_x2))
-            b_P21 += tl.dot(b_x2, tl.trans(b_k1))
+            b_P11t += tl.dot(b_k1, tl.trans(b_x1), input_precision=DOT_PRECISION)
+            b_P22t += tl.dot(b_k2, tl.trans(b_x2), input_precision=DOT_PRECISION)
+            b_P21 += tl.dot(b_x2, tl.trans(b_k1), input_precision=DOT_PRECISION)
     if NORM:  # the raw rows' products to the normalised rows' (P: both factors are k's, up to x / rk)
         b_QK11 *= rq1[:, None] * rk1[None, :]
         b_QK21 *= rq2[:, None] * rk1[None, :]
@@ -232,7 +230,7 @@ def _intra_kernel(
         tl.zeros([HC, HC], dtype=A_out.dtype.element_ty),
         mask=in_2[None, :],
     )
-    if STORE_PG:  # P * Gam, strictly lower (the diagonal blocks written back from their transposed tiles)
+    if STORE_T:  # P * Gam, strictly lower (the diagonal blocks written back from their transposed tiles)
         b_PG11t = b_P11t * tl.exp(tl.where(lower_t1, b_G1[None, :] - b_G1[:, None], float("-inf")))
         b_PG22t = b_P22t * tl.exp(tl.where(lower_t2, b_G2[None, :] - b_G2[:, None], float("-inf")))
         tl.store(PG_out + p_cc + o_1[None, :] * BC + o_1[:, None], b_PG11t)
@@ -269,8 +267,14 @@ def _intra_kernel(
         b_q1, b_k1, b_q2, b_k2, p_1, p_2, mk_1, mk_2 = half_qk_tiles(q, k, t_1, t_2, m_1, m_2, i_k, K, BK)
         b_x1 = (b_k1 + b_lam1[:, None] * b_q1) * b_wx1[:, None]
         b_x2 = (b_k2 + b_lam2[:, None] * b_q2) * b_wx2[:, None]
-        tl.store(W_out + p_1, tl.dot(b_T1, b_x1).to(W_out.dtype.element_ty), mask=mk_1)
-        tl.store(W_out + p_2, (tl.dot(b_T21, b_x1) + tl.dot(b_T2, b_x2)).to(W_out.dtype.element_ty), mask=mk_2)
+        tl.store(W_out + p_1, tl.dot(b_T1, b_x1, input_precision=DOT_PRECISION).to(W_out.dtype.element_ty), mask=mk_1)
+        tl.store(
+            W_out + p_2,
+            (tl.dot(b_T21, b_x1, input_precision=DOT_PRECISION) + tl.dot(b_T2, b_x2, input_precision=DOT_PRECISION)).to(
+                W_out.dtype.element_ty
+            ),
+            mask=mk_2,
+        )
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -278,8 +282,12 @@ def _intra_kernel(
         mv_1, mv_2 = m_1[:, None] & m_v[None, :], m_2[:, None] & m_v[None, :]
         b_v1 = tl.load(v + p_1, mask=mv_1, other=0.0).to(tl.float32) * b_beta1[:, None]
         b_v2 = tl.load(v + p_2, mask=mv_2, other=0.0).to(tl.float32) * b_beta2[:, None]
-        tl.store(U_out + p_1, tl.dot(b_T1, b_v1), mask=mv_1)
-        tl.store(U_out + p_2, tl.dot(b_T21, b_v1) + tl.dot(b_T2, b_v2), mask=mv_2)
+        tl.store(U_out + p_1, tl.dot(b_T1, b_v1, input_precision=DOT_PRECISION), mask=mv_1)
+        tl.store(
+            U_out + p_2,
+            tl.dot(b_T21, b_v1, input_precision=DOT_PRECISION) + tl.dot(b_T2, b_v2, input_precision=DOT_PRECISION),
+            mask=mv_2,
+        )
 
 
 @triton.jit
@@ -289,9 +297,6 @@ def _state_kernel(
     U,
     G,
     h0,  # (T, H, K), (T, H, K) fp32 or 16-bit, (T, H, V) fp32, (T, H) fp32, (N, H, K, V) fp32
-    q,
-    A,
-    o,  # with FUSE_OUTPUT: (T, H, K), (NC, H, BC, BC) (Q K^T) * Gam (fp32 or 16-bit), (T, H, V) out
     chunk_bos,
     chunk_len,
     seq_chunks,  # (NC,), (NC,), (N + 1,) int32
@@ -299,9 +304,7 @@ def _state_kernel(
     h_out,
     Up_out,
     ht_out,
-    Rq,
-    Rk,  # with NORM: (T, H) fp32 inverse row norms of q and k
-    scale,
+    Rk,  # with NORM: (T, H) fp32 inverse row norms of k
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -309,14 +312,12 @@ def _state_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     HAS_H0: tl.constexpr,
-    FUSE_OUTPUT: tl.constexpr,
-    STORE_H: tl.constexpr,
-    STORE_UP: tl.constexpr,
     LOWP: tl.constexpr,
     NORM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    """State pass; with FUSE_OUTPUT it also writes o (then _output_kernel is not launched). With NORM the
-    rows of k and q are l2-normalised by scaling the C-row side of their products."""
+    """State pass: chunk-start states h, U' and the final states. With NORM the rows of k are
+    l2-normalised by scaling the C-row side of their products."""
     i_v, i_n, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k = tl.arange(0, BK)  # BK covers all of K
     o_v = i_v * BV + tl.arange(0, BV)
@@ -330,25 +331,15 @@ def _state_kernel(
     c_begin = tl.load(seq_chunks + i_n)
     c_end = tl.load(seq_chunks + i_n + 1)
     for i_c in range(c_begin, c_end):
-        if STORE_H:
-            tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S.to(h_out.dtype.element_ty), mask=m_kv)
+        tl.store(h_out + tl.cast(i_c, tl.int64) * H * K * V + p_kv, b_S.to(h_out.dtype.element_ty), mask=m_kv)
         bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
         b_W = tl.load(W + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
         p_u = o_t[:, None] * V + o_v[None, :]
         m_u = m_c[:, None] & m_v[None, :]
-        b_U = tl.load(U + p_u, mask=m_u, other=0.0) - dot(b_W, b_S, k, LOWP)
-        if STORE_UP:
-            tl.store(Up_out + p_u, b_U, mask=m_u)
+        b_U = tl.load(U + p_u, mask=m_u, other=0.0) - dot(b_W, b_S, k, LOWP, DOT_PRECISION)
+        tl.store(Up_out + p_u, b_U, mask=m_u)
         b_G = tl.load(G + o_t, mask=m_c, other=0.0)
         G_last = tl.load(G + (bos + n - 1) * H + i_h)
-        if FUSE_OUTPUT:
-            b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
-            b_A = tl.load(A + (tl.cast(i_c, tl.int64) * H + i_h) * BC * BC + o_c[:, None] * BC + o_c[None, :])
-            b_gq = tl.exp(b_G)
-            if NORM:
-                b_gq *= tl.load(Rq + o_t, mask=m_c, other=0.0)
-            b_o = dot(b_q, b_S, k, LOWP) * b_gq[:, None] + dot(b_A, b_U, k, LOWP)
-            tl.store(o + p_u, (scale * b_o).to(o.dtype.element_ty), mask=m_u)
         # K^T loaded transposed (no tl.trans of a dot result: see the Hopper hazard in NOTES.md) and used as
         # loaded; the decay exp(G_C - G_i) scales the rows of U' instead (C x BV, not K x C elements)
         b_kt = tl.load(k + o_t[None, :] * K + o_k[:, None], mask=m_k[:, None] & m_c[None, :], other=0.0)
@@ -356,13 +347,13 @@ def _state_kernel(
         if NORM:
             b_e *= tl.load(Rk + o_t, mask=m_c, other=0.0)
         b_Ue = b_U * b_e[:, None]
-        b_S = b_S * tl.exp(G_last) + dot(b_kt, b_Ue, k, LOWP)
+        b_S = b_S * tl.exp(G_last) + dot(b_kt, b_Ue, k, LOWP, DOT_PRECISION)
     tl.store(ht_out + i_n.to(tl.int64) * H * K * V + p_kv, b_S, mask=m_kv)
 
 
 @triton.jit
 def _output_kernel(
-    # (T, H, K), (NC, H, BC, BC) fp32 or 16-bit, (T, H) fp32, (NC, H, K, V) fp32 or 16-bit, (T, H, V) fp32, (T, H, V)
+    # (T, H, K), (NC, H, BC, BC) fp32, (T, H) fp32, (NC, H, K, V) fp32 or 16-bit, (T, H, V) fp32, (T, H, V)
     q,
     A,
     G,
@@ -381,6 +372,7 @@ def _output_kernel(
     BV: tl.constexpr,
     LOWP: tl.constexpr,
     NORM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, n, o_c, m_c, o_t = chunk_rows(chunk_bos, chunk_len, i_c, i_h, H, BC)
@@ -393,7 +385,7 @@ def _output_kernel(
         m_k = o_k < K
         b_q = tl.load(q + o_t[:, None] * K + o_k[None, :], mask=m_c[:, None] & m_k[None, :], other=0.0)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_o = dot_add(b_o, b_q, b_h, q, LOWP)
+        b_o = dot_add(b_o, b_q, b_h, q, LOWP, DOT_PRECISION)
     b_gq = tl.exp(tl.load(G + o_t, mask=m_c, other=0.0))
     if NORM:
         b_gq *= tl.load(Rq + o_t, mask=m_c, other=0.0)
@@ -401,5 +393,5 @@ def _output_kernel(
     p_u = o_t[:, None] * V + o_v[None, :]
     m_u = m_c[:, None] & m_v[None, :]
     b_U = tl.load(Up + p_u, mask=m_u, other=0.0)
-    b_o = scale * (b_o * b_gq[:, None] + dot(b_A, b_U, q, LOWP))
+    b_o = scale * (b_o * b_gq[:, None] + dot(b_A, b_U, q, LOWP, DOT_PRECISION))
     tl.store(o + p_u, b_o.to(o.dtype.element_ty), mask=m_u)

@@ -1,33 +1,28 @@
 """Tile sizes and launch settings of the chunk kernels, in one place.
 
-``settings(kernel, K, V)`` gives the defaults below (chosen with ``harness/bench/tune.py`` on an
-H200; see NOTES.md), updated by ``OVERRIDES[kernel]``, which the tuning script sets to try
-other values without editing the launchers. ``OVERRIDES`` starts from the environment variable
-``QDELTA_TRITON_LAUNCH`` (JSON, e.g. ``{"reverse": {"BV": 64}}``) for trying settings on a
-machine without editing code. Every tile size is a power of two >= 16; the state kernels hold
-all of K in one tile (``BK`` is K padded). ``LOWP`` (state, output, reverse, kq_bwd): the dots' operands are
-rounded to the inputs' dtype (bf16/fp16) instead of running tf32 on fp32 operands; accumulation
-and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where both its
-readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the chunk-start
-states / end-state gradients that the backward's K-block kernel reads in the inputs' 16-bit dtype
-(paper variant; half the bytes of the largest tensors). ``A_LOWP`` (intra; off: timed no faster, v9):
-``(Q K^T) * Gam`` stored in the inputs' 16-bit dtype where both its readers round it anyway (LOWP
-output kernel or state pass with the output fused in, LOWP reverse pass).
+``settings(kernel, K, V)`` gives the launch table below, updated by ``OVERRIDES[kernel]``, which
+the tuning script (``harness/bench/tune.py``) sets in-process during a trial through
+:func:`overridden`; nothing else sets it. Every tile size is a power of two >= 16; the state kernels
+hold all of K in one tile (``BK`` is K padded). ``LOWP`` (state, output, reverse, kq_bwd): the dots'
+operands are rounded to the inputs' dtype (bf16/fp16) instead of running on fp32 operands;
+accumulation and the states stay fp32. ``W_LOWP`` (intra): store W in the inputs' 16-bit dtype where
+both its readers use LOWP (the same numbers, half the bytes). ``H_LOWP`` (state / reverse): keep the
+chunk-start states / end-state gradients that the backward's K-block kernel reads in the inputs' 16-bit
+dtype (paper variant; half the bytes of the largest tensors). For fp32 inputs the 16-bit options are
+no-ops.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 from typing import Any, Dict, Iterator
 
 import triton
 
 log = logging.getLogger(__name__)
 
-OVERRIDES: Dict[str, Dict[str, Any]] = json.loads(os.environ.get("QDELTA_TRITON_LAUNCH") or "{}")
+OVERRIDES: Dict[str, Dict[str, Any]] = {}  # per kernel; set only by overridden() (tuning trials, tests)
 
 
 def p2(n: int, least: int = 16) -> int:
@@ -40,44 +35,41 @@ def _least_bv(kernel: str, K: int, lowp: bool) -> int:
     both state passes at K = 256 with 16-column V tiles (8 warps) and the reverse pass at K = 256 with
     16-bit operands and 32-column V tiles fault (illegal memory access; the latter only in the varlen GPU
     test, it ran in the tuning script), and the reverse pass at K = 128 with 16-bit operands and 32-column
-    tiles returns a wrong initial-state gradient (v10: 1.6e-2 relative at T = 16384 in the GPU test; the
+    tiles returns a wrong initial-state gradient (1.6e-2 relative at T = 16384 in the GPU test; the
     interpreter gives the same numbers at every tile width). Narrower tiles are never launched there."""
     if kernel == "reverse" and lowp and p2(K) >= 128:
         return 64
     return 32 if p2(K) >= 256 else 16
 
 
-def _defaults(kernel: str, K: int, V: int) -> Dict[str, Any]:
+def _hopper(kernel: str, K: int, V: int) -> Dict[str, Any]:
+    """The launch table for Hopper (sm_90: H100, H200), used on every card until another family has its own:
+    chosen with harness/bench/tune.py on an H200, bf16, T = 2048, one change at a time (NOTES.md)."""
     BKF = p2(K)
     wide = BKF >= 256
     if kernel == "intra":  # _intra_kernel (forward, one program per chunk and head)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True, A_LOWP=False)
+        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=2, num_stages=2, W_LOWP=True)
     if kernel == "state":  # _state_kernel (forward, sequential over chunks)
-        # the output from its own kernel: without q and Aqk the loads of two pipeline stages fit in shared
-        # memory at K = 256 too (with the output fused in, K = 256 needs one stage; NOTES.md v9)
-        return dict(
-            BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=2, FUSE_OUTPUT=False, LOWP=True, H_LOWP=True
-        )
-    if kernel == "output":  # _output_kernel (forward, when not fused into the state pass)
+        return dict(BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=2, LOWP=True, H_LOWP=True)
+    if kernel == "output":  # _output_kernel (forward, parallel over chunks)
         return dict(BK=min(64, BKF), BV=min(128, p2(V)), num_warps=8, num_stages=2, LOWP=True)
     if kernel == "reverse":  # _reverse_state_kernel (backward, sequential over chunks)
         return dict(
             BV=min(64, p2(V)), num_warps=8 if wide else 4, num_stages=1 if BKF >= 128 else 2, LOWP=True, H_LOWP=True
         )
-    if kernel == "intra_bwd":  # SAVED_PAIRS: read the forward's P * Gam and Aqk, no K loop (v10: -0.07 ms)
-        return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, SAVED_PAIRS=True)
-    if kernel == "kq_bwd":
+    if kernel == "intra_bwd":  # _intra_bwd_kernel (backward, one program per chunk and head)
+        return dict(BV=min(64, p2(V)), num_warps=4, num_stages=2)
+    if kernel == "kq_bwd":  # _kq_bwd_kernel (backward, one program per K block, chunk and head)
         return dict(BK=min(64, BKF), BV=min(64, p2(V)), num_warps=4, num_stages=2, LOWP=True)
     if kernel == "recurrent":  # _recurrent_kernel (decoding); num_warps / num_stages are Triton's defaults
-        # 64-column tiles at K <= 128 (v10, 340M: paper 35.5 -> 34.0 us, official 94.8 -> 88.0); at K = 256
-        # the official variant's three K x 64 fp32 tiles spill (x6)
+        # 64-column tiles at K <= 128; at K = 256 the official variant's three K x 64 fp32 tiles spill
         return dict(BV=min(64 if BKF <= 128 else 32, p2(V)), num_warps=4, num_stages=3)
     raise KeyError(f"no launch settings for kernel {kernel!r}")
 
 
 def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
-    """Launch settings of one kernel for head sizes K, V (defaults, then ``OVERRIDES``)."""
-    cfg = {**_defaults(kernel, K, V), **OVERRIDES.get(kernel, {})}
+    """Launch settings of one kernel for head sizes K, V (the launch table, then ``OVERRIDES``)."""
+    cfg = {**_hopper(kernel, K, V), **OVERRIDES.get(kernel, {})}
     least = min(_least_bv(kernel, K, cfg.get("LOWP", False)), p2(V))  # a V narrower than the tile is fine
     if kernel in ("state", "reverse") and cfg["BV"] < least:
         raise ValueError(
@@ -85,7 +77,7 @@ def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
             f"{' and LOWP' if least == 64 else ''} faults or computes wrong numbers on Hopper "
             f"(Triton 3.6); use BV >= {least}"
         )
-    # and the K-block backward with 16-bit operands on 32 x 32 (BK x BV) tiles at K = 128 and 256 (tune.py, v9)
+    # and the K-block backward with 16-bit operands on 32 x 32 (BK x BV) tiles at K = 128 and 256 (Triton 3.6)
     if kernel == "kq_bwd" and cfg.get("LOWP") and cfg["BK"] <= 32 and cfg["BV"] <= 32 and p2(K) >= 128:
         raise ValueError(
             f"launch settings for 'kq_bwd': BK={cfg['BK']}, BV={cfg['BV']} with LOWP fault on Hopper "

@@ -56,8 +56,5 @@ def test_chunk_kernels_compile_for_sm90_and_fit_shared_memory():
             "_recurrent_kernel",
         }, (heads, kernels)
         count = lambda name: sum(r["heads"] == heads and r["kernel"] == name for r in rows)  # noqa: E731
-        assert count("_state_kernel") == 3  # default, with the output fused in, and in the options' run
-        assert count("_intra_kernel") == 3 and count("_intra_bwd_kernel") == 2  # + SAVED_PAIRS off / A_LOWP
-        digests = {r["ptx_sha1"] for r in rows if r["heads"] == heads and r["kernel"] == "_intra_bwd_kernel"}
-        assert len(digests) == 2  # SAVED_PAIRS compiles to other code
+        assert all(count(name) == 1 for name in kernels)  # one launch each: one way to launch
     assert all(r["fits"] and 0 < r["shared"] <= 232448 for r in rows)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from qdelta.kernels import OfficialState, fused_recurrent_qdelta, naive_recurrent_qdelta
+from qdelta.kernels import OfficialState, chunk_qdelta, fused_recurrent_qdelta, naive_recurrent_qdelta
 from qdelta.kernels.testing import random_inputs
 
 pytestmark = pytest.mark.skipif(
@@ -36,6 +36,20 @@ def test_inplace_official_needs_an_official_state():
     x = random_inputs(1, 2, 1, 4, 4, seed=2)
     with pytest.raises(ValueError, match="OfficialState"):
         fused_recurrent_qdelta(**x, inplace=True, variant="official")
+
+
+@pytest.mark.parametrize("bad", ["fp32", "IEEE", "tf32x3", None])
+def test_chunk_qdelta_refuses_an_unknown_precision(bad):
+    x = random_inputs(1, 5, 1, 4, 4, seed=3)
+    with pytest.raises(ValueError, match="precision must be 'tf32' or 'ieee', got"):
+        chunk_qdelta(**x, precision=bad)
+
+
+def test_chunk_qdelta_precision_leaves_the_reference_path_alone():
+    x = random_inputs(1, 70, 2, 6, 7, seed=3)
+    o, s = chunk_qdelta(**x, output_final_state=True)
+    o_ieee, s_ieee = chunk_qdelta(**x, output_final_state=True, precision="ieee")
+    assert torch.equal(o, o_ieee) and torch.equal(s, s_ieee)
 
 
 def test_launch_retries_with_fewer_stages_when_out_of_shared_memory():

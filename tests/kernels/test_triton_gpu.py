@@ -15,7 +15,6 @@ from qdelta.kernels._inputs import prepare
 from qdelta.kernels._sequences import run_per_sequence
 from qdelta.kernels.chunk import chunk_sequence
 from qdelta.kernels.testing import random_inputs
-from qdelta.kernels.triton import launch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -105,12 +104,10 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant, norm, t
         print(f"ERR chunk {tag} fwd {name}: {e:.3e} (tol {tol_f})")
         if not e <= tol_f:
             failures.append((name, e))
-    # no gradients, with the output fused into the state pass (the default has its own output kernel; fused,
-    # the paper variant keeps no chunk states)
-    with launch.overridden({"state": {"FUSE_OUTPUT": True}}), torch.no_grad():
+    with torch.no_grad():  # no gradients: nothing kept for a backward
         o_nograd, _ = op(x, variant, cu)
     e = rel(o_nograd, ref_outs[0])
-    print(f"ERR chunk {tag} fwd o (no grad, output fused): {e:.3e} (tol {tol_f})")
+    print(f"ERR chunk {tag} fwd o (no grad): {e:.3e} (tol {tol_f})")
     if not e <= tol_f:
         failures.append(("o (no grad)", e))
     for name in x:
@@ -119,6 +116,45 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant, norm, t
         if not e <= tol_g:
             failures.append(("d" + name, e))
     assert not failures, failures
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_fp32_ieee_dots_are_closer_to_fp64_than_tf32(variant, tol):
+    """``precision="ieee"``: every output and gradient of fp32 inputs (K = 256, norm in the kernels) is
+    closer to the float64 reference than with the default tf32 dots, and within GPU_FP32_IEEE."""
+    K, V = HEADS["1.3B"]
+    T = 4096
+    cu = torch.tensor([0, T // 3 + 5, T // 3 + 70, T])
+    x = random_inputs(1, T, H, K, V, dtype=torch.float32, device="cuda", seed=7, num_sequences=3)
+    x["initial_state"] = x["initial_state"] * 0.2
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    weights = [torch.randn(1, T, H, V, generator=gen, device="cuda", dtype=torch.float64)]
+    weights += [
+        torch.randn(3, H, K, V, generator=gen, device="cuda", dtype=torch.float64)
+        for _ in range(3 if variant == "official" else 1)
+    ]
+    x64 = {n: t.double() for n, t in x.items()}
+    ref_outs, ref_grads = forward_backward(reference, x64, variant, cu, weights)
+    errors = {}
+    for precision in ("tf32", "ieee"):
+        op = lambda leaves, variant, cu_seqlens: chunk_qdelta(  # noqa: E731
+            **leaves,
+            use_qk_l2norm=True,
+            output_final_state=True,
+            cu_seqlens=cu_seqlens,
+            variant=variant,
+            precision=precision,
+        )
+        outs, grads = forward_backward(op, x, variant, cu, weights)
+        found = {f"fwd {n}": rel(a, b) for n, a, b in zip(["o", "S", "chunk_start", "x_memory"], outs, ref_outs)}
+        found.update({f"grad d{n}": rel(grads[n], ref_grads[n]) for n in x})
+        errors[precision] = found
+    for name, e_tf32 in errors["tf32"].items():
+        e_ieee = errors["ieee"][name]
+        print(f"ERR precision 1.3B float32 {variant} T={T} {name}: tf32 {e_tf32:.3e} ieee {e_ieee:.3e}")
+    limit = lambda name: tol["GPU_FP32_IEEE"]["forward" if name.startswith("fwd") else "grad"]  # noqa: E731
+    assert all(errors["ieee"][n] < e for n, e in errors["tf32"].items()), errors
+    assert all(e <= limit(n) for n, e in errors["ieee"].items()), errors["ieee"]
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])

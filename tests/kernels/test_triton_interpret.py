@@ -25,25 +25,18 @@ CASES = {
     "official-varlen": ("official", 20, 24, 64, "varlen", True),
     "paper-batch-chunk16-no-gates": ("paper", 32, 16, 16, "batch", False),
     "official-batch-no-gates-prenorm": ("official", 17, 33, 64, "batch", False),
+    "official-batch": ("official", 17, 33, 64, "batch", True),
+    "paper-batch-chunk16-prenorm": ("paper", 24, 40, 16, "batch", True),
     "paper-varlen-fp16": ("paper", 20, 24, 64, "varlen", True),  # fp16 inputs: INTERPRET_FP16 tolerances
-    # the output computed inside the state pass (launch.py FUSE_OUTPUT), both variants
-    "paper-varlen-fused-output": ("paper", 20, 24, 64, "varlen", True),
-    "official-batch-fused-output": ("official", 17, 33, 64, "batch", True),
-    # 16-bit dot operands in the state passes and the K-block backward (launch.py LOWP), with W and the
-    # kept states / state gradients and Q K^T * Gam stored in 16 bits (W_LOWP, H_LOWP, A_LOWP; official
-    # keeps fp32 states)
+    # 16-bit dot operands in the state passes, the output kernel and the K-block backward (launch.py LOWP),
+    # with W and the kept states / state gradients stored in 16 bits (W_LOWP, H_LOWP; official keeps fp32
+    # states); the other cases run with LOWP off
     "official-varlen-fp16-lowp": ("official", 20, 24, 64, "varlen", True),
     "paper-varlen-fp16-lowp": ("paper", 20, 24, 64, "varlen", True),
-    # the same with the output from its own kernel (state pass without FUSE_OUTPUT), 16-bit operands there too
-    "paper-varlen-fp16-lowp-output-kernel": ("paper", 20, 24, 64, "varlen", True),
-    # the backward reading the forward's P * Gam and Aqk instead of recomputing them (launch.py SAVED_PAIRS, on
-    # by default; the other cases here run with it off)
-    "paper-varlen-saved-pairs": ("paper", 20, 24, 64, "varlen", True),
-    "official-batch-saved-pairs": ("official", 17, 33, 64, "batch", True),
-    "paper-batch-chunk16-saved-pairs-prenorm": ("paper", 24, 40, 16, "batch", True),
     # no final state asked for (training): the final-state gradients arrive as None
     "paper-batch-chunk16-no-final-state": ("paper", 24, 40, 16, "batch", True),
 }
+NO_GRAD_TOO = ("paper-varlen", "official-batch")  # also run without gradients (nothing kept for a backward)
 
 
 def _check_chunk(name, torch, ops, rel):
@@ -85,18 +78,16 @@ def _check_chunk(name, torch, ops, rel):
     from qdelta.kernels.triton import launch
 
     lowp = "-lowp" in name
-    fused = name.endswith("fused-output") or name.endswith("-lowp")
     settings = dict(
-        state={"FUSE_OUTPUT": fused, "LOWP": lowp, "H_LOWP": lowp},
+        state={"LOWP": lowp, "H_LOWP": lowp},
         output={"LOWP": lowp},
         reverse={"LOWP": lowp, "H_LOWP": lowp},
         kq_bwd={"LOWP": lowp},
-        intra={"W_LOWP": lowp, "A_LOWP": lowp},
-        intra_bwd={"SAVED_PAIRS": "saved-pairs" in name},
+        intra={"W_LOWP": lowp},
     )
     with launch.overridden(settings):
         outs, grads = run(ops.chunk_qdelta, dtype, chunk_size=chunk)
-        if name.endswith("fused-output"):  # without gradients the paper variant keeps no chunk states
+        if name in NO_GRAD_TOO:
             with torch.no_grad():
                 o_nograd, _ = ops.chunk_qdelta(
                     **{n: t.to(torch.float32) for n, t in x.items()},
@@ -108,9 +99,43 @@ def _check_chunk(name, torch, ops, rel):
     ref_outs, ref_grads = run(ops.naive_recurrent_qdelta, torch.float64)
     errors = {f"forward:{i}": rel(a, b) for i, (a, b) in enumerate(zip(outs, ref_outs))}
     errors.update({f"grad:{n}": rel(grads[n], ref_grads[n]) for n in x})
-    if name.endswith("fused-output"):
+    if name in NO_GRAD_TOO:
         errors["forward:no-grad"] = rel(o_nograd, ref_outs[0])
     return errors
+
+
+def _check_precision(torch, ops, rel):
+    """``precision`` reaches every chunk kernel as DOT_PRECISION: "ieee" for fp32 inputs when asked for,
+    "tf32" otherwise (16-bit inputs keep their kernels). The interpreter multiplies in fp32 either way, so
+    the ieee call is also checked against the fp64 token loop."""
+    from qdelta.kernels.testing import random_inputs
+    from qdelta.kernels.triton import chunk, chunk_bwd
+
+    seen, real = [], chunk.launch
+
+    def recording(kernel, grid, cfg, *args, **constexprs):
+        seen.append((kernel.fn.__name__, constexprs["DOT_PRECISION"]))
+        return real(kernel, grid, cfg, *args, **constexprs)
+
+    x = random_inputs(1, 70, 2, 20, 24, dtype=torch.float64, seed=6)
+    ref, _ = ops.naive_recurrent_qdelta(**x, use_qk_l2norm=True)
+    result = {}
+    chunk.launch = chunk_bwd.launch = recording
+    try:
+        for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee")):
+            seen.clear()
+            leaves = {
+                n: t.to(dtype if n != "initial_state" else torch.float32).requires_grad_(True) for n, t in x.items()
+            }
+            o, _ = ops.chunk_qdelta(**leaves, use_qk_l2norm=True, precision=precision)
+            o.float().sum().backward()
+            key = f"{str(dtype).split('.')[-1]}-{precision}"
+            result[key] = sorted(set(seen))
+            if dtype == torch.float32:
+                result[key + "-error"] = rel(o, ref)
+    finally:
+        chunk.launch = chunk_bwd.launch = real
+    return result
 
 
 def _check_decode(variant, torch, ops, rel):
@@ -187,6 +212,7 @@ def _main():
         result[f"decode-{variant}"] = _check_decode(variant, torch, ops, rel)
         result[f"recurrent-varlen-{variant}"] = _check_recurrent_varlen(variant, torch, ops, rel)
     result["recurrent-varlen-paper-prenorm"] = _check_recurrent_varlen("paper", torch, ops, rel, norm=False)
+    result["precision"] = _check_precision(torch, ops, rel)
     result["chunk_calls"] = calls["chunk"]
     result["recurrent_calls"] = calls["recurrent"]
     print("RESULT " + json.dumps(result))
@@ -221,9 +247,22 @@ def test_matches_fp64_reference(interpreted, name, tol):
 
 def test_triton_path_was_used(interpreted):
     """The chunk calls went through the Triton kernels (not the reference fallback)."""
-    fused = sum(name.endswith("fused-output") for name in CASES)  # + one no-grad call each
-    assert interpreted["chunk_calls"] == len(CASES) + fused + 2  # + one prefill per decode check
+    # + one no-grad call each, one prefill per decode check, three precision calls
+    assert interpreted["chunk_calls"] == len(CASES) + len(NO_GRAD_TOO) + 2 + 3
     assert interpreted["recurrent_calls"] == 9
+
+
+KERNELS = ["_intra_bwd_kernel", "_intra_kernel", "_kq_bwd_kernel", "_output_kernel", "_reverse_state_kernel"]
+KERNELS += ["_state_kernel"]
+
+
+def test_precision_reaches_every_chunk_kernel(interpreted, tol):
+    got = interpreted["precision"]
+    assert got["float32-ieee"] == [[name, "ieee"] for name in KERNELS]
+    assert got["float32-tf32"] == [[name, "tf32"] for name in KERNELS]
+    assert got["float16-ieee"] == [[name, "tf32"] for name in KERNELS]  # 16-bit inputs: kernels unchanged
+    assert got["float32-ieee-error"] <= tol["INTERPRET_FP32"]["forward"]
+    assert got["float32-tf32-error"] <= tol["INTERPRET_FP32"]["forward"]
 
 
 if __name__ == "__main__":

@@ -22,20 +22,24 @@ def test_trial_sets_overrides_only_while_timing_and_keeps_the_best_of_repeats(mo
     assert launch.OVERRIDES == {}
 
 
-def test_trials_start_from_the_environment_settings_and_change_single_values(monkeypatch):
+def test_a_trial_changes_single_values_of_the_launch_table(monkeypatch):
     seen = []
 
     def fake_time_call(leaves, do):
-        seen.append({k: dict(v) for k, v in launch.OVERRIDES.items()})
+        seen.append({kernel: launch.settings(kernel, 256, 512) for kernel in ("state", "output")})
         return (1.0, 2.0)
 
-    base = {"state": {"FUSE_OUTPUT": False, "num_stages": 2}, "kq_bwd": {"LOWP": True}}
+    table = {kernel: launch.settings(kernel, 256, 512) for kernel in ("state", "output")}
     monkeypatch.setattr(tune, "time_call", fake_time_call)
-    monkeypatch.setattr(tune, "BASE", base)
-    monkeypatch.setattr(launch, "OVERRIDES", {k: dict(v) for k, v in base.items()})
-    tune.trial(None, None, {"state": {"num_stages": 1}, "output": {"BK": 64}})
-    assert seen == [{"state": {"FUSE_OUTPUT": False, "num_stages": 1}, "kq_bwd": {"LOWP": True}, "output": {"BK": 64}}]
-    assert launch.OVERRIDES == base  # restored after the trial
+    tune.trial(None, None, {"state": {"num_stages": 1}, "output": {"BK": 32}})
+    assert seen == [{"state": {**table["state"], "num_stages": 1}, "output": {**table["output"], "BK": 32}}]
+    assert launch.OVERRIDES == {} and table == {kernel: launch.settings(kernel, 256, 512) for kernel in table}
+
+
+def test_the_trials_name_only_settings_of_the_launch_table():
+    for kernel, trials in tune.TRIALS.items():
+        known = set(launch.settings(kernel, 256, 512))
+        assert all(set(o) <= known for o in trials), kernel
 
 
 def test_a_failing_setting_is_reported_not_raised(monkeypatch):
