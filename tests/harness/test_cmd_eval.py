@@ -346,7 +346,11 @@ def test_failed_task_keeps_the_others(tmp_path, capsys, save_word_tokenizer):
     (run,) = records.load_runs(tmp_path / "runs")
     assert set(run["tasks"]) == {"qd_ar_quick"}
     entry = run["summary"]["tasks"]["qd_niah_single_1_quick"]
-    assert entry["status"] == "failed" and "max_sequence_length" in entry["error"]
+    assert (
+        entry["status"] == "failed"
+        and "needs 818 tokens but max_length is 64" in entry["error"]
+        and "truncation=left" in entry["error"]
+    )
     assert run["summary"]["status"] == "failed"
     row = next(
         r for r in (tmp_path / "board" / "leaderboard.md").read_text().splitlines() if "| short_transformer" in r
