@@ -115,6 +115,26 @@ def save_word_tokenizer():
     return _save_word_tokenizer
 
 
+def _save_short_transformer(folder, max_positions: int, seed: int = 0):
+    """A tiny random Transformer limited to ``max_positions`` tokens, saved with the word tokenizer."""
+    from transformers import AutoTokenizer
+
+    from qdelta.testing import tiny_model
+
+    _save_word_tokenizer(folder)
+    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+    tiny_model("transformer", seed=seed, vocab_size=vocab, max_position_embeddings=max_positions).save_pretrained(
+        str(folder)
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def save_short_transformer():
+    """``save_short_transformer(folder, max_positions, seed=0) -> folder``: a window-limited checkpoint."""
+    return _save_short_transformer
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     """``tiny_llama(vocab_size=64, seed=0)``: a random 2-layer ``LlamaForCausalLM`` in eval mode."""

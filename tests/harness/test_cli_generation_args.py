@@ -14,17 +14,9 @@ from qdelta.harness.cli.eval import check_generation_kwargs
 
 
 @pytest.fixture(scope="module")
-def short_checkpoint(tmp_path_factory, save_word_tokenizer):
+def short_checkpoint(tmp_path_factory, save_short_transformer):
     """A tiny Transformer limited to 24 tokens; qd_mqar_gen_quick's prompts need 27."""
-    from transformers import AutoTokenizer
-
-    from qdelta.testing import tiny_model
-
-    folder = tmp_path_factory.mktemp("ckpt") / "short"
-    save_word_tokenizer(folder)
-    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
-    tiny_model("transformer", seed=0, vocab_size=vocab, max_position_embeddings=24).save_pretrained(str(folder))
-    return folder
+    return save_short_transformer(tmp_path_factory.mktemp("ckpt") / "short", max_positions=24)
 
 
 def _eval(tmp_path, *argv):

@@ -129,15 +129,9 @@ def test_generate_until_refuses_sampling_and_ignores_top_k_when_greedy(save_word
 
 
 @pytest.fixture(scope="module")
-def short_transformer(tmp_path_factory, save_word_tokenizer):
+def short_transformer(tmp_path_factory, save_short_transformer):
     """A tiny Transformer with a 16-token limit (max_position_embeddings) and the word tokenizer."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("short") / "transformer"
-    save_word_tokenizer(folder)
-    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
-    tiny_model("transformer", seed=5, vocab_size=vocab, max_position_embeddings=16).save_pretrained(str(folder))
-    return folder
+    return save_short_transformer(tmp_path_factory.mktemp("short") / "transformer", max_positions=16, seed=5)
 
 
 LONG_CONTEXT = "the key 3 is 5 . the key 4 is 7 . the key 9 is 2 . query"  # 19 words
