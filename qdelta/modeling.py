@@ -18,6 +18,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from . import fused
 from .blocks import Block
 from .cache import QDeltaCache
 from .configuration import DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig, QDeltaConfig, TransformerConfig
@@ -240,7 +241,9 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
         )
         logits = self.lm_head(out.last_hidden_state)
         loss = None
-        if labels is not None:
+        if labels is not None and fused.enabled(logits):
+            loss = fused.cross_entropy(logits, labels)
+        elif labels is not None:
             shifted = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100
