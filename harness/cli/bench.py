@@ -1,15 +1,18 @@
-"""``qdelta bench kernels``: time the Q-Delta Triton kernels against the authors' kernel, fla and SDPA in one run."""
+"""``qdelta bench kernels``: time the Q-Delta Triton kernels against the authors' kernel, fla and SDPA in one run.
+``qdelta bench model``: training step, prefill and peak memory of the authors' model against ours, same weights."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "benchmark the Triton kernels (needs a CUDA GPU); writes results/bench/"
+HELP = "benchmark the Triton kernels or the whole model (needs a CUDA GPU); writes results/bench/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["kernels"], help="what to benchmark")
+    parser.add_argument(
+        "what", choices=["kernels", "model"], help="kernels: the chunk ops; model: the authors' 340M model against ours"
+    )
     parser.add_argument(
         "--lengths",
         type=int,
@@ -28,14 +31,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=Path("results/bench"),
-        help="folder for kernels-<card>.json / .md (default results/bench)",
+        help="folder for kernels-<card>.json / model-<card>.json and their .md (default results/bench)",
     )
     parser.add_argument(
         "--authors",
         default=None,
         metavar="DIR",
-        help="folder holding the authors' qdelta_rule package (psmiz/Q-Delta's qdelta/qdelta_rule, never "
-        "committed; default $QDELTA_AUTHORS_DIR); without it their kernel is skipped and the notes say why",
+        help="psmiz/Q-Delta's qdelta/ folder (holding qdelta_rule/ and modeling_qdelta.py; never committed; "
+        "default $QDELTA_AUTHORS_DIR); kernels: without it their kernel is skipped and the notes say why; "
+        "model: required (their model makes the weights)",
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="BxT",
+        help="model: batch x length shapes (default 8x2048 2x8192)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="model: timed steps per figure (median; default 10)")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="model: skip the per-op CUDA profile of one training step"
     )
     parser.add_argument(
         "--merge",
@@ -50,12 +65,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "examples:\n  qdelta bench kernels\n"
         "  qdelta bench kernels --lengths 2048 --configs 1.3B --out /tmp/bench\n"
-        "  qdelta bench kernels --merge run1/kernels-h200.json run2/kernels-h200.json"
+        "  qdelta bench kernels --merge run1/kernels-h200.json run2/kernels-h200.json\n"
+        "  qdelta bench model --authors .authors/qdelta --shapes 8x2048"
     )
+
+
+def run_model(args) -> int:
+    from qdelta.harness.bench import model as bench_model
+
+    if args.lengths or args.configs or args.merge:
+        raise ValueError("--lengths / --configs / --merge belong to 'qdelta bench kernels'; the model takes --shapes")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    shapes = tuple(bench_model.parse_shape(s) for s in args.shapes) if args.shapes else bench_model.SHAPES
+    report = bench_model.run_benchmark(
+        authors_dir=args.authors,
+        shapes=shapes,
+        steps=args.steps,
+        profile=not args.no_profile,
+        on_progress=lambda r: bench_model.write_report(r, args.out),
+    )
+    paths = bench_model.write_report(report, args.out)
+    print(bench_model.to_markdown(report))
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return 0
 
 
 def run(args) -> int:
     from qdelta.harness.bench import kernels as bench_kernels
+
+    if args.what == "model":
+        return run_model(args)
+    if args.shapes or args.no_profile:
+        raise ValueError("--shapes / --no-profile belong to 'qdelta bench model'")
 
     if args.merge:
         if args.lengths or args.configs or args.authors:
