@@ -48,6 +48,11 @@ def available() -> bool:
     except ImportError as err:
         logger.info("qdelta: fused glue unavailable (%s); the GPU path uses eager PyTorch. Install: %s", err, INSTALL)
         return False
+    # With flash-linear-attention installed, ``import fla`` also imports ``fla.models``, which registers its
+    # gated_deltanet / delta_net / transformer configs with transformers' Auto classes over ours: take ours back.
+    from .modeling import _register
+
+    _register()
     logger.info("qdelta: fused glue from fla-core %s on CUDA tensors", getattr(fla, "__version__", "?"))
     return True
 

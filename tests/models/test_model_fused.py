@@ -71,8 +71,13 @@ def test_rms_norm_residual_form_equals_add_then_norm():
 
 
 @pytest.mark.skipif(not HAS_FLA, reason="needs fla-core (pip install 'qdelta[gpu]')")
-def test_fla_imports_when_installed():
+def test_fla_imports_when_installed_and_leaves_our_auto_classes():
+    from transformers import AutoConfig
+
+    from qdelta.configuration import TransformerConfig
+
     assert fused.available()
+    assert type(AutoConfig.for_model("transformer")) is TransformerConfig  # fla.models registers its own
 
 
 # ---------------------------------------------------------------- GPU tier
