@@ -346,3 +346,36 @@ def load_report(path: Path) -> Report:
     data = json.loads(Path(path).read_text())
     data["rows"] = [Row(**row) for row in data.get("rows", [])]
     return Report(**data)
+
+
+def summary(r: Report) -> str:
+    """One paragraph of the headline figures (the README's model paragraph is this text)."""
+
+    def find(model, B, T) -> Optional[Row]:
+        return next((x for x in r.rows if (x.model, x.B, x.T) == (model, B, T)), None)
+
+    parts = []
+    for B, T in dict.fromkeys((x.B, x.T) for x in r.rows):
+        base = find("authors", B, T)
+        if base is None or base.error:
+            continue
+        figures = [
+            f"authors {_fmt(base.train_ms)} ms training step ({_fmt(base.train_tokens_s / 1e3)}k tok/s, "
+            f"{_fmt(base.train_peak_gb)} GB peak), {_fmt(base.prefill_ms)} ms prefill"
+        ]
+        for name in MODELS[1:]:
+            row = find(name, B, T)
+            if row is None or row.error:
+                continue
+            figures.append(
+                f"{name} {_fmt(row.train_ms)} ms ({_ratio(row.train_tokens_s, base.train_tokens_s)} tok/s, "
+                f"{_fmt(row.train_peak_gb)} GB), prefill {_fmt(row.prefill_ms)} ms "
+                f"({_ratio(row.prefill_tokens_s, base.prefill_tokens_s)})"
+            )
+        parts.append(f"B = {B}, T = {T}: " + "; ".join(figures) + ".")
+    head = (
+        f"{r.card}, torch {r.torch}, Triton {r.triton}, fla {r.fla}, qdelta {r.qdelta_commit}, {r.date[:10]}, "
+        "the authors' 340M-shaped model (24 layers) and ours on the same bf16 weights, one run "
+        "(ratios: ours over the authors')."
+    )
+    return " ".join([head] + parts)
