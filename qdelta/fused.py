@@ -10,7 +10,7 @@ of :mod:`qdelta.short_conv`, :mod:`qdelta.norms`, :mod:`qdelta.blocks` and the l
 | ``RMSNorm`` (optionally after the residual add) | :func:`rms_norm` | ``rms_norm`` (residual, prenorm) |
 | ``GatedRMSNorm`` | :func:`gated_rms_norm` | ``rms_norm_gated`` |
 | ``SwiGLU`` (``down(silu(gate) * up)``) | :func:`swiglu_down` | ``swiglu_linear`` (recomputes the product in backward) |
-| next-token cross-entropy | :func:`cross_entropy` | ``FusedCrossEntropyLoss`` (fp32 inside the kernel, no fp32 logits) |
+| next-token cross-entropy | :func:`cross_entropy` | ``FusedCrossEntropyLoss`` (fp32 inside the kernel, no fp32 logits; the gradient overwrites the logits) |
 
 Each computes the eager module's function (tested in fp32 to 1e-5 relative, and gradients, in
 ``tests/models/test_model_fused.py`` on a GPU). The choice is per call and logged once:
@@ -154,10 +154,12 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``logits`` (B, T, V) against ``labels`` (B, T) (-100 ignored).
 
     Position t is scored against ``labels[:, t+1]``; the last position has no target. The logits are read
-    in their dtype (fp32 math inside the kernel); no shifted or fp32 copy of them is made.
+    in their dtype (fp32 math inside the kernel); no shifted or fp32 copy of them is made. As in fla's and
+    the authors' models, the backward writes the logits' gradient over ``logits`` (one logits-sized
+    tensor less at the peak): read the logits before ``loss.backward()``.
     """
     from fla.modules import FusedCrossEntropyLoss
 
     shifted = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
-    loss = FusedCrossEntropyLoss(ignore_index=-100, reduction="mean")
+    loss = FusedCrossEntropyLoss(ignore_index=-100, reduction="mean", inplace_backward=True)
     return loss(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1).to(logits.device))
