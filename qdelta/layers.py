@@ -132,10 +132,13 @@ class RecurrentMixer(nn.Module):
         if initial is None:  # explicit zeros: one state per packed sequence
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
             initial = q.new_zeros(packing.batch, self.num_v_heads, self.head_k_dim, self.head_v_dim, dtype=acc)
+        # A dense batch goes to the op as (B, T) rows without cu_seqlens: the same sequences and chunk
+        # table, but no bounds check (it copies cu_seqlens to the host: a sync, and a CUDA-graph capture error)
+        q, k, v, g, beta, lam, cu_seqlens = _as_rows(packing, q, k, v, g, beta, lam)
         if self.kind == "linear_attn":
             q, k = l2norm(q), l2norm(k)
             o, final = chunk_linear_attention(
-                q, k, v, g, initial_state=initial, output_final_state=use_cache, cu_seqlens=packing.cu_seqlens
+                q, k, v, g, initial_state=initial, output_final_state=use_cache, cu_seqlens=cu_seqlens
             )
         else:
             op = fused_recurrent_qdelta if packing.single_token else chunk_qdelta
@@ -149,12 +152,14 @@ class RecurrentMixer(nn.Module):
                 initial_state=initial,
                 output_final_state=use_cache,
                 use_qk_l2norm=True,
-                cu_seqlens=packing.cu_seqlens,
+                cu_seqlens=cu_seqlens,
                 variant=self.variant,
             )
+        o = o.reshape(1, total, self.num_v_heads, self.head_v_dim)
         if self.capture is not None:
+            packed = lambda t: None if t is None else t.detach().reshape(1, total, *t.shape[2:])  # noqa: E731
             self.capture.append(
-                {"q": q.detach(), "k": k.detach(), "beta": _detach(beta), "lam": _detach(lam), "g": _detach(g)}
+                {"q": packed(q), "k": packed(k), "beta": packed(beta), "lam": packed(lam), "g": packed(g)}
             )
         gate = self.g_proj(h).view(1, total, self.num_v_heads, self.head_v_dim) if self.use_gate else None
         o = self.o_norm(o, gate).reshape(1, total, self.num_v_heads * self.head_v_dim)
@@ -162,5 +167,10 @@ class RecurrentMixer(nn.Module):
         return self.o_proj(o), new_state
 
 
-def _detach(t):
-    return None if t is None else t.detach()
+def _as_rows(packing: Packing, *tensors):
+    """``tensors`` (1, total, ...) as (B, T, ...) rows plus ``cu_seqlens=None`` for a dense packing, else
+    unchanged plus ``packing.cu_seqlens``."""
+    if not packing.dense:
+        return (*tensors, packing.cu_seqlens)
+    rows = lambda t: None if t is None else t.reshape(packing.batch, packing.width, *t.shape[2:])  # noqa: E731
+    return (*map(rows, tensors), None)
