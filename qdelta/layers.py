@@ -122,7 +122,7 @@ class RecurrentMixer(nn.Module):
         (q, k, v), conv_states = self._qkv(h, packing, state, use_cache)
         total = h.shape[1]
         # Dense input (no padding) runs as (B, T) rows without cu_seqlens: same function, and the ops skip
-        # the varlen bookkeeping (cu_seqlens checks that wait for the GPU); padded input stays packed (1, total).
+        # the varlen bookkeeping (a cu_seqlens check copies it to the host: a sync, and a CUDA-graph capture error); padded input stays packed (1, total).
         B, T, cu_seqlens = (packing.batch, packing.width, None) if packing.dense else (1, total, packing.cu_seqlens)
         q = q.view(B, T, self.num_heads, self.head_k_dim)
         k = k.view(B, T, self.num_heads, self.head_k_dim)

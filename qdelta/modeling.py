@@ -166,11 +166,13 @@ class _BaseModel(QDeltaPreTrainedModel):
         past = None if cache is None else cache.past_tokens(B, h.device)
         packing = Packing.from_mask(mask, B, T, h.device, past)
         limit = self.config.max_sequence_length
-        if limit is not None and int((packing.past + packing.lengths).max()) > limit:
-            raise ValueError(
-                f"sequence of {int((packing.past + packing.lengths).max())} tokens exceeds "
-                f"max_sequence_length={limit} of this {self.config.model_type} model"
-            )
+        if limit is not None:  # a dense batch without a cache is T long: no host read of a device tensor
+            longest = T if packing.dense and cache is None else int((packing.past + packing.lengths).max())
+            if longest > limit:
+                raise ValueError(
+                    f"sequence of {longest} tokens exceeds max_sequence_length={limit} of this "
+                    f"{self.config.model_type} model"
+                )
         x = packing.pack(h)
         states, hidden = [], []
         for i, block in enumerate(self.layers):

@@ -51,7 +51,9 @@ class ShortConvolution(nn.Module):
         if fresh:
             state = tokens.new_zeros(N, self.dim, hist)
         history = state.to(tokens.dtype).transpose(1, 2).reshape(N * hist, self.dim)
-        stream = torch.cat([history, tokens], 0)  # (N*(W-1) + total, D)
+        stream = None  # (N*(W-1) + total, D), built only where it is read
+        if not (packing.dense and fresh and hist > 0) or output_state:
+            stream = torch.cat([history, tokens], 0)
         if packing.dense and fresh and hist > 0:
             dense = tokens.reshape(N, packing.width, self.dim).transpose(1, 2)  # (N, D, T)
             y = F.conv1d(F.pad(dense, (hist, 0)), self.weight.to(tokens.dtype), groups=self.dim)

@@ -17,10 +17,11 @@ differentiable. Continuing from the middle of a chunk goes to the reference path
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from typing import Tuple
+from typing import Iterator, List, Tuple
 
 import torch
 import triton
@@ -97,12 +98,35 @@ class ChunkTable:
 
 
 @functools.lru_cache(maxsize=16)
+def _cached_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
+    return ChunkTable(bounds, chunk_size, device)
+
+
+_HOLDERS: List[List[ChunkTable]] = []  # the lists of the open keep_tables() blocks
+
+
 def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
     """The chunk table of these sequence bounds, built once and kept (16 most recent). Building it copies
     host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its queued
-    work, so a table built on every call would make the host wait once per call. The tables are
-    read-only."""
-    return ChunkTable(bounds, chunk_size, device)
+    work, so a table built on every call would make the host wait once per call (and could not be
+    captured in a CUDA graph). The tables are read-only."""
+    table = _cached_table(bounds, chunk_size, device)
+    for held in _HOLDERS:
+        held.append(table)
+    return table
+
+
+@contextlib.contextmanager
+def keep_tables() -> Iterator[List[ChunkTable]]:
+    """Collect every chunk table used in the block into the yielded list. A CUDA graph captured in the
+    block reads those tables' device memory on every replay; the graph's owner keeps the list, so a
+    table dropped from the cache above is not freed (and its memory reused) under the graph."""
+    held: List[ChunkTable] = []
+    _HOLDERS.append(held)
+    try:
+        yield held
+    finally:
+        _HOLDERS.remove(held)
 
 
 def chunk_forward(
