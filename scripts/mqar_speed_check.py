@@ -80,6 +80,12 @@ def _weights(run):
     return [p.detach().float().cpu() for p in run.model.parameters()]
 
 
+def _free() -> None:
+    """Release a deleted run's GPU memory (its graphs and the run refer to each other: a cycle)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def _max_diff(a, b) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
@@ -96,16 +102,19 @@ def check(model: str, d_model: int, cache_dir: Path, work: Path) -> dict:
         run = _new_run(config, work / name)
         curves[name], weights[name] = _train(run, 0, steps), _weights(run)
         del run
+        _free()
     out = work / f"{model}-resumed"
     run = _new_run(graph_cfg, out, write=True)
     first = _train(run, 0, RESUME_AT)
     run._save_checkpoint()
     del run
+    _free()
     run = _new_run(graph_cfg, out, resume=True, write=True)
     assert run.step == RESUME_AT, run.step
     curves["resumed"] = torch.cat([first, _train(run, RESUME_AT, steps)])
     weights["resumed"] = _weights(run)
     del run
+    _free()
     scale_loss = float(curves["eager"].abs().max())
     scale_w = max(float(w.abs().max()) for w in weights["eager"])
     result = {
@@ -153,8 +162,7 @@ def _speed_worker(index, phases, barrier, results, model, d_model, cache_dir, me
             memory = torch.cuda.max_memory_allocated() / 2**30
             results.put((index, mode, L, steps, elapsed, steps * BATCH * L / elapsed, memory, None))
             del run
-            gc.collect()
-            torch.cuda.empty_cache()
+            _free()
             barrier.wait(timeout=600)
     except Exception:
         barrier.abort()

@@ -110,3 +110,94 @@ def test_a_checkpoint_without_the_new_field_still_resumes(tmp_path, tiny_train_c
     (checkpoint / "train_config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     run = _Run(load_config(data=data), 3e-3, tmp_path / "r", resume=True, progress=False)
     assert run.step == 2
+
+
+class _StandInGraph:
+    """A CUDA graph stand-in for the CPU: capture records the step's call, replay calls it again
+    (with gradients reset, as a real replay writes them afresh)."""
+
+    capturing = None
+
+    def __init__(self):
+        self.call = None
+
+    def pool(self):
+        return "pool"
+
+    def replay(self):
+        step, ids, targets = self.call
+        step.optimizer.zero_grad(set_to_none=True)
+        _StandInGraph.body(step, ids, targets)
+
+
+def test_graph_step_bookkeeping_with_stand_in_graphs(tmp_path, monkeypatch, tiny_train_config):
+    """GraphStep's plumbing on the CPU, with stand-ins for the CUDA objects (a captured step runs once
+    and is undone, as a real capture runs nothing): one graph per batch shape (the short last batch
+    included), static inputs refilled, lr from the schedule, warm-up undone. It follows the eager
+    run to rounding, and a run checkpointed and resumed ends exactly like an uninterrupted one."""
+    import contextlib
+    import importlib
+
+    import qdelta.harness.train.cuda_graphs as cg
+
+    @contextlib.contextmanager
+    def capture(graph, pool=None):
+        _StandInGraph.capturing = graph
+        yield
+        _StandInGraph.capturing = None
+
+    def body(step, ids, targets):
+        graph = _StandInGraph.capturing
+        if graph is None:
+            return _StandInGraph.body(step, ids, targets)
+        graph.call = (step, ids, targets)
+        saved = cg.snapshot(step.params, step.optimizer)
+        _StandInGraph.body(step, ids, targets)
+        cg.restore(step.params, step.optimizer, saved)
+
+    class Stream:
+        def __init__(self, device=None):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(_StandInGraph, "body", cg.GraphStep._body, raising=False)
+    monkeypatch.setattr(cg.GraphStep, "_body", body)
+    monkeypatch.setattr(cg, "refuse_unless_capturable", lambda device, world: None)
+    adam = importlib.import_module("torch.optim.adam")  # torch.optim does not keep the submodule's name
+    monkeypatch.setattr(adam, "_get_capturable_supported_devices", lambda supports_xla=True: ["cpu"])
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _StandInGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    torch.set_num_threads(1)
+
+    def config(graphs, out):
+        data = tiny_train_config(out, device="auto" if graphs else "cpu", cuda_graphs=graphs, batch_size=8)
+        data["data"] = {**data["data"], "train_sets": [[16, 2, 2 * 8 + 5], [32, 4, 8 + 3]], "vocab_size": 64}
+        data["data"].update(generator="qdelta", cache_dir=str(tmp_path / "cache"))
+        data["optim"] = {"lr": 3e-3, "schedule": "epoch_cosine", "warmup_steps": 0, "min_lr_ratio": 0.0}
+        data["train"].update(steps=None, epochs=2)
+        return load_config(data=data)
+
+    def train_steps(graphs, out, last=None, resume=False, write=False):
+        c = config(graphs, out)
+        run = _Run(c, c.lrs[0], out, resume=resume, progress=False, write=write)
+        last = c.train.steps if last is None else last
+        losses = [float(run.train_step(s)[0]) for s in range(run.step, last)]
+        run.step = last
+        return run, losses
+
+    eager, eager_losses = train_steps(False, tmp_path / "e")
+    graphed, graphed_losses = train_steps(True, tmp_path / "g")
+    assert sorted(graphed.graphs.graphs) == [(3, 32), (5, 16), (8, 16), (8, 32)]
+    assert len(graphed_losses) == 10
+    torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-4, atol=1e-5)
+    first, losses = train_steps(True, tmp_path / "r", last=4, write=True)
+    first._save_checkpoint()
+    resumed, rest = train_steps(True, tmp_path / "r", resume=True, write=True)
+    assert losses + rest == graphed_losses
+    for a, b in zip(resumed.model.parameters(), graphed.model.parameters()):
+        assert torch.equal(a, b)
