@@ -17,6 +17,7 @@ the median of the same call with one new token (prefill of the prompt + the firs
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -60,6 +61,18 @@ def rates(B: int, new: int, first_ms: float, total_ms: float) -> Tuple[Optional[
     ``total_ms <= first_ms`` (timing noise larger than the decode time: no rate to report)."""
     decode = B * (new - 1) / (total_ms - first_ms) * 1e3 if total_ms > first_ms else None
     return decode, B * new / total_ms * 1e3
+
+
+def all_logits_note(model, name: str) -> Optional[str]:
+    """A report note when ``model``'s forward takes no ``logits_to_keep`` (transformers then computes the
+    prefill's logits at every prompt position, B x T x vocab, where a model that takes it gets the last
+    position only); None otherwise."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return None
+    return (
+        f"{name}: forward takes no logits_to_keep, so generate's prefill computes logits at every prompt "
+        "position (B x T x vocab), peers taking it only at the last (in the prefill + 1st time and the peak)"
+    )
 
 
 def median_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:

@@ -51,7 +51,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .generation import GEN_SHAPE, GenRow, measure_generation, median_ms
+from .generation import GEN_SHAPE, GenRow, all_logits_note, measure_generation, median_ms
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +372,9 @@ def _measure_model(
     if gen_shape:
         row = GenRow(name, *gen_shape)
         report.gen.append(row)
+        note = all_logits_note(model, name)
+        if note:
+            report.notes.append(note)
         try:
             measure_generation(model, row, gen_ids.cuda(), gen_repeats)
         except Exception as err:  # noqa: BLE001 - e.g. the authors' generate on transformers 5.x

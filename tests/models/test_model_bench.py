@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qdelta.harness.bench import model as bench
-from qdelta.harness.bench.generation import GenRow, parse_gen, rates
+from qdelta.harness.bench.generation import GenRow, all_logits_note, parse_gen, rates
 
 
 def _report():
@@ -191,3 +191,15 @@ def test_cli_refuses_generation_off_with_nothing_else_and_model_options_for_kern
     assert "--only takes" in capsys.readouterr().err
     assert main(["bench", "kernels", "--only", "gdn"]) == 2
     assert "belong to 'qdelta bench model'" in capsys.readouterr().err
+
+
+def test_all_logits_note_names_a_model_without_logits_to_keep():
+    from qdelta.testing import tiny_model
+
+    class LastOnly(torch.nn.Module):
+        def forward(self, input_ids, logits_to_keep=0):
+            return input_ids
+
+    note = all_logits_note(tiny_model("qdelta"), "ours-paper")
+    assert note.startswith("ours-paper: forward takes no logits_to_keep")
+    assert all_logits_note(LastOnly(), "peer") is None
