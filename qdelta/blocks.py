@@ -3,6 +3,9 @@
     h = h + attn(attn_norm(h))
     h = h + mlp(mlp_norm(h)),   mlp(x) = down_proj( silu(gate_proj(x)) * up_proj(x) )
 
+On CUDA with fla-core importable the residual add before ``mlp_norm`` is fused into that norm and the
+MLP runs fla's ``swiglu_linear`` (:mod:`qdelta.fused`, DESIGN §3.7).
+
 Names (``attn_norm``, ``attn``, ``mlp_norm``, ``mlp.{gate,up,down}_proj``) are the authors' and
 flash-linear-attention's, so their checkpoints load.
 """
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .attention import Attention
 from .configuration import mlp_intermediate_size
 from .layers import RecurrentMixer
@@ -30,6 +34,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.enabled(x):
+            return fused.swiglu_down(self.gate_proj(x), self.up_proj(x), self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -53,6 +59,6 @@ class Block(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[dict]]:
         """h: (1, total, d) packed -> (h, the mixer's new cache state or None)."""
         mixed, new_state = self.attn(self.attn_norm(h), packing, state, use_cache)
-        h = h + mixed
-        h = h + self.mlp(self.mlp_norm(h))
+        x, h = self.mlp_norm(mixed, residual=h)  # h = h + mixed; x = mlp_norm(h)
+        h = h + self.mlp(x)
         return h, new_state

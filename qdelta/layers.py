@@ -121,13 +121,16 @@ class RecurrentMixer(nn.Module):
         """h: (1, total, d) packed -> (out (1, total, d), the layer's new cache state or None)."""
         (q, k, v), conv_states = self._qkv(h, packing, state, use_cache)
         total = h.shape[1]
-        q = q.view(1, total, self.num_heads, self.head_k_dim)
-        k = k.view(1, total, self.num_heads, self.head_k_dim)
-        v = v.view(1, total, self.num_v_heads, self.head_v_dim)
+        # Dense input (no padding) runs as (B, T) rows without cu_seqlens: same function, and the ops skip
+        # the varlen bookkeeping (a cu_seqlens check copies it to the host: a sync, and a CUDA-graph capture error); padded input stays packed (1, total).
+        B, T, cu_seqlens = (packing.batch, packing.width, None) if packing.dense else (1, total, packing.cu_seqlens)
+        q = q.view(B, T, self.num_heads, self.head_k_dim)
+        k = k.view(B, T, self.num_heads, self.head_k_dim)
+        v = v.view(B, T, self.num_v_heads, self.head_v_dim)
         if self.num_v_heads != self.num_heads:
             group = self.num_v_heads // self.num_heads
             q, k = q.repeat_interleave(group, 2), k.repeat_interleave(group, 2)
-        g, beta, lam = self.gates(h)
+        g, beta, lam = (None if t is None else t.view(B, T, -1) for t in self.gates(h))
         initial = None if state is None else state["recurrent"]
         if initial is None:  # explicit zeros: one state per packed sequence
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -135,7 +138,7 @@ class RecurrentMixer(nn.Module):
         if self.kind == "linear_attn":
             q, k = l2norm(q), l2norm(k)
             o, final = chunk_linear_attention(
-                q, k, v, g, initial_state=initial, output_final_state=use_cache, cu_seqlens=packing.cu_seqlens
+                q, k, v, g, initial_state=initial, output_final_state=use_cache, cu_seqlens=cu_seqlens
             )
         else:
             op = fused_recurrent_qdelta if packing.single_token else chunk_qdelta
@@ -149,18 +152,15 @@ class RecurrentMixer(nn.Module):
                 initial_state=initial,
                 output_final_state=use_cache,
                 use_qk_l2norm=True,
-                cu_seqlens=packing.cu_seqlens,
+                cu_seqlens=cu_seqlens,
                 variant=self.variant,
             )
         if self.capture is not None:
+            packed = {"q": q, "k": k, "beta": beta, "lam": lam, "g": g}  # recorded packed: (1, total, ...)
             self.capture.append(
-                {"q": q.detach(), "k": k.detach(), "beta": _detach(beta), "lam": _detach(lam), "g": _detach(g)}
+                {n: None if t is None else t.detach().reshape(1, total, *t.shape[2:]) for n, t in packed.items()}
             )
-        gate = self.g_proj(h).view(1, total, self.num_v_heads, self.head_v_dim) if self.use_gate else None
+        gate = self.g_proj(h).view(B, T, self.num_v_heads, self.head_v_dim) if self.use_gate else None
         o = self.o_norm(o, gate).reshape(1, total, self.num_v_heads * self.head_v_dim)
         new_state = {**conv_states, "recurrent": final} if use_cache else None
         return self.o_proj(o), new_state
-
-
-def _detach(t):
-    return None if t is None else t.detach()

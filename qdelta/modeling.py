@@ -18,6 +18,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from . import fused
 from .blocks import Block
 from .cache import QDeltaCache
 from .configuration import DeltaNetConfig, GatedDeltaNetConfig, LinearAttentionConfig, QDeltaConfig, TransformerConfig
@@ -165,11 +166,13 @@ class _BaseModel(QDeltaPreTrainedModel):
         past = None if cache is None else cache.past_tokens(B, h.device)
         packing = Packing.from_mask(mask, B, T, h.device, past)
         limit = self.config.max_sequence_length
-        if limit is not None and int((packing.past + packing.lengths).max()) > limit:
-            raise ValueError(
-                f"sequence of {int((packing.past + packing.lengths).max())} tokens exceeds "
-                f"max_sequence_length={limit} of this {self.config.model_type} model"
-            )
+        if limit is not None:  # a dense batch without a cache is T long: no host read of a device tensor
+            longest = T if packing.dense and cache is None else int((packing.past + packing.lengths).max())
+            if longest > limit:
+                raise ValueError(
+                    f"sequence of {longest} tokens exceeds max_sequence_length={limit} of this "
+                    f"{self.config.model_type} model"
+                )
         x = packing.pack(h)
         states, hidden = [], []
         for i, block in enumerate(self.layers):
@@ -240,7 +243,9 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
         )
         logits = self.lm_head(out.last_hidden_state)
         loss = None
-        if labels is not None:
+        if labels is not None and fused.enabled(logits):
+            loss = fused.cross_entropy(logits, labels)
+        elif labels is not None:
             shifted = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100

@@ -68,8 +68,10 @@ class Packing:
         return self.width == 1 and self.dense
 
     def rows(self) -> torch.Tensor:
-        """(total,) row (sequence) index of every packed token."""
-        return torch.repeat_interleave(torch.arange(self.batch, device=self.lengths.device), self.lengths)
+        """(total,) row (sequence) index of every packed token (a dense packing repeats by its width, a host
+        number: repeating by the lengths tensor would copy it to the host first)."""
+        rows = torch.arange(self.batch, device=self.lengths.device)
+        return rows.repeat_interleave(self.width) if self.dense else rows.repeat_interleave(self.lengths)
 
     def positions(self) -> torch.Tensor:
         """(total,) position of every packed token within its row's new tokens (0-based)."""

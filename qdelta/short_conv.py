@@ -4,6 +4,7 @@
 before a sequence start read the sequence's conv state (the last ``W-1`` inputs of the previous
 call, zeros for a fresh sequence), never a neighbouring sequence or a pad. The parameter is
 ``weight: [D, 1, W]`` as in ``nn.Conv1d`` / flash-linear-attention's ``ShortConvolution``.
+On CUDA with fla-core importable the forward runs :func:`qdelta.fused.short_conv` (DESIGN §3.7).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .norms import acc
 from .packing import Packing
 
@@ -41,13 +43,17 @@ class ShortConvolution(nn.Module):
         self, x: torch.Tensor, packing: Packing, state: Optional[torch.Tensor] = None, output_state: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: (1, total, D) packed; state: (N, D, W-1) or None -> (y (1, total, D), new state or None)."""
+        if fused.enabled(x):  # fla's causal_conv1d on CUDA (qdelta/fused.py); below: the eager reference
+            return fused.short_conv(x, self.weight, packing, state, output_state)
         W, hist, N = self.kernel_size, self.kernel_size - 1, packing.batch
         tokens = x[0]
         fresh = state is None
         if fresh:
             state = tokens.new_zeros(N, self.dim, hist)
         history = state.to(tokens.dtype).transpose(1, 2).reshape(N * hist, self.dim)
-        stream = torch.cat([history, tokens], 0)  # (N*(W-1) + total, D)
+        stream = None  # (N*(W-1) + total, D), built only where it is read
+        if not (packing.dense and fresh and hist > 0) or output_state:
+            stream = torch.cat([history, tokens], 0)
         if packing.dense and fresh and hist > 0:
             dense = tokens.reshape(N, packing.width, self.dim).transpose(1, 2)  # (N, D, T)
             y = F.conv1d(F.pad(dense, (hist, 0)), self.weight.to(tokens.dtype), groups=self.dim)

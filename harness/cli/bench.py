@@ -1,15 +1,19 @@
-"""``qdelta bench kernels``: time the Q-Delta Triton kernels against the authors' kernel, fla and SDPA in one run."""
+"""``qdelta bench kernels``: time the Q-Delta Triton kernels against the authors' kernel, fla and SDPA in one run.
+``qdelta bench model``: training step, prefill, greedy generation and peak memory of the authors' Q-Delta model and
+fla's Gated DeltaNet against ours, same weights."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "benchmark the Triton kernels (needs a CUDA GPU); writes results/bench/"
+HELP = "benchmark the Triton kernels or the whole model (needs a CUDA GPU); writes results/bench/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["kernels"], help="what to benchmark")
+    parser.add_argument(
+        "what", choices=["kernels", "model"], help="kernels: the chunk ops; model: the authors' 340M model against ours"
+    )
     parser.add_argument(
         "--lengths",
         type=int,
@@ -28,14 +32,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         default=Path("results/bench"),
-        help="folder for kernels-<card>.json / .md (default results/bench)",
+        help="folder for kernels-<card>.json / model-<card>.json and their .md (default results/bench)",
     )
     parser.add_argument(
         "--authors",
         default=None,
         metavar="DIR",
-        help="folder holding the authors' qdelta_rule package (psmiz/Q-Delta's qdelta/qdelta_rule, never "
-        "committed; default $QDELTA_AUTHORS_DIR); without it their kernel is skipped and the notes say why",
+        help="psmiz/Q-Delta's qdelta/ folder (holding qdelta_rule/ and modeling_qdelta.py; never committed; "
+        "default $QDELTA_AUTHORS_DIR); kernels: without it their kernel is skipped and the notes say why; "
+        "model: required (their model makes the weights)",
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="BxT",
+        help="model: batch x length shapes (default 8x2048 2x8192)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="model: timed steps per figure (median; default 10)")
+    parser.add_argument(
+        "--no-profile", action="store_true", help="model: skip the per-op CUDA profile of one training step"
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="GROUPS",
+        help="model: measure only these comma-separated groups (default all): qdelta (authors vs ours, training "
+        "and prefill), gdn (fla's Gated DeltaNet vs ours), gen (greedy generation of the qdelta models), "
+        "gen-gdn (generation of the Gated DeltaNet pair)",
+    )
+    parser.add_argument(
+        "--gen",
+        default=None,
+        metavar="BxTxN",
+        help="model: generation shape, B prompts of T tokens and N new tokens (default 64x2048x128); off: none",
+    )
+    parser.add_argument(
+        "--gen-repeats", type=int, default=None, help="model: timed generate calls per figure (median; default 3)"
+    )
+    parser.add_argument(
+        "--keep-fla-guard",
+        action="store_true",
+        help="model: keep fla 0.6's refusal of its Gated DeltaNet backward on Hopper with Triton < 3.7.1 "
+        "(default: lifted while fla-gdn is timed; the report says so)",
     )
     parser.add_argument(
         "--merge",
@@ -50,12 +89,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "examples:\n  qdelta bench kernels\n"
         "  qdelta bench kernels --lengths 2048 --configs 1.3B --out /tmp/bench\n"
-        "  qdelta bench kernels --merge run1/kernels-h200.json run2/kernels-h200.json"
+        "  qdelta bench kernels --merge run1/kernels-h200.json run2/kernels-h200.json\n"
+        "  qdelta bench model --authors .authors/qdelta --shapes 8x2048\n"
+        "  qdelta bench model --authors .authors/qdelta --only gdn,gen,gen-gdn --gen 64x2048x128"
     )
+
+
+def run_model(args) -> int:
+    from qdelta.harness.bench import model as bench_model
+    from qdelta.harness.bench.generation import GEN_SHAPE, parse_gen
+
+    if args.lengths or args.configs or args.merge:
+        raise ValueError("--lengths / --configs / --merge belong to 'qdelta bench kernels'; the model takes --shapes")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    if args.gen_repeats is not None and args.gen_repeats < 1:
+        raise ValueError(f"--gen-repeats must be a positive integer, got {args.gen_repeats}")
+    shapes = tuple(bench_model.parse_shape(s) for s in args.shapes) if args.shapes else bench_model.SHAPES
+    groups = bench_model.parse_groups(args.only) if args.only else bench_model.GROUPS
+    gen_shape = parse_gen(args.gen) if args.gen else GEN_SHAPE
+    if gen_shape is None and not any(g in groups for g in ("qdelta", "gdn")):
+        raise ValueError(f"--gen off leaves nothing to measure with --only {args.only}; add qdelta or gdn")
+    report = bench_model.run_benchmark(
+        authors_dir=args.authors,
+        shapes=shapes,
+        steps=args.steps,
+        profile=not args.no_profile,
+        on_progress=lambda r: bench_model.write_report(r, args.out),
+        groups=groups,
+        gen_shape=gen_shape,
+        gen_repeats=args.gen_repeats or 3,
+        lift_fla_guard=not args.keep_fla_guard,
+    )
+    paths = bench_model.write_report(report, args.out)
+    print(bench_model.to_markdown(report))
+    print(f"wrote {paths['json']} and {paths['md']}")
+    return 0
 
 
 def run(args) -> int:
     from qdelta.harness.bench import kernels as bench_kernels
+
+    if args.what == "model":
+        return run_model(args)
+    if args.shapes or args.no_profile or args.only or args.gen or args.keep_fla_guard or args.gen_repeats:
+        raise ValueError(
+            "--shapes / --no-profile / --only / --gen / --gen-repeats / --keep-fla-guard belong to 'qdelta bench model'"
+        )
 
     if args.merge:
         if args.lengths or args.configs or args.authors:

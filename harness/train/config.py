@@ -101,6 +101,9 @@ class TrainSpec:
     keep_checkpoints: int = 2  # how many step checkpoints to keep (0: delete all at the end)
     eval_every_epochs: int = 0  # with epochs: also evaluate after every N-th epoch (zoology: 1)
     early_stop_accuracy: float = 0.0  # stop after an eval whose mean accuracy is > this (0: off; zoology 0.99)
+    # capture each batch shape's whole step (forward, backward, clipping, AdamW) as a CUDA graph and replay
+    # it (qdelta.harness.train.cuda_graphs); CUDA, one process, MQAR data only. Off until measured.
+    cuda_graphs: bool = False
 
 
 @dataclass
@@ -300,6 +303,18 @@ def validate(config: TrainConfig) -> TrainConfig:
     )
     _check(t.precision in PRECISIONS, "train.precision", f"expected one of {PRECISIONS}, got {t.precision!r}")
     _check(t.device in DEVICES, "train.device", f"expected one of {DEVICES}, got {t.device!r}")
+    if t.cuda_graphs:
+        _check(
+            t.device != "cpu",
+            "train.cuda_graphs",
+            "CUDA graphs need a GPU, but train.device is 'cpu'; set train.cuda_graphs: false or train.device: auto",
+        )
+        _check(
+            d.kind == "mqar",
+            "train.cuda_graphs",
+            f"needs dense batches (data.kind mqar); data.kind {d.kind!r} pads its batches, whose packing "
+            "reads the mask on the host; set train.cuda_graphs: false",
+        )
     for name in ("log_every", "eval_every", "save_every", "keep_checkpoints"):
         _check(getattr(t, name) >= 0, f"train.{name}", f"expected >= 0, got {getattr(t, name)}")
     _check(e.num_examples >= 1, "eval.num_examples", f"expected >= 1, got {e.num_examples}")

@@ -1,12 +1,15 @@
 """The training loop of ``qdelta train``: generic over our Hugging Face causal LMs.
 
 AdamW (weight decay on matrices only), linear warmup then cosine decay to
-``min_lr_ratio * lr``, global grad-norm clipping, bf16 autocast on CUDA, a tqdm progress bar,
+``min_lr_ratio * lr``, global grad-norm clipping, bf16 autocast on CUDA, optionally the whole step
+as CUDA graphs (``train.cuda_graphs``, :mod:`qdelta.harness.train.cuda_graphs`), a tqdm progress bar,
 a JSONL log, evaluation on held-out data, and checkpoints that are our HF folders
 (``model.safetensors`` + ``config.json`` + tokenizer) plus ``trainer_state.pt`` (optimizer,
 scheduler, step, RNG states). Data are a pure function of (seed, step), so a run killed at any
 point and started again with the same command resumes from its last checkpoint and ends with
-exactly the weights an uninterrupted run ends with (same device and thread count).
+exactly the weights an uninterrupted run ends with (same device and thread count, and the same
+``train.cuda_graphs``: a checkpoint does not resume in the other mode). Fixed MQAR sets are moved to
+the GPU once, so a CUDA step copies nothing from the host.
 
 Output folder (``output_dir``)::
 
@@ -39,7 +42,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .config import ModelSpec, TrainConfig, dump_config
+from .config import ModelSpec, TrainConfig, dump_config, from_dict
 from .data import IGNORE_INDEX, make_source
 
 log = logging.getLogger(__name__)
@@ -192,19 +195,27 @@ class _Run:
                 f"train.batch_size: {t.batch_size} does not split over {self.dist.world} ranks; "
                 f"use a multiple of {self.dist.world}"
             )
+        if t.cuda_graphs:
+            from .cuda_graphs import refuse_unless_capturable
+
+            refuse_unless_capturable(self.device, self.dist.world)
         self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         if write:
             out.mkdir(parents=True, exist_ok=True)
         checkpoints = _checkpoint_dirs(out) if resume else []
         self.resume_from = checkpoints[-1] if checkpoints else None
         if self.resume_from is not None:
-            saved = yaml.safe_load((self.resume_from / "train_config.yaml").read_text())
+            # through the dataclasses, so a field added since the checkpoint was written compares at its default
+            saved = from_dict(TrainConfig, yaml.safe_load((self.resume_from / "train_config.yaml").read_text()))
+            saved = saved.to_dict()
             if {**saved, "output_dir": None} != {**config.to_dict(), "output_dir": None}:
                 raise ValueError(
                     f"{self.resume_from} was written by a different training config; "
                     f"train into another output_dir or pass --no-resume"
                 )
         self.source = make_source(config.data, config.eval, config.seed, tokenizer_dir=self.resume_from)
+        if self.device.type == "cuda" and getattr(self.source, "sets", None) is not None:
+            self.source.sets.to(self.device)  # batches are then device slices: no host copy per step
         if self.resume_from is not None:
             import qdelta
 
@@ -214,7 +225,11 @@ class _Run:
         self.model.to(self.device).train()
         o = config.optim
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, o.weight_decay, o.weight_decay_on), lr=lr, betas=tuple(o.betas), eps=o.eps
+            _param_groups(self.model, o.weight_decay, o.weight_decay_on),
+            lr=lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            **({"capturable": True} if t.cuda_graphs else {}),
         )
         self.steps_per_epoch = t.steps // t.epochs if t.epochs else 0
         if o.schedule == "epoch_cosine":
@@ -241,19 +256,33 @@ class _Run:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.graphs = None
+        if t.cuda_graphs:  # after the resume: the graphs capture the loaded optimizer state
+            from .cuda_graphs import GraphStep
+
+            self.graphs = GraphStep(self.model, self.optimizer, self._graph_loss, self._clip(), self.device)
 
     # -- pieces
 
-    def _autocast(self):
+    def _autocast(self, cache_enabled: bool = True):
         if self.use_bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return nullcontext()
+
+    def _clip(self) -> float:
+        return self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
 
     def _loss(self, batch) -> torch.Tensor:
         with self._autocast():
             out = self.ddp_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         logits = out.logits.float()
         return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX)
+
+    def _graph_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:meth:`_loss` of a dense batch, as a CUDA graph captures it (no autocast weight cache)."""
+        with self._autocast(cache_enabled=False):
+            logits = self.model(input_ids=input_ids).logits.float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def train_step(self, step: int):
         """One optimizer step on the global batch of ``step``; returns (loss, grad_norm, lr, tokens)."""
@@ -267,15 +296,20 @@ class _Run:
             )
         per_rank = rows // self.dist.world
         batch = batch.rows(self.dist.rank * per_rank, (self.dist.rank + 1) * per_rank).to(self.device)
+        tokens = batch.input_ids.numel() * self.dist.world
+        lr_now = self.scheduler.get_last_lr()[0]
+        if self.graphs is not None:  # the same step replayed; loss and grad_norm valid until the next step
+            assert batch.attention_mask is None, "train.cuda_graphs is validated for dense MQAR batches"
+            loss, grad_norm = self.graphs.step(batch.input_ids, batch.targets, self.scheduler.get_last_lr())
+            self.scheduler.step()
+            return loss, grad_norm, lr_now, tokens
         loss = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        lr_now = self.scheduler.get_last_lr()[0]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self._clip())
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), grad_norm, lr_now, batch.input_ids.numel() * self.dist.world
+        return loss.detach(), grad_norm, lr_now, tokens
 
     def _evaluate(self) -> Dict[str, float]:
         self.model.eval()

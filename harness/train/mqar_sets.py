@@ -171,6 +171,11 @@ class FixedSets:
         self.train_specs, self.test_specs = train, test
         self._order: Dict[int, List[Tuple[int, int]]] = {}
 
+    def to(self, device) -> "FixedSets":
+        """Move the train sets to ``device`` (in place; the test sets stay where they are)."""
+        self.train = [(x.to(device), y.to(device), digest) for x, y, digest in self.train]
+        return self
+
     def digests(self) -> Dict[str, List[str]]:
         return {"train": [d for _, _, d in self.train], "test": [d for _, _, _, d in self.test]}
 

@@ -1,9 +1,12 @@
 """``chunk_qdelta`` on Triton: chunk table, launches, and the autograd Function.
 
 Forward: the three Triton kernels of :mod:`.chunk_fwd`. Backward: the four Triton kernels of
-:mod:`.chunk_bwd` from what the forward saves (chunk-start states, G, W, U', Q K^T * Gam, T and the
-strictly lower P * Gam), gradients for q, k, v, g, beta, lam and the initial state, with the
-final-state gradient flowing in.
+:mod:`.chunk_bwd`, gradients for q, k, v, g, beta, lam and the initial state, with the final-state
+gradient flowing in. The forward saves only its inputs; the backward first runs the forward's intra
+and state kernels again for what it reads (chunk-start states, G, W, U', Q K^T * Gam, T, the strictly
+lower P * Gam, the q/k row norms), as flash-linear-attention's and the authors' kernels recompute
+theirs: about 0.3 GB a layer less at 16K tokens of 340M heads, for one more intra and state pass
+(DESIGN §3.7). The kernels are deterministic, so the recomputed tensors equal the forward's.
 
 The official variant runs here from chunk boundaries (an ``initial_state`` that is a tensor, or
 an :class:`OfficialState` at a boundary); its final in-chunk state (chunk-start state, x-memory,
@@ -14,10 +17,11 @@ differentiable. Continuing from the middle of a chunk goes to the reference path
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from typing import Tuple
+from typing import Iterator, List, Tuple
 
 import torch
 import triton
@@ -94,12 +98,35 @@ class ChunkTable:
 
 
 @functools.lru_cache(maxsize=16)
+def _cached_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
+    return ChunkTable(bounds, chunk_size, device)
+
+
+_HOLDERS: List[List[ChunkTable]] = []  # the lists of the open keep_tables() blocks
+
+
 def chunk_table(bounds: Tuple[Tuple[int, int], ...], chunk_size: int, device: str) -> ChunkTable:
     """The chunk table of these sequence bounds, built once and kept (16 most recent). Building it copies
     host tensors to the GPU, and a copy from pageable host memory waits for the GPU to finish its queued
-    work, so a table built on every call would make the host wait once per call. The tables are
-    read-only."""
-    return ChunkTable(bounds, chunk_size, device)
+    work, so a table built on every call would make the host wait once per call (and could not be
+    captured in a CUDA graph). The tables are read-only."""
+    table = _cached_table(bounds, chunk_size, device)
+    for held in _HOLDERS:
+        held.append(table)
+    return table
+
+
+@contextlib.contextmanager
+def keep_tables() -> Iterator[List[ChunkTable]]:
+    """Collect every chunk table used in the block into the yielded list. A CUDA graph captured in the
+    block reads those tables' device memory on every replay; the graph's owner keeps the list, so a
+    table dropped from the cache above is not freed (and its memory reused) under the graph."""
+    held: List[ChunkTable] = []
+    _HOLDERS.append(held)
+    try:
+        yield held
+    finally:
+        _HOLDERS.remove(held)
 
 
 def chunk_forward(
@@ -117,6 +144,7 @@ def chunk_forward(
     store_inverse: bool = False,
     norm: bool = False,
     precision: str = "tf32",
+    output: bool = True,
 ):
     """Launch the forward kernels. Tokens laid out (T, H, ·), contiguous.
 
@@ -125,7 +153,8 @@ def chunk_forward(
     ``(I + L)^-1`` (NC, H, BC, BC), PG the strictly lower ``P * Gam`` and R the (2, T, H) fp32 inverse
     row norms of q and k (None without ``norm``); else None. With ``norm`` the kernels l2-normalise the
     rows of q and k as they load them (``use_qk_l2norm``: no normalised copy is made). ``precision``:
-    the dots' ``input_precision`` for fp32 operands (:func:`dot_precision`).
+    the dots' ``input_precision`` for fp32 operands (:func:`dot_precision`). ``output=False`` skips the
+    output kernel (o is None): the backward's recomputation.
     """
     T, H, K = q.shape
     V = v.shape[-1]
@@ -135,7 +164,7 @@ def chunk_forward(
     # W in the inputs' 16-bit dtype (launch.py W_LOWP) only where both its readers round it to that dtype
     # anyway (LOWP in the state and reverse passes): then the same numbers, half the bytes
     cfg = settings("intra", K, V)
-    state, reverse, output = settings("state", K, V), settings("reverse", K, V), settings("output", K, V)
+    state, reverse, out_cfg = settings("state", K, V), settings("reverse", K, V), settings("output", K, V)
     w16 = cfg.pop("W_LOWP") and q.dtype != f32 and state["LOWP"] and reverse["LOWP"]
     W = torch.empty(T, H, K, dtype=q.dtype if w16 else f32, device=dev)
     U = torch.empty(T, H, V, dtype=f32, device=dev)
@@ -185,7 +214,7 @@ def chunk_forward(
     # written here and read by the output kernel — which rounds them anyway with its LOWP — and by the
     # backward's K-block kernel); the official variant keeps fp32 (its final state is rebuilt from the
     # last chunk's start state)
-    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official and output["LOWP"]
+    h16 = cfg.pop("H_LOWP") and q.dtype != f32 and not official and out_cfg["LOWP"]
     h = torch.empty(NC, H, K, V, dtype=q.dtype if h16 else f32, device=dev)
     Up = torch.empty(T, H, V, dtype=f32, device=dev)
     ht = torch.empty(N, H, K, V, dtype=f32, device=dev)
@@ -215,7 +244,10 @@ def chunk_forward(
         HAS_H0=h0 is not None,
         DOT_PRECISION=precision,
     )
-    cfg = output
+    saved = (G, W, Up, Aqk, Tinv, PG, h, R) if store_inverse else None
+    if not output:
+        return None, h, ht, saved
+    cfg = out_cfg
     launch(
         chunk_fwd._output_kernel,
         (triton.cdiv(V, cfg["BV"]), NC, H),
@@ -237,7 +269,7 @@ def chunk_forward(
         NORM=norm,
         DOT_PRECISION=precision,
     )
-    return o, h, ht, ((G, W, Up, Aqk, Tinv, PG, h, R) if store_inverse else None)
+    return o, h, ht, saved
 
 
 class _ChunkQDelta(torch.autograd.Function):
@@ -247,33 +279,23 @@ class _ChunkQDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, norm, precision):
-        needs_grad = any(ctx.needs_input_grad[:7])
-        o, h, ht, for_backward = chunk_forward(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            lam,
-            h0,
-            table,
-            scale,
-            chunk_size,
-            official,
-            store_inverse=needs_grad,
-            norm=norm,
-            precision=precision,
+        o, h, ht, _ = chunk_forward(
+            q, k, v, g, beta, lam, h0, table, scale, chunk_size, official, norm=norm, precision=precision
         )
         h_last = h[table.last]  # the official final state is rebuilt from it
-        if needs_grad:
-            ctx.save_for_backward(q, k, v, g, beta, lam, *for_backward)
-        ctx.meta = (table, scale, official, h0 is None, precision)
+        if any(ctx.needs_input_grad[:7]):
+            ctx.save_for_backward(q, k, v, g, beta, lam, h0)
+        ctx.meta = (table, scale, chunk_size, official, norm, precision)
         return o, ht, h_last
 
     @staticmethod
     def backward(ctx, do, dht, dh_last):
-        q, k, v, g, beta, lam, *forward = ctx.saved_tensors
-        table, scale, official, no_h0, precision = ctx.meta
+        q, k, v, g, beta, lam, h0 = ctx.saved_tensors
+        table, scale, chunk_size, official, norm, precision = ctx.meta
+        _, _, _, forward = chunk_forward(
+            q, k, v, g, beta, lam, h0, table, scale, chunk_size, official,
+            store_inverse=True, norm=norm, precision=precision, output=False,
+        )  # fmt: skip
         N, (H, K, V) = table.num_sequences, forward[6].shape[1:]
 
         def zero_state(d):
@@ -288,7 +310,7 @@ class _ChunkQDelta(torch.autograd.Function):
             "dot_precision": precision,
         }
         dq, dk, dv, dg, dbeta, dlam, dh0 = chunk_backward(saved, do, zero_state(dht), zero_state(dh_last))
-        return dq, dk, dv, dg, dbeta, dlam, None if no_h0 else dh0, None, None, None, None, None, None
+        return dq, dk, dv, dg, dbeta, dlam, None if h0 is None else dh0, None, None, None, None, None, None
 
 
 def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float, norm: bool) -> OfficialState:

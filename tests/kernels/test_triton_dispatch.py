@@ -139,3 +139,14 @@ def test_overridden_merges_single_values_for_the_block_and_restores(monkeypatch)
     with pytest.raises(RuntimeError), L.overridden({"state": {"BV": 16}}):
         raise RuntimeError("a failing launch")
     assert L.OVERRIDES == {"state": {"BV": 32, "LOWP": False}}
+
+
+def test_keep_tables_holds_the_tables_used_in_the_block():
+    """What a CUDA graph captured in the block reads stays referenced, whatever the cache drops."""
+    from qdelta.kernels.triton.chunk import chunk_table, keep_tables
+
+    with keep_tables() as held:
+        first = chunk_table(((0, 100),), 64, "cpu")
+        again = chunk_table(((0, 100),), 64, "cpu")
+    after = chunk_table(((0, 130),), 64, "cpu")
+    assert held == [first, again] and first is again and after not in held

@@ -186,6 +186,25 @@ def _check_recurrent_varlen(variant, torch, ops, rel, norm=True):
     return errors
 
 
+def _check_saved_for_backward(variant, torch, ops):
+    """Bytes the chunk op keeps for its backward (distinct storages, via saved-tensor hooks) against the
+    bytes of its inputs: the backward recomputes the forward's intermediates, so only the inputs are kept."""
+    from qdelta.kernels.testing import random_inputs
+
+    x = random_inputs(2, 130, 2, 20, 24, dtype=torch.float32, seed=4)
+    leaves = {n: t.requires_grad_(True) for n, t in x.items()}
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        o, _ = ops.chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
+    o.sum().backward()
+    return {"saved": sum(storages.values()), "inputs": sum(t.untyped_storage().nbytes() for t in leaves.values())}
+
+
 def _main():
     """Run every check under the interpreter and print one JSON object."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
@@ -213,6 +232,7 @@ def _main():
         result[f"recurrent-varlen-{variant}"] = _check_recurrent_varlen(variant, torch, ops, rel)
     result["recurrent-varlen-paper-prenorm"] = _check_recurrent_varlen("paper", torch, ops, rel, norm=False)
     result["precision"] = _check_precision(torch, ops, rel)
+    result["saved"] = {variant: _check_saved_for_backward(variant, torch, ops) for variant in ("paper", "official")}
     result["chunk_calls"] = calls["chunk"]
     result["recurrent_calls"] = calls["recurrent"]
     print("RESULT " + json.dumps(result))
@@ -248,8 +268,15 @@ def test_matches_fp64_reference(interpreted, name, tol):
 def test_triton_path_was_used(interpreted):
     """The chunk calls went through the Triton kernels (not the reference fallback)."""
     # + one no-grad call each, one prefill per decode check, three precision calls
-    assert interpreted["chunk_calls"] == len(CASES) + len(NO_GRAD_TOO) + 2 + 3
+    assert interpreted["chunk_calls"] == len(CASES) + len(NO_GRAD_TOO) + 2 + 3 + 2
     assert interpreted["recurrent_calls"] == 9
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_backward_keeps_only_the_inputs(interpreted, variant):
+    """What the op keeps for its backward is at most its inputs (the intermediates are recomputed)."""
+    got = interpreted["saved"][variant]
+    assert 0 < got["saved"] <= got["inputs"], got
 
 
 KERNELS = ["_intra_bwd_kernel", "_intra_kernel", "_kq_bwd_kernel", "_output_kernel", "_reverse_state_kernel"]
