@@ -72,16 +72,16 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
                     aligned.append(name)
         # ``aligned``: the arguments Triton's launcher would mark divisible by 16 (16-byte aligned
         # pointers, integers that are multiples of 16), which is what lets it vectorise loads and stores
-        seen.append(
-            {
-                "module": kernel.fn.__module__,
-                "name": kernel.fn.__name__,
-                "signature": signature,
-                "constexprs": {**constexprs, **cfg},
-                "options": options,
-                "aligned": aligned,
-            }
-        )
+        desc = {
+            "module": kernel.fn.__module__,
+            "name": kernel.fn.__name__,
+            "signature": signature,
+            "constexprs": {**constexprs, **cfg},
+            "options": options,
+            "aligned": aligned,
+        }
+        if desc not in seen:  # the backward reruns forward kernels: an identical launch compiles once
+            seen.append(desc)
         return real(kernel, grid, {**cfg, **options}, *args, **constexprs)
 
     chunk.launch = chunk_bwd.launch = fused_recurrent._launch = recording
