@@ -56,8 +56,8 @@ from .generation import GEN_SHAPE, GenRow, all_logits_note, measure_generation, 
 log = logging.getLogger(__name__)
 
 AUTHORS_ENV = "QDELTA_AUTHORS_DIR"
-# their configs/qdelta_340M.json, 24 layers (the issue's benchmark shape)
-AUTHORS_340M = dict(
+# the 340M shape both families share: the authors' configs/qdelta_340M.json with 24 layers (the issue's shape)
+SHAPE_340M = dict(
     attn_mode="chunk",
     hidden_size=1024,
     num_hidden_layers=24,
@@ -75,30 +75,10 @@ AUTHORS_340M = dict(
     initializer_range=0.02,
     tie_word_embeddings=False,
     vocab_size=32000,
-    lamb_bias=0.9,
 )
-# flash-linear-attention 0.6's GatedDeltaNetConfig at the same shape (no lamb_bias: Gated DeltaNet has no lam)
-GDN_340M = dict(
-    attn_mode="chunk",
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_heads=6,
-    head_dim=128,
-    expand_v=2,
-    conv_size=4,
-    hidden_ratio=4,
-    intermediate_size=None,
-    hidden_act="swish",
-    norm_eps=1e-6,
-    use_gate=True,
-    use_short_conv=True,
-    fuse_norm=True,
-    fuse_swiglu=True,
-    fuse_cross_entropy=True,
-    initializer_range=0.02,
-    tie_word_embeddings=False,
-    vocab_size=32000,
-)
+AUTHORS_340M = dict(SHAPE_340M, lamb_bias=0.9)
+# flash-linear-attention 0.6's GatedDeltaNetConfig at the same shape (Gated DeltaNet has no lam)
+GDN_340M = dict(SHAPE_340M, fuse_norm=True, fuse_swiglu=True)
 SHAPES = ((8, 2048), (2, 8192))
 MODELS = ("authors", "ours-paper", "ours-official")
 FAMILIES = {"qdelta": MODELS, "gdn": ("fla-gdn", "ours-gdn")}
