@@ -10,7 +10,7 @@ model type; ``generate()`` from ``transformers`` works with it (transformers 5.x
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -228,10 +228,17 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
         cache: Optional[QDeltaCache] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
         **kwargs,
     ) -> LMOutput:
         """Returns ``.logits`` (B, T, vocab) (zeros at pads), ``.past_key_values`` / ``.cache``, ``.loss``
-        (mean next-token cross-entropy over labels != -100, when ``labels`` (B, T) is given)."""
+        (mean next-token cross-entropy over labels != -100, when ``labels`` (B, T) is given).
+        ``logits_to_keep`` as in transformers: n > 0 keeps the logits of the last n positions, a
+        tensor the positions it indexes, 0 all; ``generate`` passes 1, so its prefill projects one
+        position, not the whole prompt."""
+        keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+        if labels is not None and not keep_all:
+            raise ValueError("pass either labels (the loss needs every position) or logits_to_keep, not both")
         out = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -241,7 +248,10 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
             cache=cache,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(out.last_hidden_state)
+        hidden = out.last_hidden_state
+        if not keep_all:
+            hidden = hidden[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
         loss = None
         if labels is not None and fused.enabled(logits):
             loss = fused.cross_entropy(logits, labels)
@@ -271,6 +281,7 @@ class _BaseForCausalLM(QDeltaPreTrainedModel, GenerationMixin):
             "attention_mask": attention_mask,
             "past_key_values": cache,
             "use_cache": use_cache,
+            **({"logits_to_keep": kwargs["logits_to_keep"]} if "logits_to_keep" in kwargs else {}),
         }
 
 

@@ -196,10 +196,10 @@ def test_cli_refuses_generation_off_with_nothing_else_and_model_options_for_kern
 def test_all_logits_note_names_a_model_without_logits_to_keep():
     from qdelta.testing import tiny_model
 
-    class LastOnly(torch.nn.Module):
-        def forward(self, input_ids, logits_to_keep=0):
+    class AllLogits(torch.nn.Module):
+        def forward(self, input_ids):
             return input_ids
 
-    note = all_logits_note(tiny_model("qdelta"), "ours-paper")
-    assert note.startswith("ours-paper: forward takes no logits_to_keep")
-    assert all_logits_note(LastOnly(), "peer") is None
+    note = all_logits_note(AllLogits(), "peer")
+    assert note.startswith("peer: forward takes no logits_to_keep")
+    assert all_logits_note(tiny_model("qdelta"), "ours-paper") is None

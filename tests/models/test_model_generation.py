@@ -60,3 +60,25 @@ def test_training_loss_has_gradients_for_every_parameter(model_type):
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_logits_to_keep_projects_only_the_positions_asked_for():
+    model = tiny_model("qdelta", seed=14)
+    ids = torch.randint(3, 96, (2, 10), generator=torch.Generator().manual_seed(3))
+    full = model(ids).logits
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # a smaller matmul
+    close(model(ids, logits_to_keep=1).logits, full[:, -1:])
+    close(model(ids, logits_to_keep=3).logits, full[:, -3:])
+    close(model(ids, logits_to_keep=torch.tensor([0, 4])).logits, full[:, [0, 4]])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, labels=ids, logits_to_keep=1)
+
+
+def test_generate_prefill_projects_only_the_last_position():
+    model = tiny_model("qdelta", seed=15)
+    shapes = []
+    model.lm_head.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape[:2])))
+    ids = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(4))
+    out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert shapes == [(2, 1)] * 3
+    assert out[0, 12:].tolist() == _greedy_without_cache(model, ids[:1], 3)
