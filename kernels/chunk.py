@@ -29,6 +29,16 @@ from .state import OfficialState
 PRECISIONS = ("tf32", "ieee")  # chunk_qdelta's ``precision``: tl.dot's input_precision for fp32 inputs
 
 
+def resolve_precision(precision: Optional[str]) -> str:
+    """``precision`` checked; None: as torch multiplies fp32 matrices, "ieee" under
+    ``torch.get_float32_matmul_precision() == "highest"`` (torch's default), "tf32" under "high" or "medium"."""
+    if precision is None:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'tf32', 'ieee' or None, got {precision!r}")
+    return precision
+
+
 def _chunk(q, k, v, g, beta, lam, scale, state):
     """One chunk: q, k (H, C, K); v (H, C, V); g, beta, lam (H, C); state as in naive."""
     official = isinstance(state, OfficialState)
@@ -93,7 +103,7 @@ def chunk_qdelta(
     cu_seqlens: Optional[torch.Tensor] = None,
     variant: str = "paper",
     chunk_size: int = 64,
-    precision: str = "tf32",
+    precision: Optional[str] = None,
 ) -> Tuple[torch.Tensor, Optional[Union[torch.Tensor, OfficialState]]]:
     """Q-Delta, chunkwise parallel (for training and prefill).
 
@@ -102,14 +112,15 @@ def chunk_qdelta(
         chunk_size: tokens per chunk (``>= 1``). The paper variant gives the same result for
             every chunk size; ``variant="official"`` is defined by 64-token chunks and accepts
             only ``chunk_size=64``.
-        precision: ``"tf32"`` (default) or ``"ieee"``: how the Triton kernels multiply fp32 inputs.
-            ``"tf32"``: their matrix products (``tl.dot``) on fp32 operands run in TF32 on the
-            tensor cores (10-bit mantissa); fp32 inputs then land 1.8e-3 relative L2 from the
-            float64 reference at K = 256 on the H200 (output; gradients up to 2.5e-3).
-            ``"ieee"``: full fp32 products (slower), for reference checks: 4.5e-7 there
-            (gradients up to 9.4e-7). bf16/fp16 inputs are
-            unaffected (their kernels are the same either way); the PyTorch reference path
-            computes in the inputs' dtype and ignores it.
+        precision: how the Triton kernels multiply fp32 inputs. ``"tf32"``: their matrix
+            products (``tl.dot``) on fp32 operands run in TF32 on the tensor cores (10-bit
+            mantissa); fp32 inputs then land 1.8e-3 relative L2 from the float64 reference at
+            K = 256 on the H200 (output; gradients up to 2.5e-3). ``"ieee"``: full fp32 products
+            (slower): 4.5e-7 there (gradients up to 9.4e-7). ``None`` (default): what torch uses
+            for fp32 matmuls, "ieee" unless ``torch.set_float32_matmul_precision("high")`` (or
+            "medium") asked for TF32, so an fp32 model's attention multiplies as its linear layers
+            do. bf16/fp16 inputs are unaffected (their kernels are the same either way); the
+            PyTorch reference path computes in the inputs' dtype and ignores it.
 
     CUDA tensors run the Triton kernels of :mod:`qdelta.kernels.triton` (forward and
     backward); so do CPU tensors when ``TRITON_INTERPRET=1`` (the interpreter multiplies in
@@ -117,8 +128,8 @@ def chunk_qdelta(
     inputs, K > 256, V > 512, chunk_size > 64 and an official state in the middle of a chunk
     run the PyTorch reference on any device. With ``use_qk_l2norm=True`` the Triton kernels
     normalise q and k in registers (gradient included); no normalised copy is made. Precision on
-    the Triton path: fp32 states and accumulation; fp32 inputs use TF32 dots unless
-    ``precision="ieee"``, and bf16/fp16 inputs use 16-bit dot operands in the sequential passes.
+    the Triton path: fp32 states and accumulation; fp32 inputs use the dots ``precision`` names,
+    and bf16/fp16 inputs use 16-bit dot operands in the sequential passes.
 
     Example::
 
@@ -134,8 +145,7 @@ def chunk_qdelta(
         raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'tf32' or 'ieee', got {precision!r}")
+    precision = resolve_precision(precision)
     if variant == "official" and chunk_size != OFFICIAL_CHUNK:
         raise ValueError(
             f"variant='official' is defined by the authors' {OFFICIAL_CHUNK}-token chunks; "

@@ -88,7 +88,7 @@ def record_launches(K: int, V: int, dtype_name: str, variant: str = "paper") -> 
     try:
         x = random_inputs(1, 70, 1, K, V, dtype=getattr(torch, dtype_name), seed=0)
         leaves = {n: t.requires_grad_(True) for n, t in x.items() if n != "initial_state"}
-        o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant)
+        o, _ = chunk_qdelta(**leaves, use_qk_l2norm=True, variant=variant, precision="tf32")
         o.float().sum().backward()
         if dtype_name == "float32":  # fp32 dots in IEEE precision (chunk_qdelta's precision="ieee")
             again = {n: t.detach().requires_grad_(True) for n, t in leaves.items()}

@@ -38,10 +38,10 @@ def test_inplace_official_needs_an_official_state():
         fused_recurrent_qdelta(**x, inplace=True, variant="official")
 
 
-@pytest.mark.parametrize("bad", ["fp32", "IEEE", "tf32x3", None])
+@pytest.mark.parametrize("bad", ["fp32", "IEEE", "tf32x3", "highest"])
 def test_chunk_qdelta_refuses_an_unknown_precision(bad):
     x = random_inputs(1, 5, 1, 4, 4, seed=3)
-    with pytest.raises(ValueError, match="precision must be 'tf32' or 'ieee', got"):
+    with pytest.raises(ValueError, match="precision must be 'tf32', 'ieee' or None, got"):
         chunk_qdelta(**x, precision=bad)
 
 
@@ -50,6 +50,19 @@ def test_chunk_qdelta_precision_leaves_the_reference_path_alone():
     o, s = chunk_qdelta(**x, output_final_state=True)
     o_ieee, s_ieee = chunk_qdelta(**x, output_final_state=True, precision="ieee")
     assert torch.equal(o, o_ieee) and torch.equal(s, s_ieee)
+
+
+def test_default_precision_follows_torch_float32_matmul_precision():
+    from qdelta.kernels.chunk import resolve_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        for setting, expected in (("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")):
+            torch.set_float32_matmul_precision(setting)
+            assert resolve_precision(None) == expected
+            assert resolve_precision("tf32") == "tf32" and resolve_precision("ieee") == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_launch_retries_with_fewer_stages_when_out_of_shared_memory():

@@ -106,8 +106,9 @@ def _check_chunk(name, torch, ops, rel):
 
 def _check_precision(torch, ops, rel):
     """``precision`` reaches every chunk kernel as DOT_PRECISION: "ieee" for fp32 inputs when asked for,
-    "tf32" otherwise (16-bit inputs keep their kernels). The interpreter multiplies in fp32 either way, so
-    the ieee call is also checked against the fp64 token loop."""
+    "tf32" otherwise (16-bit inputs keep their kernels); None as torch's fp32 matmul precision says
+    ("highest": ieee, "high": tf32). The interpreter multiplies in fp32 either way, so the ieee call is
+    also checked against the fp64 token loop."""
     from qdelta.kernels.testing import random_inputs
     from qdelta.kernels.triton import chunk, chunk_bwd
 
@@ -122,19 +123,23 @@ def _check_precision(torch, ops, rel):
     result = {}
     chunk.launch = chunk_bwd.launch = recording
     try:
-        for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee")):
+        cases = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee")]
+        cases += [(torch.float32, None, "highest"), (torch.float32, None, "high")]
+        for dtype, precision, *matmul in cases:
+            torch.set_float32_matmul_precision(matmul[0] if matmul else "highest")
             seen.clear()
             leaves = {
                 n: t.to(dtype if n != "initial_state" else torch.float32).requires_grad_(True) for n, t in x.items()
             }
             o, _ = ops.chunk_qdelta(**leaves, use_qk_l2norm=True, precision=precision)
             o.float().sum().backward()
-            key = f"{str(dtype).split('.')[-1]}-{precision}"
+            key = f"{str(dtype).split('.')[-1]}-{precision or 'default-' + matmul[0]}"
             result[key] = sorted(set(seen))
             if dtype == torch.float32:
                 result[key + "-error"] = rel(o, ref)
     finally:
         chunk.launch = chunk_bwd.launch = real
+        torch.set_float32_matmul_precision("highest")
     return result
 
 
@@ -267,8 +272,8 @@ def test_matches_fp64_reference(interpreted, name, tol):
 
 def test_triton_path_was_used(interpreted):
     """The chunk calls went through the Triton kernels (not the reference fallback)."""
-    # + one no-grad call each, one prefill per decode check, three precision calls
-    assert interpreted["chunk_calls"] == len(CASES) + len(NO_GRAD_TOO) + 2 + 3 + 2
+    # + one no-grad call each, one prefill per decode check, five precision calls
+    assert interpreted["chunk_calls"] == len(CASES) + len(NO_GRAD_TOO) + 2 + 5 + 2
     assert interpreted["recurrent_calls"] == 9
 
 
@@ -288,6 +293,8 @@ def test_precision_reaches_every_chunk_kernel(interpreted, tol):
     assert got["float32-ieee"] == [[name, "ieee"] for name in KERNELS]
     assert got["float32-tf32"] == [[name, "tf32"] for name in KERNELS]
     assert got["float16-ieee"] == [[name, "tf32"] for name in KERNELS]  # 16-bit inputs: kernels unchanged
+    assert got["float32-default-highest"] == got["float32-ieee"]
+    assert got["float32-default-high"] == got["float32-tf32"]
     assert got["float32-ieee-error"] <= tol["INTERPRET_FP32"]["forward"]
     assert got["float32-tf32-error"] <= tol["INTERPRET_FP32"]["forward"]
 
