@@ -316,6 +316,43 @@ def resolved_launch_settings() -> Dict[str, Dict[str, Dict]]:
     return {c: {k: launch.settings(k, K, V) for k in kernels} for c, (_, K, V) in HEAD_CONFIGS.items()}
 
 
+UNFINISHED = "unfinished: the run stopped before measuring "  # the note of a run cut short
+
+
+def _label(impl: str, norm: bool) -> str:
+    return f"{impl}{' qk_l2norm' if norm else ''}"
+
+
+def _note_pending(report: Report, pending) -> None:
+    """Keep the report's note naming what the run has yet to measure (``pending``: (shape, row) pairs in
+    run order; no note once it is empty), so that the files a cut run leaves say what they lack."""
+    report.notes = [n for n in report.notes if not n.startswith(UNFINISHED)]
+    if pending:
+        shapes = {}
+        for shape, row in pending:
+            shapes.setdefault(shape, []).append(row)
+        report.notes.append(UNFINISHED + "; ".join(f"{shape}: {', '.join(rows)}" for shape, rows in shapes.items()))
+
+
+def _measurable(impl: str, report: Report, authors) -> bool:
+    """Whether this run times ``impl`` (ours always; the authors' kernel when loaded, fla's when importable)."""
+    if impl == "authors":
+        return authors is not None
+    return impl != "fla-gdn" or report.fla != "not installed"
+
+
+def _time(impl, norm, report, authors, config, T):
+    H, K, V = HEAD_CONFIGS[config]
+    B = batch_size(T)
+    if impl.startswith("qdelta-"):
+        return time_ours(B, T, H, K, V, impl.split("-")[1], norm)
+    if impl == "authors":
+        return time_authors(authors, B, T, H, K, V, norm)
+    if impl == "fla-gdn":
+        return time_fla(B, T, H, K, V, report, norm)
+    return time_sdpa(config, T)
+
+
 def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None, authors_dir=None) -> Report:
     """All timings on the current CUDA device; ``on_progress(report)`` after every shape (the CLI writes
     the files then, so a run cut short keeps what it measured). ``authors_dir``: the folder with the
@@ -351,30 +388,28 @@ def run_benchmark(lengths=LENGTHS, configs=tuple(HEAD_CONFIGS), on_progress=None
     if report.fla == "not installed":
         report.notes.append("fla-gdn not measured: flash-linear-attention (fla-core) is not importable")
     progress = on_progress or (lambda r: None)
+    peers = [(i, n) for n in (True, False) for i in IMPLS[:-1] if _measurable(i, report, authors)] + [("sdpa", False)]
+    pending = [(f"{c} decode", v) for c in configs for v in ("paper", "official")]
+    pending += [(f"{c} T={T}", _label(i, n)) for T in lengths for c in configs for i, n in peers]
+    _note_pending(report, pending)
     for config in configs:
         for variant in ("paper", "official"):
             report.decode.append(time_decode(config, variant, report.copy_gbps))
             log.info("%s", report.decode[-1])
+            pending.pop(0)
+            _note_pending(report, pending)
             progress(report)
     for T in lengths:  # lengths outer: a run cut short still has both head configs of the first lengths
         for config in configs:
-            H, K, V = HEAD_CONFIGS[config]
-            B = batch_size(T)
-            log.info("chunk %s T=%d B=%d", config, T, B)
-            timings = {}
-            for norm in (True, False):
-                for variant in ("paper", "official"):
-                    timings[f"qdelta-{variant}", norm] = lambda v=variant, n=norm: time_ours(B, T, H, K, V, v, n)
-                if authors is not None:
-                    timings["authors", norm] = lambda n=norm: time_authors(authors, B, T, H, K, V, n)
-                if report.fla != "not installed":
-                    timings["fla-gdn", norm] = lambda n=norm: time_fla(B, T, H, K, V, report, n)
-            timings["sdpa", False] = lambda: time_sdpa(config, T)
-            for (impl, norm), fn in timings.items():
-                fwd, fwdbwd, nograd = _guarded(report, f"{impl} qk_l2norm={norm} {config} T={T}", fn)
-                report.rows.append(Row(config, T, impl, norm, fwd, fwdbwd, nograd, B))
+            log.info("chunk %s T=%d B=%d", config, T, batch_size(T))
+            for impl, norm in peers:
+                what = f"{impl} qk_l2norm={norm} {config} T={T}"
+                fwd, fwdbwd, nograd = _guarded(report, what, lambda: _time(impl, norm, report, authors, config, T))
+                report.rows.append(Row(config, T, impl, norm, fwd, fwdbwd, nograd, batch_size(T)))
                 log.info("%s", report.rows[-1])
                 torch.cuda.empty_cache()
+                pending.pop(0)
+                _note_pending(report, pending)
                 progress(report)
     return report
 

@@ -30,6 +30,39 @@ def test_a_limited_run_names_what_it_left_out():
     assert "1.3B T=2048" not in missing and "1.3B decode" not in missing
 
 
+def test_a_cut_run_names_the_rows_it_did_not_reach(monkeypatch):
+    """The files a run leaves after every row say what it has yet to measure; a finished run says nothing."""
+    k = bench_kernels
+    gen = torch.Generator().manual_seed(5)
+    ms = lambda *a, **kw: tuple(float(x) for x in torch.rand(3, generator=gen) + 1)  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(k, "copy_bandwidth_gbps", lambda: 4000.0)
+    monkeypatch.setattr(k, "fla_version", lambda: None)  # fla not importable: no fla-gdn rows
+    monkeypatch.setattr(k, "load_authors", lambda folder: ms)
+    for name in ("time_ours", "time_authors", "time_sdpa"):
+        monkeypatch.setattr(k, name, ms)
+    monkeypatch.setattr(k, "time_decode", lambda c, v, gbps: k.DecodeRow(c, v, 64, *ms(), 1, 1.0, 0.5))
+    seen = []
+
+    def stop_after_seven(report):
+        seen.append(next((n for n in report.notes if n.startswith(k.UNFINISHED)), None))
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        k.run_benchmark(lengths=(2048,), configs=("340M", "1.3B"), on_progress=stop_after_seven, authors_dir="x")
+    assert seen[0].startswith(k.UNFINISHED + "340M decode: official; 1.3B decode: paper, official; 340M T=2048: ")
+    rest = "qdelta-paper, qdelta-official, authors, sdpa"  # no fla-gdn: fla is not importable here
+    norm_on = "qdelta-paper qk_l2norm, qdelta-official qk_l2norm, authors qk_l2norm"
+    assert seen[-1] == f"{k.UNFINISHED}340M T=2048: {rest}; 1.3B T=2048: {norm_on}, {rest}"  # 4 decode + 3 rows done
+    seen.clear()
+    report = k.run_benchmark(lengths=(2048,), configs=("1.3B",), on_progress=seen.append, authors_dir="x")
+    assert len(report.rows) == 7 and not any(n.startswith(k.UNFINISHED) for n in report.notes)
+    assert any(n.startswith(k.NOT_RUN) and "340M T=2048" in n for n in report.notes)
+
+
 def _partial_run(date, lengths, decode, seed, **fields):
     """A report as a run limited to ``lengths`` writes it (timings drawn at random: this checks bookkeeping)."""
     gen = torch.Generator().manual_seed(seed)
@@ -101,13 +134,14 @@ def test_committed_results_render_and_cover_every_shape(tmp_path):
     for path in files:
         raw = json.loads(path.read_text())
         report = bench_kernels.load_report(path)
-        # every shape is there, or the report's notes name the ones a cut run did not measure
+        # every shape is there with all its rows, or the report's notes name what a limited or cut run lacks
         notes = " ".join(report.notes)
         shapes = {(r.config, r.T) for r in report.rows}
         assert shapes <= {(c, T) for c in bench_kernels.HEAD_CONFIGS for T in bench_kernels.LENGTHS}
         for c in bench_kernels.HEAD_CONFIGS:
             for T in bench_kernels.LENGTHS:
-                assert (c, T) in shapes or f"{c} T={T}" in notes, f"{c} T={T} neither measured nor noted"
+                complete = len({(r.impl, r.qk_l2norm) for r in report.rows if (r.config, r.T) == (c, T)}) == 9
+                assert complete or f"{c} T={T}" in notes, f"{c} T={T} neither measured in full nor noted"
             decoded = {d.variant for d in report.decode if d.config == c}
             assert decoded == {"paper", "official"} or f"{c} decode" in notes, f"{c} decode neither measured nor noted"
         assert {r.impl for r in report.rows} <= set(bench_kernels.IMPLS)
