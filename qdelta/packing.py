@@ -31,7 +31,11 @@ class Packing:
     def from_mask(
         cls, attention_mask: Optional[torch.Tensor], batch: int, width: int, device, past: Optional[torch.Tensor] = None
     ) -> "Packing":
-        """``attention_mask``: (B, T) of 0/1 (or bool) for the current tokens, or None (all valid)."""
+        """``attention_mask``: (B, T) of 0/1 (or bool) for the current tokens, or None (all valid).
+
+        A one-token call (T = 1, a decoding step) does not read the mask: a row without its token would have
+        nothing to run, so every valid mask is all ones there, and reading it would make each step wait for
+        the device (and break a CUDA-graph capture)."""
         if past is None:
             past = torch.zeros(batch, dtype=torch.int64, device=device)
         if attention_mask is not None and tuple(attention_mask.shape) != (batch, width):
@@ -39,7 +43,7 @@ class Packing:
                 f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
                 f"tokens (a 2-D 0/1 padding mask), got {tuple(attention_mask.shape)}"
             )
-        if attention_mask is None or bool(attention_mask.all()):
+        if attention_mask is None or width == 1 or bool(attention_mask.all()):
             lengths = torch.full((batch,), width, dtype=torch.int64, device=device)
             indices = torch.arange(batch * width, device=device)
             dense = True

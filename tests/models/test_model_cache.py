@@ -86,3 +86,39 @@ def test_config_errors_name_the_field():
         tiny_model("qdelta", tie_word_embeddings=True)
     with pytest.raises(ValueError, match="model_type must be one of"):
         tiny_config("mamba")
+
+
+HOST_READS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default", "aten.equal.default"}
+
+
+@pytest.mark.parametrize("model_type", ["qdelta", "gated_deltanet", "delta_net", "linear_attn"])
+def test_decoding_step_reads_nothing_back_from_the_device(model_type, monkeypatch):
+    """One generate-style step (a cache, the whole attention mask, one token a row) of the linear models
+    reads no tensor value on the host, so it never waits for the GPU (the Q-Delta decode op stands in: its
+    own host work is tested in tests/kernels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import qdelta.layers
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) in HOST_READS:
+                self.found.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(
+        qdelta.layers, "fused_recurrent_qdelta", lambda *a, initial_state, **kw: (a[2] * 2, initial_state)
+    )
+    model = tiny_model(model_type, seed=6).eval()
+    ids = torch.randint(3, 96, (2, 9), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :3] = 0  # left padding, as generate pads a batch
+    with torch.no_grad():
+        cache = model(ids, attention_mask=mask[:, :9], use_cache=True).past_key_values
+        with Reads() as reads:
+            model(ids[:, :1], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    assert reads.found == []
