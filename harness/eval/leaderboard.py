@@ -5,7 +5,8 @@ Outputs under the leaderboard folder:
     leaderboard.md        model x task table (each task's primary lm-eval metric), slices by
                           sequence length / number of key-value pairs / depth, the runs, and the
                           paper's reported numbers as a separate, labelled table
-    leaderboard.csv       model x task, long format (run_id, model, task, metric, value)
+    leaderboard.csv       model x task, long format (run_id, model, task, metric, value,
+                          prompts_truncated, requests_over_max_length)
     slices.csv            per-slice scores (run_id, model, task, metric, field, slice, score, n)
     reported_paper.csv    the paper's reported numbers (separate source)
     acc_vs_<field>.png    per slice field, one panel per task carrying it, one line per run
@@ -16,6 +17,10 @@ Outputs under the leaderboard folder:
 
 Slices come from the per-sample records: every document field named in ``SLICE_FIELDS`` groups
 the samples, and the sample's value of the task's primary metric is averaged per group.
+
+A score whose run cut prompts (``truncation=left``) or counted requests longer than ``max_length``
+(``on_overflow=count``) carries those counts from its record: a ``*`` on its cell and a section that
+lists them, so such a number is never read as one made on the whole prompts.
 """
 
 from __future__ import annotations
@@ -81,7 +86,19 @@ def collect(runs_dir: Path) -> dict:
             if found is None:
                 continue
             metric, filt, value = found
-            scores.append({"run_id": run_id, "model": model, "task": task, "metric": metric, "value": value})
+            entry = tasks_status.get(task, {})
+            events = (entry.get("adapter") or {}).get("events") or {}
+            scores.append(
+                {
+                    "run_id": run_id,
+                    "model": model,
+                    "task": task,
+                    "metric": metric,
+                    "value": value,
+                    "prompts_truncated": (entry.get("truncation") or {}).get("prompts_truncated", 0),
+                    "requests_over_max_length": sum(n for e, n in events.items() if e.endswith("_over_max_length")),
+                }
+            )
             groups: Dict[Tuple[str, object], List[float]] = defaultdict(list)
             for sample in records.read_samples(data["samples_path"]):
                 if sample.get("filter", "none") != filt or not isinstance(sample.get(metric), (int, float, bool)):
@@ -108,6 +125,28 @@ def collect(runs_dir: Path) -> dict:
 
 def _fmt(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _cut(score: dict) -> bool:
+    """Whether the run scored this task on cut prompts or counted over-length requests."""
+    return bool(score.get("prompts_truncated") or score.get("requests_over_max_length"))
+
+
+def _cut_section(data: dict) -> List[str]:
+    cut = [s for s in data["scores"] if _cut(s)]
+    lines = ["## Cut prompts and over-length requests", ""]
+    if not cut:
+        return lines + ["None: every score above was made on whole prompts within the model's max_length.", ""]
+    lines += [
+        "Cells marked `*` above: the run left-truncated prompts to its max_length (`truncation=left`: scored on "
+        "their last tokens), or scored requests longer than it as wrong (`on_overflow=count`).",
+        "",
+        "| run | task | prompts truncated | requests over max_length |",
+        "|---|---|---:|---:|",
+    ]
+    for s in cut:
+        lines.append(f"| {s['run_id']} | {s['task']} | {s['prompts_truncated']} | {s['requests_over_max_length']} |")
+    return lines + [""]
 
 
 def _csv(rows: List[dict], columns: List[str]) -> str:
@@ -164,10 +203,12 @@ def render_markdown(data: dict) -> str:
             cells = []
             for t in tasks:
                 cell = by_cell.get((run["run_id"], t))
-                cells.append(_fmt(cell["value"]) if cell else ("failed" if t in run["failed"] else "–"))
+                shown = _fmt(cell["value"]) + ("*" if _cut(cell) else "") if cell else None
+                cells.append(shown or ("failed" if t in run["failed"] else "–"))
             mean = _fmt(statistics.mean(values)) if values else "–"
             lines.append(f"| {run['run_id']} | {run['model']} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
+        lines += _cut_section(data)
         lines += ["## Slices", ""]
         for field in SLICE_FIELDS:
             lines += _slice_table(data, field)
@@ -364,7 +405,10 @@ def _write_leaderboard(runs_dir: Path, out_dir: Path, plots: bool) -> List[Path]
     data = collect(runs_dir)
     outputs = {
         "leaderboard.md": render_markdown(data),
-        "leaderboard.csv": _csv(data["scores"], ["run_id", "model", "task", "metric", "value"]),
+        "leaderboard.csv": _csv(
+            data["scores"],
+            ["run_id", "model", "task", "metric", "value", "prompts_truncated", "requests_over_max_length"],
+        ),
         "slices.csv": _csv(data["slices"], ["run_id", "model", "task", "metric", "field", "slice", "score", "n"]),
         "reported_paper.csv": _csv(
             reported_rows(), ["model", "commonsense_avg_340M", "commonsense_avg_1.3B", "sniah_avg_1.3B", "source"]

@@ -109,3 +109,14 @@ def test_over_length_fails_the_task_or_is_truncated_and_counted(tmp_path, caplog
     merged = json.loads((run["path"] / records.RESULTS).read_text())
     assert merged["truncation"] == {name: entry["truncation"] for name, entry in entries.items()}
     assert run["tasks"]["qd_mqar_gen_quick"]["results"]["truncation"]["qd_mqar_gen_quick"] == generated
+    from qdelta.harness.eval.leaderboard import write_leaderboard
+
+    write_leaderboard(tmp_path / "runs", tmp_path / "board", plots=False)
+    board = (tmp_path / "board" / "leaderboard.md").read_text()
+    row = next(line for line in board.splitlines() if line.startswith(f"| {run['summary']['run_id']} |"))
+    assert row.count("*") == 1  # qd_mqar_gen_quick's cell; qd_ar_quick was scored on whole prompts
+    assert f"| {run['summary']['run_id']} | qd_mqar_gen_quick | 3 | 0 |" in board
+    csv_rows = (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()
+    assert any(
+        r.startswith(run["summary"]["run_id"]) and ",qd_mqar_gen_quick," in r and r.endswith(",3,0") for r in csv_rows
+    )

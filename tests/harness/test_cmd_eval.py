@@ -68,7 +68,9 @@ def test_oracle_scores_100_and_random_scores_chance(tmp_path):
     measured, reported = board.split("## Reported by the paper")
     assert "90.02" in reported and "90.02" not in measured  # the paper's numbers stay a separate table
     rows = (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()
-    assert rows[0] == "run_id,model,task,metric,value" and len(rows) == 1 + 2 * len(oracle["tasks"])
+    assert rows[0] == "run_id,model,task,metric,value,prompts_truncated,requests_over_max_length"
+    assert len(rows) == 1 + 2 * len(oracle["tasks"]) and all(r.endswith(",0,0") for r in rows[1:])
+    assert "None: every score above was made on whole prompts" in measured
     assert (
         cli.main(
             [
