@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import chunk_qdelta, fused_recurrent_qdelta, l2norm
+from .kernels import OfficialState, chunk_qdelta, fused_recurrent_qdelta, l2norm
 from .kernels.linear_attention import chunk_linear_attention
 from .norms import GatedRMSNorm, acc
 from .packing import Packing
@@ -33,6 +33,17 @@ from .short_conv import ShortConvolution
 
 DELTA_KINDS = ("qdelta", "gated_deltanet", "delta_net")
 KINDS = DELTA_KINDS + ("linear_attn",)
+
+
+def _updatable_in_place(initial, variant: str) -> bool:
+    """Whether a decoding step may write its new state over the cache's (what the op's ``inplace``
+    takes: an fp32 contiguous state, an :class:`OfficialState` for the official variant); only without
+    autograd, which may still need the old state."""
+    if torch.is_grad_enabled():
+        return False
+    if variant == "official":
+        return isinstance(initial, OfficialState)
+    return isinstance(initial, torch.Tensor) and initial.dtype == torch.float32 and initial.is_contiguous()
 
 
 def init_decay_parameters(
@@ -141,7 +152,10 @@ class RecurrentMixer(nn.Module):
                 q, k, v, g, initial_state=initial, output_final_state=use_cache, cu_seqlens=cu_seqlens
             )
         else:
-            op = fused_recurrent_qdelta if packing.single_token else chunk_qdelta
+            # a decoding step updates the cache's state in place: the same addresses every step (a CUDA
+            # graph can replay it) and no new state per layer and token
+            decode = packing.single_token
+            op = fused_recurrent_qdelta if decode else chunk_qdelta
             o, final = op(
                 q,
                 k,
@@ -154,6 +168,7 @@ class RecurrentMixer(nn.Module):
                 use_qk_l2norm=True,
                 cu_seqlens=cu_seqlens,
                 variant=self.variant,
+                **({"inplace": True} if decode and use_cache and _updatable_in_place(initial, self.variant) else {}),
             )
         if self.capture is not None:
             packed = {"q": q, "k": k, "beta": beta, "lam": lam, "g": g}  # recorded packed: (1, total, ...)

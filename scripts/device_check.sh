@@ -2,13 +2,14 @@
 # One device call (the GPU machine; $OUT is the folder whose files come back): make `import qdelta`
 # work, then run the steps named, in order. Usage, from the repo root: bash scripts/device_check.sh STEP...
 #   tests    the kernel GPU tests (tests/kernels/test_triton_gpu.py, test_triton_profile.py)
-#   fused    the GPU tier of tests/models/test_model_fused.py (fla's fused glue against the eager modules)
+#   models   the GPU tests under tests/models (fla's fused glue against the eager modules, a decoding step
+#            replayed as a CUDA graph)
 #   profile  where one fwd+bwd goes, ours and fla's (harness/bench/profile.py; PROFILE_ARGS)
 #   bench    qdelta bench kernels (BENCH_ARGS, e.g. "--lengths 2048 16384")
 #   model    qdelta bench model (MODEL_ARGS, e.g. "--only gen,gen-gdn"); needs the authors' folder
 #   mqar     scripts/mqar_speed_check.py (eager vs CUDA-graph MQAR training; MQAR_ARGS)
 #   tune     harness/bench/tune.py (TUNE_ARGS, TUNE_TRIALS: JSON for --trials)
-#   all      tests fused profile bench
+#   all      tests models profile bench
 # Each step runs under its own time limit (<STEP>_S seconds; defaults below) and tees its log to
 # $OUT/<step>$TAG.log; pytest steps take TEST_ARGS (e.g. "-k 1.3B"). Optional inputs, ignored by git and
 # carried into the call: .whl/ (wheels: fla-core, einops, flash-linear-attention; installed first),
@@ -18,7 +19,7 @@
 # again to skip recompiling what did not change; `mkdir -p .tcache && cp <files_at>/triton.tgz .tcache/`).
 set -o pipefail
 steps=${*:-all}
-[ "$steps" = all ] && steps="tests fused profile bench"
+[ "$steps" = all ] && steps="tests models profile bench"
 tag=${TAG:+-$TAG}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 TRITON_CACHE_DIR=/tmp/triton-cache
 T0=$(date +%s)
@@ -48,14 +49,14 @@ for step in $steps; do
   case $step in
   tests) timeout "${TESTS_S:-480}" $pytest_gpu -s tests/kernels/test_triton_gpu.py tests/kernels/test_triton_profile.py ${TEST_ARGS:-} 2>&1 \
       | tee "$log" | grep -E "ERR|passed|failed|Error" ;;
-  fused) timeout "${FUSED_S:-360}" $pytest_gpu tests/models/test_model_fused.py ${TEST_ARGS:-} 2>&1 \
+  models) timeout "${MODELS_S:-420}" $pytest_gpu tests/models ${TEST_ARGS:-} 2>&1 \
       | tee "$log" | grep -E "^(PASSED|FAILED|ERROR)|passed|failed" ;;
   profile) timeout "${PROFILE_S:-180}" python3 -m qdelta.harness.bench.profile ${PROFILE_ARGS:-} 2>&1 | grep -v Warn | tee "$log" ;;
   bench) timeout "${BENCH_S:-540}" python3 -m qdelta.harness.cli bench kernels --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$log" | grep -v "^INFO" ;;
   model) QDELTA_COMMIT=$commit timeout "${MODEL_S:-400}" python3 -m qdelta.harness.cli bench model --authors "$authors" --out "$OUT/bench" ${MODEL_ARGS:-} 2>&1 | tee "$log" | grep -v "^\s*$" | tail -40 ;;
   mqar) timeout "${MQAR_S:-300}" python3 scripts/mqar_speed_check.py --out "$OUT/mqar_speed$tag.jsonl" ${MQAR_ARGS:---budget-s 240} 2>&1 | tee "$log" | tail -30 ;;
   tune) timeout "${TUNE_S:-400}" python3 -m qdelta.harness.bench.tune --out "$OUT/tune$tag.json" ${TUNE_ARGS:-} ${TUNE_TRIALS:+--trials "$TUNE_TRIALS"} 2>&1 | grep -v Warning | tee "$log" ;;
-  *) echo "unknown step $step (tests fused profile bench model mqar tune all)" ;;
+  *) echo "unknown step $step (tests models profile bench model mqar tune all)" ;;
   esac
   echo "$step done $(( $(date +%s) - T0 ))s" | tee -a "$OUT/env.log"
 done

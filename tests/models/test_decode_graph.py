@@ -1,0 +1,65 @@
+"""A decoding step of the whole model, captured in a CUDA graph and replayed token after token, gives
+the logits of eager decoding (GPU only). It can only be captured if the step reads nothing back from
+the device; the recurrent state, updated in place, keeps its address from step to step, and the
+small conv states the step writes anew are copied back into the captured inputs after each replay."""
+
+import pytest
+import torch
+
+from qdelta.kernels import OfficialState
+from qdelta.testing import tiny_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _copy_back(inputs, outputs):
+    """Write a replay's new states over the captured inputs; returns how many tensors it copied."""
+    copied = 0
+    for before, after in zip(inputs, outputs):
+        for name, dst in before.items():
+            src = after[name]
+            pairs = zip(dst, src) if isinstance(dst, OfficialState) else [(dst, src)]
+            for d, s in pairs:
+                if d is not s:
+                    d.copy_(s)
+                    copied += 1
+    return copied
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+def test_decode_step_replays_in_a_cuda_graph(variant):
+    fields = dict(hidden_size=128, num_heads=2, head_dim=64, expand_v=2, intermediate_size=256, variant=variant)
+    model = tiny_model("qdelta", seed=3, **fields).cuda().eval()
+    B, P, steps = 4, 58, 10  # the official variant's 64-token chunk boundary falls inside the decoded tokens
+    ids = torch.randint(3, 96, (B, P + steps), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        cache = model(ids[:, :P], use_cache=True).past_key_values
+        eager_cache = cache.clone()
+        eager = [
+            model(ids[:, t : t + 1], past_key_values=eager_cache, use_cache=True).logits for t in range(P, P + steps)
+        ]
+
+        static_ids = ids[:, P : P + 1].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile and warm up outside the capture, on a copy
+            warm = cache.clone()
+            for _ in range(2):
+                model(static_ids, past_key_values=warm, use_cache=True)
+        torch.cuda.current_stream().wait_stream(side)
+        inputs = [dict(layer) for layer in cache.layers]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model(static_ids, past_key_values=cache, use_cache=True)
+        outputs = cache.layers
+
+        graphed, copies = [], set()
+        for t in range(P, P + steps):
+            static_ids.copy_(ids[:, t : t + 1])
+            graph.replay()
+            graphed.append(out.logits.clone())
+            copies.add(_copy_back(inputs, outputs))
+    for t, (a, b) in enumerate(zip(graphed, eager)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"decoded token {t}: {m}")
+    layers = len(inputs)
+    assert copies == {3 * layers}, copies  # the three conv states; the recurrent state was updated in place
