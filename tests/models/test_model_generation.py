@@ -85,3 +85,30 @@ def test_generate_prefill_projects_only_the_last_position():
     out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert shapes == [(2, 1)] * 3
     assert out[0, 12:].tolist() == _greedy_without_cache(model, ids[:1], 3)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_greedy_generate_equals_generate(model_type):
+    from qdelta.generation import greedy_generate
+
+    extra = {"variant": "official"} if model_type == "qdelta" else {}
+    model = tiny_model(model_type, seed=16, **extra)
+    ids = torch.randint(3, 96, (3, 11), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[2, :4] = 0  # left padding
+    ids[2, :4] = 0
+    want = model.generate(
+        ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=1
+    )
+    assert greedy_generate(model, ids, 6, attention_mask=mask).tolist() == want.tolist()
+    assert greedy_generate(model, ids, 1, attention_mask=mask).tolist() == want[:, :12].tolist()
+
+
+def test_greedy_generate_refuses_what_it_cannot_do():
+    from qdelta.generation import greedy_generate
+
+    model, ids = tiny_model("qdelta", seed=17), torch.randint(3, 96, (1, 4))
+    with pytest.raises(ValueError, match="cuda_graph=True needs"):
+        greedy_generate(model, ids, 3, cuda_graph=True)  # a CPU model
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        greedy_generate(model, ids, 0)
