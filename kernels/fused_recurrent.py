@@ -53,7 +53,9 @@ def fused_recurrent_qdelta(
 
     CUDA tensors (and CPU tensors with ``TRITON_INTERPRET=1``) run the Triton kernel of
     :mod:`qdelta.kernels.triton` (forward only); calls that need gradients, float64 inputs,
-    K > 256 or V > 512 run the PyTorch token loop in fp32 state.
+    K > 256 or V > 512 run the PyTorch token loop in fp32 state. There, a dense call (no
+    ``cu_seqlens``) reads no tensor value on the host, so the official offsets' range is not
+    checked; with ``inplace=True`` it allocates only ``o`` and can be captured in a CUDA graph.
 
     Example::
 
