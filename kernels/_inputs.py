@@ -73,14 +73,15 @@ def _shape(t: torch.Tensor) -> str:
     return "[" + ",".join(str(s) for s in t.shape) + "]"
 
 
-def _check_tensor(name, t, ndim, lead, ref):
+def _check_tensor(name, t, ndim, lead, device):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but q is on {ref.device}; move all inputs to one device")
-    if t.dim() != ndim or tuple(t.shape[: len(lead)]) != tuple(lead):
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but q is on {device}; move all inputs to one device")
+    shape = t.shape
+    if len(shape) != ndim or shape[: len(lead)] != lead:
         want = "[" + ",".join(str(s) for s in lead) + (",*" if ndim > len(lead) else "") + "]"
         raise ValueError(f"{name} must have shape {want} (B, T, H{', D' if ndim == 4 else ''}), got {_shape(t)}")
 
@@ -108,7 +109,7 @@ def _check_cu_seqlens(cu_seqlens, batch: int, length: int) -> torch.Tensor:
 def _check_state(name, s, want_shape, device):
     if not isinstance(s, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(s).__name__}")
-    if tuple(s.shape) != tuple(want_shape):
+    if s.shape != tuple(want_shape):
         dims = ",".join(str(d) for d in want_shape)
         raise ValueError(f"{name} must have shape [{dims}] (N, H, K, V), got {_shape(s)}")
     if s.dtype not in (torch.float32, torch.float64):
@@ -126,15 +127,16 @@ def prepare(q, k, v, g, beta, lam, *, scale, initial_state, use_qk_l2norm, cu_se
     if q.dim() != 4:
         raise ValueError(f"q must have shape [B,T,H,K], got {_shape(q)}")
     B, T, H, K = q.shape
-    _check_tensor("q", q, 4, (B, T, H), q)
-    _check_tensor("k", k, 4, (B, T, H, K), q)
-    _check_tensor("v", v, 4, (B, T, H), q)
+    device = q.device
+    _check_tensor("q", q, 4, (B, T, H), device)
+    _check_tensor("k", k, 4, (B, T, H, K), device)
+    _check_tensor("v", v, 4, (B, T, H), device)
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share one dtype")
     for name, t in (("g", g), ("beta", beta), ("lam", lam)):
         if t is not None:
-            _check_tensor(name, t, 3, (B, T, H), q)
+            _check_tensor(name, t, 3, (B, T, H), device)
     if T == 0:
         raise ValueError("q has T = 0 tokens; pass at least one token")
     if scale is None:
@@ -151,10 +153,10 @@ def prepare(q, k, v, g, beta, lam, *, scale, initial_state, use_qk_l2norm, cu_se
                 "pass its .state tensor for variant='paper'"
             )
         for name, s in initial_state.tensors():
-            _check_state(f"initial_state.{name}", s, want, q.device)
-        initial_state.check_offsets(N, OFFICIAL_CHUNK)
+            _check_state(f"initial_state.{name}", s, want, device)
+        initial_state.check_offsets(N, OFFICIAL_CHUNK, values=cu is not None)  # dense: read by the paths that need it
     elif initial_state is not None:
-        _check_state("initial_state", initial_state, want, q.device)
+        _check_state("initial_state", initial_state, want, device)
     if beta is None:
-        beta = torch.ones(B, T, H, dtype=q.dtype, device=q.device)
+        beta = torch.ones(B, T, H, dtype=q.dtype, device=device)
     return Inputs(q, k, v, g, beta, lam, float(scale), initial_state, cu, variant, bool(use_qk_l2norm))

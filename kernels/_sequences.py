@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ._inputs import Inputs, state_dtype
-from .state import OfficialState
+from ._inputs import OFFICIAL_CHUNK, Inputs, state_dtype
+from .state import OfficialState, offset_range_error
 
 
 def _initial(inp: Inputs, n: int, H: int, K: int, V: int, acc, device):
@@ -20,11 +20,14 @@ def _initial(inp: Inputs, n: int, H: int, K: int, V: int, acc, device):
     if inp.variant == "paper":
         return s[n].to(acc)
     official = s.select(n) if isinstance(s, OfficialState) else OfficialState.at_boundary(s[n : n + 1])
+    offset = int(official.offset[0])
+    if not 0 <= offset < OFFICIAL_CHUNK:
+        raise ValueError(offset_range_error(s.offset, OFFICIAL_CHUNK))
     return OfficialState(
         official.state[0].to(acc),
         official.chunk_start[0].to(acc),
         official.x_memory[0].to(acc),
-        int(official.offset[0]),
+        offset,
     )
 
 

@@ -17,6 +17,16 @@ from ._sequences import run_per_sequence
 from .naive import recurrent_sequence
 from .state import OfficialState
 
+_TRITON = []  # qdelta.kernels.triton once imported: on first use, as Triton reads TRITON_INTERPRET then
+
+
+def _triton_package():
+    if not _TRITON:
+        from . import triton
+
+        _TRITON.append(triton)
+    return _TRITON[0]
+
 
 def fused_recurrent_qdelta(
     q: torch.Tensor,
@@ -43,7 +53,9 @@ def fused_recurrent_qdelta(
 
     CUDA tensors (and CPU tensors with ``TRITON_INTERPRET=1``) run the Triton kernel of
     :mod:`qdelta.kernels.triton` (forward only); calls that need gradients, float64 inputs,
-    K > 256 or V > 512 run the PyTorch token loop in fp32 state.
+    K > 256 or V > 512 run the PyTorch token loop in fp32 state. There, a dense call (no
+    ``cu_seqlens``) reads no tensor value on the host, so the official offsets' range is not
+    checked; with ``inplace=True`` it allocates only ``o`` and can be captured in a CUDA graph.
 
     Example::
 
@@ -74,10 +86,9 @@ def fused_recurrent_qdelta(
             "pass a state or drop inplace"
         )
     if inp.q.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":  # Triton (qdelta.kernels.triton)
-        from .triton import fused_recurrent_qdelta_triton, recurrent_supports
-
-        if recurrent_supports(inp):
-            return fused_recurrent_qdelta_triton(inp, output_final_state, inplace)
+        kernels = _triton_package()
+        if kernels.recurrent_supports(inp):
+            return kernels.fused_recurrent_qdelta_triton(inp, output_final_state, inplace)
     o, final = run_per_sequence(inp, recurrent_sequence, output_final_state or inplace)
     if inplace:
         targets = initial_state if isinstance(initial_state, OfficialState) else (initial_state,)

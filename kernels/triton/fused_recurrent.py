@@ -46,8 +46,9 @@ def _recurrent_kernel(
     dt,
     pt,  # (N, H, K, V) fp32: initial S, D, P and final S, D, P (may alias)
     seq_bos,
-    offsets,
-    scale,  # (N + 1,) int32, (N,) int32 tokens already in the official chunk
+    offsets,  # (N + 1,) int32 first tokens (VARLEN), (N,) int64 tokens already in the official chunk
+    T,
+    scale,  # tokens per sequence without VARLEN
     H: tl.constexpr,
     K: tl.constexpr,
     V: tl.constexpr,
@@ -59,6 +60,7 @@ def _recurrent_kernel(
     HAS_S0: tl.constexpr,
     OFFICIAL: tl.constexpr,
     NORM: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """Tokens of one sequence, head and V block; with NORM q and k are l2-normalised in registers."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -79,8 +81,12 @@ def _recurrent_kernel(
             b_D = tl.zeros([BK, BV], dtype=tl.float32)
             b_P = tl.zeros([BK, BV], dtype=tl.float32)
         offset = tl.load(offsets + i_n)
-    bos = tl.load(seq_bos + i_n).to(tl.int64)
-    eos = tl.load(seq_bos + i_n + 1).to(tl.int64)
+    if VARLEN:
+        bos = tl.load(seq_bos + i_n).to(tl.int64)
+        eos = tl.load(seq_bos + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
     for t in range(bos, eos):
         o_t = t * H + i_h
         b_q = tl.load(q + o_t * K + o_k, mask=m_k, other=0.0).to(tl.float32)
@@ -123,11 +129,18 @@ def _recurrent_kernel(
 def supports(inp: Inputs) -> bool:
     """Whether the Triton recurrent path computes this call (else the PyTorch reference does)."""
     K, V = inp.q.shape[-1], inp.v.shape[-1]
-    tensors = [inp.q, inp.k, inp.v, inp.beta] + [t for t in (inp.g, inp.lam) if t is not None]
+    if not (device_ok(inp.q) and inp.q.dtype in TRITON_DTYPES and K <= MAX_K and V <= MAX_V):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in _differentiable(inp)))
+
+
+def _differentiable(inp: Inputs):
+    yield from (t for t in (inp.q, inp.k, inp.v, inp.beta, inp.g, inp.lam) if t is not None)
     s = inp.initial_state
-    tensors += [t for _, t in s.tensors()] if isinstance(s, OfficialState) else ([s] if s is not None else [])
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return device_ok(inp.q) and inp.q.dtype in TRITON_DTYPES and K <= MAX_K and V <= MAX_V and not needs_grad
+    if isinstance(s, OfficialState):
+        yield from (t for _, t in s.tensors())
+    elif s is not None:
+        yield s
 
 
 def fused_recurrent_qdelta_triton(inp: Inputs, output_final_state: bool, inplace: bool = False):
@@ -140,32 +153,30 @@ def fused_recurrent_qdelta_triton(inp: Inputs, output_final_state: bool, inplace
 def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
     """Buffers and arguments for one call: ``launch()`` runs the kernel, ``finish()`` returns (o, state).
 
-    Split so the benchmark can time the kernel alone (``launch`` repeated on the same buffers).
+    Split so the benchmark can time the kernel alone (``launch`` repeated on the same buffers). Dense
+    input with ``inplace=True`` allocates only ``o`` and issues no other device op before the launch.
     """
     B, T, H, K = inp.q.shape
     V = inp.v.shape[-1]
     dev = inp.q.device
-    flat = lambda t: None if t is None else t.reshape((B * T,) + t.shape[2:]).contiguous()  # noqa: E731
-    q, k, v, g, beta, lam = map(flat, (inp.q, inp.k, inp.v, inp.g, inp.beta, inp.lam))
-    if inp.cu_seqlens is None:  # equal lengths: no host-to-device copy
-        N = B
-        seq_bos = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=dev)
-    else:
-        N = inp.cu_seqlens.numel() - 1
-        seq_bos = inp.cu_seqlens.to(device=dev, dtype=torch.int32)
+    q, k, v, beta = (t.contiguous() for t in (inp.q, inp.k, inp.v, inp.beta))  # the kernel indexes (B * T, H, D)
+    g = None if inp.g is None else inp.g.contiguous()
+    lam = None if inp.lam is None else inp.lam.contiguous()
+    varlen = inp.cu_seqlens is not None
+    N = inp.cu_seqlens.numel() - 1 if varlen else B
+    seq_bos = inp.cu_seqlens.to(device=dev, dtype=torch.int32) if varlen else q  # q: never read without VARLEN
     official = inp.variant == "official"
     s = inp.initial_state
-    if official and s is not None and not isinstance(s, OfficialState):
-        s = OfficialState.at_boundary(s)
-    init = list(s[:3]) if official and s is not None else ([s] if s is not None else [])
-    fp32_contig = all(t.dtype == torch.float32 and t.is_contiguous() for t in init)
-    if inplace and official and not isinstance(inp.initial_state, OfficialState):
+    if inplace and official and not isinstance(s, OfficialState):
         raise ValueError(
             "inplace=True with variant='official' needs initial_state to be an OfficialState "
-            f"(its three tensors are written), got {type(inp.initial_state).__name__}; "
+            f"(its three tensors are written), got {type(s).__name__}; "
             "pass OfficialState.at_boundary(state) with separate tensors"
         )
-    if inplace and init and not fp32_contig:
+    if official and s is not None and not isinstance(s, OfficialState):
+        s = OfficialState.at_boundary(s)
+    init = [s.state, s.chunk_start, s.x_memory] if official and s is not None else ([s] if s is not None else [])
+    if inplace and init and not all(t.dtype == torch.float32 and t.is_contiguous() for t in init):
         raise ValueError(
             "inplace=True needs a contiguous float32 initial_state; got "
             f"{[(t.dtype, t.is_contiguous()) for t in init]}; pass .float().contiguous() first"
@@ -177,58 +188,45 @@ def build_launch(inp: Inputs, output_final_state: bool, inplace: bool):
     else:
         init = [t.float().contiguous() for t in init]
         finals = [torch.empty_like(t) for t in init]
-    while len(init) < 3:
-        init.append(finals[0])  # placeholders: never read without HAS_S0 / OFFICIAL
-    while len(finals) < 3:
-        finals.append(finals[0])
-    offsets = s.offset if official and s is not None else torch.zeros(N, dtype=torch.int64, device=dev)
-    o = torch.empty(B * T, H, V, dtype=q.dtype, device=dev)
+    init += [finals[0]] * (3 - len(init))  # placeholders: never read without HAS_S0 / OFFICIAL
+    finals += [finals[0]] * (3 - len(finals))
+    if official:
+        offsets = s.offset if s is not None else torch.zeros(N, dtype=torch.int64, device=dev)
+    else:
+        offsets = q  # never read without OFFICIAL
+    o = torch.empty(B, T, H, V, dtype=q.dtype, device=dev)
     cfg = settings("recurrent", K, V)
-    offsets32 = offsets.to(torch.int32)
+    grid = (N, H, -(-V // cfg["BV"]))
+    args = (q, k, v, q if g is None else g, beta, q if lam is None else lam, o, *init, *finals, seq_bos, offsets, T)
+    constexprs = dict(
+        H=H,
+        K=K,
+        V=V,
+        BK=_p2(K),
+        CHUNK=OFFICIAL_CHUNK,
+        HAS_G=g is not None,
+        HAS_LAM=lam is not None,
+        HAS_S0=s is not None,
+        OFFICIAL=official,
+        NORM=inp.qk_l2norm,
+        VARLEN=varlen,
+    )
 
     def launch():
-        _launch(
-            _recurrent_kernel,
-            (N, H, triton.cdiv(V, cfg["BV"])),
-            cfg,
-            q,
-            k,
-            v,
-            q if g is None else g,
-            beta,
-            q if lam is None else lam,
-            o,
-            init[0],
-            init[1],
-            init[2],
-            finals[0],
-            finals[1],
-            finals[2],
-            seq_bos,
-            offsets32,
-            inp.scale,
-            H=H,
-            K=K,
-            V=V,
-            BK=_p2(K),
-            CHUNK=OFFICIAL_CHUNK,
-            HAS_G=g is not None,
-            HAS_LAM=lam is not None,
-            HAS_S0=s is not None,
-            OFFICIAL=official,
-            NORM=inp.qk_l2norm,
-        )
+        _launch(_recurrent_kernel, grid, cfg, *args, inp.scale, **constexprs)
 
     def finish():
-        out = o.reshape(B, T, H, V)
         if not output_final_state and not inplace:
-            return out, None
+            return o, None
         if not official:
-            return out, finals[0]
-        lengths = seq_bos[1:].to(torch.int64) - seq_bos[:-1].to(torch.int64)
-        new_offsets = (offsets + lengths) % OFFICIAL_CHUNK
-        if inplace and isinstance(inp.initial_state, OfficialState):
-            inp.initial_state.offset.copy_(new_offsets)
-        return out, OfficialState(finals[0], finals[1], finals[2], new_offsets)
+            return o, inp.initial_state if inplace else finals[0]
+        if varlen:
+            advance = seq_bos[1:].to(torch.int64) - seq_bos[:-1].to(torch.int64)
+        else:
+            advance = T
+        if inplace:  # after the kernel on the stream, so it read the old offsets
+            inp.initial_state.offset.add_(advance).remainder_(OFFICIAL_CHUNK)
+            return o, inp.initial_state
+        return o, OfficialState(finals[0], finals[1], finals[2], (offsets + advance) % OFFICIAL_CHUNK)
 
     return launch, finish

@@ -15,10 +15,9 @@ no-ops.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any, Dict, Iterator
-
-import triton
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,9 @@ OVERRIDES: Dict[str, Dict[str, Any]] = {}  # per kernel; set only by overridden(
 
 
 def p2(n: int, least: int = 16) -> int:
-    """The next power of two >= n, at least ``least`` (Triton tiles)."""
-    return max(least, triton.next_power_of_2(n))
+    """The next power of two >= n, at least ``least`` (Triton tiles). Plain ints: ``triton.next_power_of_2``
+    is a constexpr function, ~10 us a call on the host."""
+    return max(least, 1 << max(n - 1, 0).bit_length())
 
 
 def _least_bv(kernel: str, K: int, lowp: bool) -> int:
@@ -68,8 +68,20 @@ def _hopper(kernel: str, K: int, V: int) -> Dict[str, Any]:
 
 
 def settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
-    """Launch settings of one kernel for head sizes K, V (the launch table, then ``OVERRIDES``)."""
-    cfg = {**_hopper(kernel, K, V), **OVERRIDES.get(kernel, {})}
+    """Launch settings of one kernel for head sizes K, V (the launch table, then ``OVERRIDES``); a new dict
+    each call (callers pop from it)."""
+    overrides = OVERRIDES.get(kernel)
+    return _checked(kernel, K, V, overrides) if overrides else dict(_table_settings(kernel, K, V))
+
+
+@functools.lru_cache(maxsize=None)
+def _table_settings(kernel: str, K: int, V: int) -> Dict[str, Any]:
+    """The launch table's settings, checked once per kernel and head sizes."""
+    return _checked(kernel, K, V, None)
+
+
+def _checked(kernel: str, K: int, V: int, overrides) -> Dict[str, Any]:
+    cfg = {**_hopper(kernel, K, V), **(overrides or {})}
     least = min(_least_bv(kernel, K, cfg.get("LOWP", False)), p2(V))  # a V narrower than the tile is fine
     if kernel in ("state", "reverse") and cfg["BV"] < least:
         raise ValueError(
