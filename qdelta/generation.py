@@ -1,8 +1,9 @@
 """Greedy decoding of the recurrent models with the decoding step replayed as a CUDA graph.
 
 A decoding step of a 24-layer model is a few thousand kernel launches of little work each (B rows, one
-token), so the GPU waits for the host. :func:`greedy_generate` runs the prompt once, then captures one
-step (embedding, every layer, head and argmax) in a CUDA graph and replays it for each new token. The
+token), so the GPU waits for the host. :class:`GreedyDecoder` runs the prompt once, then replays one
+step (embedding, every layer, head and argmax) captured in a CUDA graph for each new token, capturing
+it once per batch size and copying each new prompt's states into the captured ones. The
 step is capturable because it reads nothing back from the device (``tests/models/test_model_cache.py``),
 and the recurrent state, updated in place, keeps its addresses; the small conv states a step writes
 anew are copied back over the captured ones inside the graph. Same tokens as ``model.generate`` with
@@ -12,7 +13,7 @@ Transformer baseline (its attention reads lengths on the host) and CPU tensors t
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -22,7 +23,7 @@ WARMUP_STEPS = 2  # eager steps on a copy of the cache before the capture (compi
 
 
 def graph_capable(model) -> bool:
-    """Whether :func:`greedy_generate` can replay ``model``'s decoding step as a CUDA graph."""
+    """Whether :class:`GreedyDecoder` can replay ``model``'s decoding step as a CUDA graph."""
     return model.config.model_type != "transformer" and next(model.parameters()).is_cuda
 
 
@@ -37,44 +38,84 @@ def _copy_states(inputs: List[dict], outputs: List[dict]) -> None:
                     d.copy_(s)
 
 
-def _eager_step(model, cache) -> Callable[[torch.Tensor], torch.Tensor]:
-    def step(ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
-
-    return step
+def _next_ids(model, cache, ids: torch.Tensor) -> torch.Tensor:
+    """One decoding step on ``cache`` (updated): the greedy next token of each row, (B, 1)."""
+    return model(ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
 
 
-def _graph_step(model, cache, ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The decoding step captured on ``cache`` (its states become the graph's inputs and outputs)."""
-    static_ids = ids.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        warm = cache.clone()
-        for _ in range(WARMUP_STEPS):
-            _run(model, warm, static_ids)
-    torch.cuda.current_stream().wait_stream(side)
-    inputs = [dict(layer) for layer in cache.layers]
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        next_ids, outputs = _run(model, cache, static_ids)
-        _copy_states(inputs, outputs)
-    cache.layers = inputs  # what every replay reads and updates
+class _CapturedStep:
+    """The decoding step captured for one batch size; the captured cache's states are its inputs."""
 
-    def step(ids: torch.Tensor) -> torch.Tensor:
-        static_ids.copy_(ids)
-        graph.replay()
-        return next_ids
+    def __init__(self, model, cache, ids: torch.Tensor):
+        self.ids = ids.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile and autotune outside the capture, on a copy
+            warm = cache.clone()
+            for _ in range(WARMUP_STEPS):
+                _next_ids(model, warm, self.ids)
+        torch.cuda.current_stream().wait_stream(side)
+        self.states = [dict(layer) for layer in cache.layers]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.next = _next_ids(model, cache, self.ids)
+            _copy_states(self.states, cache.layers)
 
-    return step
+    def load(self, cache) -> None:
+        """Start from ``cache``'s states (a new prompt batch of the same shape)."""
+        _copy_states(self.states, cache.layers)
 
-
-def _run(model, cache, ids):
-    next_ids = model(ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
-    return next_ids, cache.layers
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.graph.replay()
+        return self.next
 
 
-@torch.no_grad()
+class GreedyDecoder:
+    """Greedy generation for one model, keeping a captured decoding step per batch size across calls
+    (the first call of a batch size captures it; later calls copy their prompt's states in and replay).
+
+    ``cuda_graph``: replay the step as a CUDA graph (default: where :func:`graph_capable`); True where
+    it is not raises ``ValueError``.
+    """
+
+    def __init__(self, model, cuda_graph: Optional[bool] = None):
+        capable = graph_capable(model)
+        if cuda_graph and not capable:
+            raise ValueError(
+                "cuda_graph=True needs a recurrent model (not the Transformer baseline) on a CUDA device; "
+                "pass cuda_graph=False or None"
+            )
+        self.model, self.cuda_graph = model, capable if cuda_graph is None else cuda_graph
+        self._steps: Dict[Tuple[int, torch.dtype], _CapturedStep] = {}
+
+    @torch.no_grad()
+    def __call__(
+        self, input_ids: torch.LongTensor, max_new_tokens: int, attention_mask: Optional[torch.Tensor] = None
+    ) -> torch.LongTensor:
+        """``input_ids`` (B, T) prompts (left-padded under ``attention_mask``) -> (B, T + max_new_tokens):
+        the prompts and the greedy tokens after them."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        model, B = self.model, input_ids.shape[0]
+        out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
+        tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=input_ids.device)
+        tokens[:, :1] = out.logits[:, -1].argmax(-1, keepdim=True)
+        cache = out.past_key_values
+        if max_new_tokens > 1 and self.cuda_graph:
+            key = (B, out.logits.dtype)
+            if key in self._steps:
+                self._steps[key].load(cache)
+            else:
+                self._steps[key] = _CapturedStep(model, cache, tokens[:, :1])
+            step = self._steps[key]
+        else:
+            step = lambda ids: _next_ids(model, cache, ids)  # noqa: E731
+        for i in range(1, max_new_tokens):
+            tokens[:, i : i + 1] = step(tokens[:, i - 1 : i])
+        return torch.cat([input_ids, tokens], 1)
+
+
 def greedy_generate(
     model,
     input_ids: torch.LongTensor,
@@ -82,28 +123,5 @@ def greedy_generate(
     attention_mask: Optional[torch.Tensor] = None,
     cuda_graph: Optional[bool] = None,
 ) -> torch.LongTensor:
-    """``input_ids`` (B, T) prompts (left-padded under ``attention_mask``) -> (B, T + max_new_tokens):
-    the prompts and the greedy tokens after them.
-
-    ``cuda_graph``: replay the decoding step as a CUDA graph (default: where :func:`graph_capable`);
-    True where it is not raises ``ValueError``.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    capable = graph_capable(model)
-    if cuda_graph and not capable:
-        raise ValueError(
-            "cuda_graph=True needs a recurrent model (not the Transformer baseline) on a CUDA device; "
-            "pass cuda_graph=False or None"
-        )
-    use_graph = capable if cuda_graph is None else cuda_graph
-    B = input_ids.shape[0]
-    out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-    tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=input_ids.device)
-    tokens[:, :1] = out.logits[:, -1].argmax(-1, keepdim=True)
-    if max_new_tokens > 1:
-        cache = out.past_key_values
-        step = _graph_step(model, cache, tokens[:, :1]) if use_graph else _eager_step(model, cache)
-        for i in range(1, max_new_tokens):
-            tokens[:, i : i + 1] = step(tokens[:, i - 1 : i])
-    return torch.cat([input_ids, tokens], 1)
+    """One call of a :class:`GreedyDecoder` (a graph captured for it alone; keep a decoder to reuse it)."""
+    return GreedyDecoder(model, cuda_graph)(input_ids, max_new_tokens, attention_mask)

@@ -91,13 +91,17 @@ def median_ms(fn: Callable[[], object], steps: int, warmup: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure_generation(model, row: GenRow, ids: torch.Tensor, repeats: int) -> None:
-    """Fill ``row`` for greedy generation of ``row.new`` tokens after the prompts ``ids`` (B, T) on CUDA."""
+def measure_generation(model, row: GenRow, ids: torch.Tensor, repeats: int, decoder=None) -> None:
+    """Fill ``row`` for greedy generation of ``row.new`` tokens after the prompts ``ids`` (B, T) on CUDA:
+    ``model.generate``, or ``decoder(ids, n, attention_mask=...)`` when given (a
+    :class:`qdelta.generation.GreedyDecoder`; the warm-up call captures its graph)."""
     B, T = ids.shape
     model.eval()
     mask = torch.ones_like(ids)
 
     def generate(n: int) -> torch.Tensor:
+        if decoder is not None:
+            return decoder(ids, n, attention_mask=mask)
         return model.generate(
             ids,
             attention_mask=mask,

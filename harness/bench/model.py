@@ -51,6 +51,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from qdelta.generation import GreedyDecoder
+
 from .generation import GEN_SHAPE, GenRow, all_logits_note, measure_generation, median_ms
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ SHAPES = ((8, 2048), (2, 8192))
 MODELS = ("authors", "ours-paper", "ours-official")
 FAMILIES = {"qdelta": MODELS, "gdn": ("fla-gdn", "ours-gdn")}
 PEERS = {name: family[0] for family in FAMILIES.values() for name in family}  # model -> the model it is compared to
+GRAPHS = "+graphs"  # a generation row of ours by qdelta.generation.GreedyDecoder (decode step as a CUDA graph)
 GROUPS = ("qdelta", "gdn", "gen", "gen-gdn")
 FLA_INSTALL = (
     "pip install --no-deps flash-linear-attention==0.6.0 fla-core==0.6.0 einops  (or pip install -e '.[bench]')"
@@ -355,14 +358,19 @@ def _measure_model(
         note = all_logits_note(model, name)
         if note:
             report.notes.append(note)
-        try:
-            measure_generation(model, row, gen_ids.cuda(), gen_repeats)
-        except Exception as err:  # noqa: BLE001 - e.g. the authors' generate on transformers 5.x
-            log.exception("%s generation failed", name)
-            row.error = f"{type(err).__name__}: {str(err)[:300]}"
-        torch.cuda.empty_cache()
-        log.info("%s", row)
-        progress(report)
+        rows = [(row, None)]
+        if name != PEERS[name]:  # ours: also through GreedyDecoder
+            rows.append((GenRow(name + GRAPHS, *gen_shape), GreedyDecoder(model, cuda_graph=True)))
+            report.gen.append(rows[-1][0])
+        for row, decoder in rows:
+            try:
+                measure_generation(model, row, gen_ids.cuda(), gen_repeats, decoder)
+            except Exception as err:  # noqa: BLE001 - e.g. the authors' generate on transformers 5.x
+                log.exception("%s generation failed", row.model)
+                row.error = f"{type(err).__name__}: {str(err)[:300]}"
+            torch.cuda.empty_cache()
+            log.info("%s", row)
+            progress(report)
 
 
 def run_benchmark(
@@ -461,7 +469,8 @@ FAMILY_TITLES = {
 def _peer_row(rows, row):
     """The row of ``row``'s peer at the same shape (None when absent)."""
     key = lambda x: (x.B, x.T, getattr(x, "new", None))  # noqa: E731
-    return next((x for x in rows if x.model == PEERS.get(row.model) and key(x) == key(row)), None)
+    peer = PEERS.get(row.model.removesuffix(GRAPHS))
+    return next((x for x in rows if x.model == peer and key(x) == key(row)), None)
 
 
 def _k(x: Optional[float]) -> str:
@@ -517,13 +526,15 @@ def to_markdown(r: Report) -> str:
         if rows:
             lines += ["", f"## {FAMILY_TITLES[family]}", ""] + _train_table(rows, names[0])
     for family, names in FAMILIES.items():
-        rows = [x for x in r.gen if x.model in names]
+        rows = [x for x in r.gen if x.model.removesuffix(GRAPHS) in names]
         if rows:
             lines += [
                 "",
                 f"## Greedy generation: {FAMILY_TITLES[family]}",
                 "",
-                f"HF `generate`, greedy, recurrent cache, every sequence runs to `new` tokens; median of "
+                f"HF `generate` (`{GRAPHS}`: ours by qdelta.generation.GreedyDecoder, the decoding step replayed "
+                "as a CUDA graph captured in the warm-up call), greedy, recurrent cache, every sequence runs to "
+                f"`new` tokens; median of "
                 f"{r.gen_repeats} after one warm-up. prefill + 1st = the same call with one new token; decode "
                 "tok/s = B x (new - 1) / (total ms - prefill + 1st ms): the new - 1 single-token steps; end-to-end tok/s = "
                 "B x new / total.",

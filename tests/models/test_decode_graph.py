@@ -6,7 +6,7 @@ small conv states the step writes anew are copied back into the captured inputs 
 import pytest
 import torch
 
-from qdelta.generation import _copy_states, greedy_generate
+from qdelta.generation import GreedyDecoder, _copy_states
 from qdelta.kernels import OfficialState
 from qdelta.testing import MODEL_TYPES, tiny_model
 
@@ -57,8 +57,10 @@ def test_decode_step_replays_in_a_cuda_graph(variant):
 def test_greedy_generate_with_graphs_equals_the_eager_loop(model_type):
     extra = {"variant": "official"} if model_type == "qdelta" else {}
     model = tiny_model(model_type, seed=4, **extra).cuda().eval()
-    ids = torch.randint(3, 96, (5, 50), generator=torch.Generator().manual_seed(1)).cuda()
-    mask = torch.ones_like(ids)
-    mask[1, :7] = 0  # left padding
-    graphed = greedy_generate(model, ids, 20, attention_mask=mask, cuda_graph=True)
-    assert graphed.tolist() == greedy_generate(model, ids, 20, attention_mask=mask, cuda_graph=False).tolist()
+    graphed, eager = GreedyDecoder(model, cuda_graph=True), GreedyDecoder(model, cuda_graph=False)
+    for seed in (1, 2):  # the second batch replays the graph the first one captured
+        ids = torch.randint(3, 96, (5, 50), generator=torch.Generator().manual_seed(seed)).cuda()
+        mask = torch.ones_like(ids)
+        mask[1, : 5 + seed] = 0  # left padding
+        assert graphed(ids, 20, attention_mask=mask).tolist() == eager(ids, 20, attention_mask=mask).tolist()
+    assert len(graphed._steps) == 1

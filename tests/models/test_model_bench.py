@@ -82,6 +82,7 @@ def _report_with_gdn_and_gen():
     r.gen.append(GenRow("ours-paper", 64, 2048, 128, 500.0, 3040.0, 3200.0, 2700.0, 12.0))
     r.gen.append(GenRow("fla-gdn", 64, 2048, 128, 400.0, 2000.0, 5080.0, 4096.0, 10.0))
     r.gen.append(GenRow("ours-gdn", 64, 2048, 128, 400.0, 2400.0, 4064.0, 3413.0, 11.0))
+    r.gen.append(GenRow("ours-gdn+graphs", 64, 2048, 128, 400.0, 1000.0, 16256.0, 8192.0, 11.0))
     return r
 
 
@@ -94,6 +95,7 @@ def test_markdown_names_each_peer_and_ratios_compare_within_a_family(tmp_path):
     # generation: ours-gdn against fla-gdn; ours-paper has no peer figure (the authors' generate failed)
     assert "| ours-gdn | 64 | 2048 | 128 | 400.0 | 2400.0 | 4.1k | 0.80x | 3.4k | 0.83x | 11.0 |" in md
     assert "| ours-paper | 64 | 2048 | 128 | 500.0 | 3040.0 | 3.2k | — | 2.7k | — | 12.0 |" in md
+    assert "| ours-gdn+graphs | 64 | 2048 | 128 | 400.0 | 1000.0 | 16.3k | 3.20x | 8.2k | 2.00x | 11.0 |" in md
     assert "- authors generate B=64 T=2048 new=128: TypeError" in md
     back = bench.load_report(paths["json"])
     assert back.gen[2] == GenRow("fla-gdn", 64, 2048, 128, 400.0, 2000.0, 5080.0, 4096.0, 10.0)
