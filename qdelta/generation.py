@@ -13,7 +13,7 @@ Transformer baseline (its attention reads lengths on the host) and CPU tensors t
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -23,8 +23,12 @@ WARMUP_STEPS = 2  # eager steps on a copy of the cache before the capture (compi
 
 
 def graph_capable(model) -> bool:
-    """Whether :class:`GreedyDecoder` can replay ``model``'s decoding step as a CUDA graph."""
-    return model.config.model_type != "transformer" and next(model.parameters()).is_cuda
+    """Whether :class:`GreedyDecoder` can replay ``model``'s decoding step as a CUDA graph: one of our
+    recurrent models (not the Transformer baseline) on a CUDA device."""
+    from .modeling import QDeltaPreTrainedModel
+
+    ours = isinstance(model, QDeltaPreTrainedModel) and model.config.model_type != "transformer"
+    return ours and next(model.parameters()).is_cuda
 
 
 def _copy_states(inputs: List[dict], outputs: List[dict]) -> None:
@@ -87,9 +91,9 @@ class GreedyDecoder:
                 "pass cuda_graph=False or None"
             )
         self.model, self.cuda_graph = model, capable if cuda_graph is None else cuda_graph
-        self._steps: Dict[Tuple[int, torch.dtype], _CapturedStep] = {}
+        self._steps: Dict[Tuple[int, torch.device], _CapturedStep] = {}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(
         self, input_ids: torch.LongTensor, max_new_tokens: int, attention_mask: Optional[torch.Tensor] = None
     ) -> torch.LongTensor:
@@ -97,23 +101,39 @@ class GreedyDecoder:
         the prompts and the greedy tokens after them."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        model, B = self.model, input_ids.shape[0]
-        out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-        tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=input_ids.device)
-        tokens[:, :1] = out.logits[:, -1].argmax(-1, keepdim=True)
-        cache = out.past_key_values
+        out = self.model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
+        first = out.logits[:, -1].argmax(-1, keepdim=True)
+        blocks = self.continue_from(out.past_key_values, first, max_new_tokens, block=max_new_tokens)
+        return torch.cat([input_ids, *blocks], 1)
+
+    @torch.inference_mode()
+    def continue_from(self, cache, first: torch.Tensor, max_new_tokens: int, block: int = 16) -> Iterator[torch.Tensor]:
+        """The greedy tokens after a forward that left ``cache`` and chose ``first`` (B, 1), ``first``
+        included, as (B, n) blocks of at most ``block`` tokens (``max_new_tokens`` in all); stop iterating
+        to stop decoding (the caller reads each block on the host, e.g. for stop strings). ``cache`` is
+        consumed (with graphs, a new cache's states are copied into the captured ones)."""
+        model, B = self.model, first.shape[0]
         if max_new_tokens > 1 and self.cuda_graph:
-            key = (B, out.logits.dtype)
+            key = (B, first.device)
             if key in self._steps:
                 self._steps[key].load(cache)
             else:
-                self._steps[key] = _CapturedStep(model, cache, tokens[:, :1])
+                self._steps[key] = _CapturedStep(model, cache, first)
             step = self._steps[key]
         else:
             step = lambda ids: _next_ids(model, cache, ids)  # noqa: E731
-        for i in range(1, max_new_tokens):
-            tokens[:, i : i + 1] = step(tokens[:, i - 1 : i])
-        return torch.cat([input_ids, tokens], 1)
+        tokens = torch.empty(B, min(block, max_new_tokens), dtype=torch.long, device=first.device)
+        tokens[:, :1] = first
+        done, n = 1, 1
+        while True:
+            while n < tokens.shape[1] and done < max_new_tokens:
+                tokens[:, n : n + 1] = step(tokens[:, n - 1 : n])
+                n, done = n + 1, done + 1
+            yield tokens[:, :n].clone()
+            if done == max_new_tokens:
+                return
+            tokens[:, :1] = step(tokens[:, n - 1 : n])
+            n, done = 1, done + 1
 
 
 def greedy_generate(

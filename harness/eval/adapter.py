@@ -28,12 +28,17 @@
                          (``take_stats()['truncated']``, the run record). Not with on_overflow=count
     max_gen_toks         default generation budget when a task sets none (256)
     add_bos_token        prepend the tokenizer's special tokens when encoding (False)
+    cuda_graph           ``auto`` (default): generation replays the decoding step as a CUDA graph
+                         where it can (our recurrent models on CUDA; ``qdelta.generation``);
+                         ``True`` requires it, ``False`` runs it eagerly. Same tokens either way
 
 Generation is greedy, as HFLM reads the task's ``generation_kwargs`` (``generation.py``):
 sampling (``do_sample: true``, or ``temperature`` > 0 without ``do_sample``) and beam search
 are refused with the fix, unknown keys are refused by name. It stops at the task's stop strings,
 the budget, or any end-of-text id of the tokenizer, ``config.json`` or ``generation_config.json``;
 the end token is decoded with the rest, as HFLM decodes it (no text when it is a special token).
+The tokens are read back in blocks of ``DECODE_BLOCK`` and checked there, so a batch may run up to
+``DECODE_BLOCK - 1`` steps past its last stop (rows are independent: the kept text is the same).
 
 Data parallel: launched with ``accelerate launch`` (WORLD_SIZE > 1) each process takes its
 shard of every task through lm-eval's rank/world_size mechanism.
@@ -56,6 +61,8 @@ from lm_eval.api.registry import model_registry, register_model
 from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from qdelta.generation import GreedyDecoder
+
 from .generation import eos_token_ids, greedy_settings
 from .scoring import ReuseStats, common_prefix_len, plan_prefix_groups, repeat_cache, score_requests
 
@@ -66,8 +73,9 @@ OVERFLOW_POLICIES = ("error", "count")
 TRUNCATION_MODES = ("none", "left")
 MODEL_ARGS = (
     "pretrained, tokenizer, device, dtype, batch_size, max_batch_size, variant, prefix_reuse, "
-    "prefix_min_fraction, max_length, on_overflow, truncation, max_gen_toks, add_bos_token"
+    "prefix_min_fraction, max_length, on_overflow, truncation, max_gen_toks, add_bos_token, cuda_graph"
 )
+DECODE_BLOCK = 16  # generated tokens read back to the host at a time (stop strings are checked there)
 _DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -232,6 +240,7 @@ class QDeltaLM(TemplateLM):
         truncation="none",
         max_gen_toks=256,
         add_bos_token=False,
+        cuda_graph="auto",
         trust_remote_code=None,
         **unknown,
     ):
@@ -301,6 +310,15 @@ class QDeltaLM(TemplateLM):
         else:
             raise TypeError(f"pretrained must be a checkpoint folder or a torch model, got {type(pretrained).__name__}")
         self.model.eval()
+        if str(cuda_graph).strip().lower() == "auto":
+            graphs = None
+        elif str(cuda_graph).strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+            graphs = parse_bool("cuda_graph", cuda_graph)
+        else:
+            raise ValueError(
+                f"model arg cuda_graph must be auto, true or false, got {cuda_graph!r}; e.g. cuda_graph=false"
+            )
+        self._decoder = GreedyDecoder(self.model, cuda_graph=graphs)
         self._max_length = self._check_max_length(max_length)
         self.tokenizer = _load_tokenizer(tokenizer, pretrained)
         self.stop_token_ids = eos_token_ids(
@@ -584,23 +602,19 @@ class QDeltaLM(TemplateLM):
             last = logits[:, -1]
         generated: List[List[int]] = [[] for _ in range(B)]
         done = [False] * B
-        for step in range(budget):
-            next_ids = last.argmax(-1)  # (B,)
-            for b in range(B):
-                token = int(next_ids[b])
-                if done[b]:
-                    continue
-                if token in self.stop_token_ids:  # kept, as in HFLM: decoding drops it if it is a special token
+        first = last.argmax(-1, keepdim=True)  # (B, 1)
+        for block in self._decoder.continue_from(cache, first, budget, block=DECODE_BLOCK):
+            for b, tokens in enumerate(block.tolist()):  # one read of the device per block
+                for token in tokens:
+                    if done[b]:
+                        break
                     generated[b].append(token)
-                    done[b] = True
-                    continue
-                generated[b].append(token)
-                if any(stop and stop in self.tok_decode(generated[b]) for stop in until):
-                    done[b] = True
-            if all(done) or step == budget - 1:
+                    # an end token is kept, as in HFLM: decoding drops it if it is a special token
+                    done[b] = token in self.stop_token_ids or any(
+                        stop and stop in self.tok_decode(generated[b]) for stop in until
+                    )
+            if all(done):
                 break
-            logits, cache = self._forward(next_ids[:, None], cache, True)
-            last = logits[:, -1]
         return [postprocess_generated_text(self.tok_decode(g), until, None) for g in generated]
 
     # ---------------------------------------------------------------- reporting

@@ -52,6 +52,8 @@ def test_generation_kwargs_qdelta_cannot_honour_exit_2(gen_kwargs, named, tmp_pa
         ("truncation=right", ("truncation must be one of", "'left'")),
         ("truncation=left,on_overflow=count", ("pass one of them",)),
         ("max_length=100", ("max_length=100 exceeds the model's max_sequence_length 24",)),
+        ("cuda_graph=sometimes", ("cuda_graph must be auto, true or false", "'sometimes'")),
+        ("cuda_graph=true", ("cuda_graph=True needs a recurrent model",)),  # a Transformer (and no GPU here)
     ],
 )
 def test_bad_truncation_arguments_exit_2(model_args, named, tmp_path, capsys, short_checkpoint):

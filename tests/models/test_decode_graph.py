@@ -64,3 +64,8 @@ def test_greedy_generate_with_graphs_equals_the_eager_loop(model_type):
         mask[1, : 5 + seed] = 0  # left padding
         assert graphed(ids, 20, attention_mask=mask).tolist() == eager(ids, 20, attention_mask=mask).tolist()
     assert len(graphed._steps) == 1
+    with torch.inference_mode():  # in blocks, as the lm-eval adapter reads them
+        out = model(ids, attention_mask=mask, use_cache=True)
+        first = out.logits[:, -1].argmax(-1, keepdim=True)
+        blocks = torch.cat(list(graphed.continue_from(out.past_key_values, first, 20, block=6)), 1)
+    assert blocks.tolist() == eager(ids, 20, attention_mask=mask)[:, 50:].tolist()

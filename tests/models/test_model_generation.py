@@ -112,3 +112,18 @@ def test_greedy_generate_refuses_what_it_cannot_do():
         greedy_generate(model, ids, 3, cuda_graph=True)  # a CPU model
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         greedy_generate(model, ids, 0)
+
+
+def test_continue_from_yields_the_same_tokens_in_blocks():
+    from qdelta.generation import GreedyDecoder
+
+    model = tiny_model("gated_deltanet", seed=18)
+    decoder = GreedyDecoder(model)
+    ids = torch.randint(3, 96, (2, 9), generator=torch.Generator().manual_seed(6))
+    whole = decoder(ids, 11)[:, 9:]
+    with torch.inference_mode():
+        out = model(ids, use_cache=True)
+        first = out.logits[:, -1].argmax(-1, keepdim=True)
+        blocks = list(decoder.continue_from(out.past_key_values, first, 11, block=4))
+    assert [b.shape[1] for b in blocks] == [4, 4, 3]
+    assert torch.cat(blocks, 1).tolist() == whole.tolist()
