@@ -5,6 +5,7 @@ import importlib.util
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +206,16 @@ def test_all_logits_note_names_a_model_without_logits_to_keep():
     note = all_logits_note(AllLogits(), "peer")
     assert note.startswith("peer: forward takes no logits_to_keep")
     assert all_logits_note(tiny_model("qdelta"), "ours-paper") is None
+
+
+def test_summary_adds_generation_and_the_readme_quotes_the_committed_report():
+    text = bench.summary(_report_with_gdn_and_gen())
+    assert "Greedy generation, 64 prompts of 2048 tokens + 128: ours-paper 3.2k decode tok/s." in text
+    assert (
+        "fla-gdn 5.1k decode tok/s; ours-gdn 4.1k decode tok/s (0.80x); ours-gdn+graphs 16.3k decode tok/s (3.20x)"
+        in text
+    )
+    root = Path(__file__).resolve().parents[2]
+    report = bench.load_report(root / "results" / "bench" / "model-h200.json")
+    block = bench.SUMMARY_BEGIN + "\n" + bench.summary(report) + "\n" + bench.SUMMARY_END
+    assert block in (root / "README.md").read_text(), "regenerate: python -m qdelta.harness.bench.model summary ..."
