@@ -122,18 +122,13 @@ class GreedyDecoder:
             step = self._steps[key]
         else:
             step = lambda ids: _next_ids(model, cache, ids)  # noqa: E731
-        tokens = torch.empty(B, min(block, max_new_tokens), dtype=torch.long, device=first.device)
+        tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=first.device)
         tokens[:, :1] = first
-        done, n = 1, 1
-        while True:
-            while n < tokens.shape[1] and done < max_new_tokens:
-                tokens[:, n : n + 1] = step(tokens[:, n - 1 : n])
-                n, done = n + 1, done + 1
-            yield tokens[:, :n].clone()
-            if done == max_new_tokens:
-                return
-            tokens[:, :1] = step(tokens[:, n - 1 : n])
-            n, done = 1, done + 1
+        for start in range(0, max_new_tokens, block):
+            stop = min(start + block, max_new_tokens)
+            for i in range(max(start, 1), stop):
+                tokens[:, i : i + 1] = step(tokens[:, i - 1 : i])
+            yield tokens[:, start:stop]
 
 
 def greedy_generate(
