@@ -72,3 +72,45 @@ def test_every_design_citation_names_a_section():
     assert cited, "no citations found: the pattern is wrong"
     missing = {n: where for n, where in cited.items() if n not in sections}
     assert not missing, f"cited sections missing from docs/DESIGN.md: {missing}"
+
+
+def _run_from_root(code: str, **env) -> subprocess.CompletedProcess:
+    """``python -c code`` in the checkout root, which puts the root first on sys.path."""
+    import os
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}
+    )
+
+
+def test_the_kernels_folder_hands_its_top_level_name_to_an_installed_kernels(tmp_path):
+    # a stand-in for Hugging Face's `kernels` distribution, behind the checkout root on sys.path
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("from kernels.layer import WHERE\n")
+    (tmp_path / "kernels" / "layer.py").write_text("WHERE = 'installed'\n")
+    run = _run_from_root(
+        "import kernels, qdelta.kernels; print(kernels.WHERE, qdelta.kernels.chunk_qdelta.__name__)",
+        PYTHONPATH=str(tmp_path),
+        QDELTA_LAZY_IMPORT="1",  # transformers would import the stand-in too
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["installed", "chunk_qdelta"]
+
+
+def test_transformers_imports_from_the_checkout_root():
+    # transformers>=5.25 imports Hugging Face's `kernels`, which this checkout's kernels/ folder shadows
+    run = _run_from_root("import transformers.modeling_utils, qdelta; print(qdelta.QDeltaForCausalLM.__name__)")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "QDeltaForCausalLM"
+
+
+@pytest.mark.parametrize("folder", ["harness", "tasks"])
+def test_no_installed_distribution_owns_a_folders_top_level_name(folder):
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions().get(folder)
+    assert not owners, (
+        f"{owners} install a top-level {folder!r}, which {folder}/ shadows when run from the checkout root; "
+        f"give {folder}/__init__.py the hand-over kernels/__init__.py has (DESIGN §1)"
+    )
