@@ -18,6 +18,16 @@ def _leaf_tasks(task_dict) -> Iterator[Tuple[str, object]]:
             yield from _leaf_tasks(value)
 
 
+def _load(names, manager) -> dict:
+    """The tasks of ``names``: TaskManager.load (lm-eval 0.4.13, a flat dict) where it exists, else
+    get_task_dict (nested by group; deprecated in 0.4.13)."""
+    if hasattr(manager, "load"):
+        return manager.load(names)["tasks"]
+    from lm_eval.tasks import get_task_dict
+
+    return get_task_dict(names, manager)
+
+
 def _counter(tokenizer: Optional[str]):
     if tokenizer is None:
         return "words", lambda text: len(text.split())
@@ -30,8 +40,6 @@ def _counter(tokenizer: Optional[str]):
 def render(name: str, limit: int, tokenizer: Optional[str], include_path: Optional[str]) -> List[str]:
     """Lines showing the first ``limit`` docs of task or group ``name``: each request's context
     and continuation as lm-eval builds them (``build_all_requests``), the target and the lengths."""
-    from lm_eval.tasks import get_task_dict
-
     from .eval import _register_plugins, resolve_tasks
 
     if limit < 1:
@@ -41,7 +49,7 @@ def render(name: str, limit: int, tokenizer: Optional[str], include_path: Option
     manager, names = resolve_tasks([name], include_path, metadata)
     unit, count = _counter(tokenizer)
     lines: List[str] = []
-    for task_name, task in _leaf_tasks(get_task_dict(names, manager)):
+    for task_name, task in _leaf_tasks(_load(names, manager)):
         task.build_all_requests(limit=limit, rank=0, world_size=1)
         by_doc: dict = {}
         for inst in task.instances:

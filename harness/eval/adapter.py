@@ -46,6 +46,7 @@ shard of every task through lm-eval's rank/world_size mechanism.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -203,6 +204,12 @@ def _cache_floats(cache) -> int:
     return total
 
 
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name a model's forward takes its cache by: ``cache`` (transformers>=5.25, which deprecates
+    ``past_key_values`` until 5.40) or ``past_key_values`` (older releases)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def align_metric_keys(per_rank: list) -> list:
     """Give every rank's ``{task: {(metric, filter): values}}`` the same metric keys (missing -> []).
 
@@ -310,6 +317,7 @@ class QDeltaLM(TemplateLM):
         else:
             raise TypeError(f"pretrained must be a checkpoint folder or a torch model, got {type(pretrained).__name__}")
         self.model.eval()
+        self._cache_arg = _cache_argument(self.model)
         if str(cuda_graph).strip().lower() == "auto":
             graphs = None
         elif str(cuda_graph).strip().lower() in ("true", "1", "yes", "false", "0", "no"):
@@ -407,14 +415,16 @@ class QDeltaLM(TemplateLM):
     # ---------------------------------------------------------------- model calls
     def _forward(self, input_ids: torch.Tensor, past=None, use_cache: bool = False):
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=use_cache or past is not None)
-        return out.logits, getattr(out, "past_key_values", None)
+            kw = {self._cache_arg: past, "use_cache": use_cache or past is not None}
+            out = self.model(input_ids=input_ids, **kw)
+        return out.logits, getattr(out, self._cache_arg, None)
 
     def _forward_masked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past=None):
         """Right-padded rows with their mask (covering past + new tokens), continuing ``past``."""
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, use_cache=True)
-        return out.logits, out.past_key_values
+            kw = {self._cache_arg: past, "use_cache": True}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        return out.logits, getattr(out, self._cache_arg)
 
     def _tree_forward(self):
         """Level-batched prefix walks need our recurrent cache (``select`` + per-row token counts);
