@@ -315,19 +315,37 @@ class _ChunkQDelta(torch.autograd.Function):
 
 def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: float, norm: bool) -> OfficialState:
     """Rebuild the official in-chunk state after each sequence's last chunk (PyTorch, differentiable;
-    with ``norm`` the last chunk's q and k rows are l2-normalised here)."""
-    parts = []
-    for n, ((start, end), first) in enumerate(zip(table.bounds, table.last_bos)):
-        piece = lambda t: t[first:end].transpose(0, 1).float()  # noqa: E731  (H, C, ·)
-        qn, kn = (l2norm(piece(t)) if norm else piece(t) for t in (q, k))
-        zeros = torch.zeros(end - first, q.shape[1], dtype=torch.float32, device=q.device).transpose(0, 1)
-        gg = zeros if g is None else piece(g)
-        ll = zeros if lam is None else piece(lam)
-        S0 = h_last[n]
-        _, st = _chunk(qn, kn, piece(v), gg, piece(beta), ll, scale, OfficialState(S0, S0, torch.zeros_like(S0), 0))
-        parts.append(st)
-    offsets = torch.tensor([p.offset for p in parts], dtype=torch.int64, device=q.device)
-    return OfficialState(*(torch.stack([p[i] for p in parts]) for i in range(3)), offsets)
+    with ``norm`` the last chunk's q and k rows are l2-normalised here). Sequences whose last chunks
+    have the same length take one chunk step together, their heads side by side (a dense batch: one
+    step, not one per sequence)."""
+    by_length: dict = {}
+    for n, ((_, end), first) in enumerate(zip(table.bounds, table.last_bos)):
+        by_length.setdefault(end - first, []).append(n)
+    H, f32 = q.shape[1], torch.float32
+    order, parts = [], []
+    for length, members in by_length.items():
+        starts = [table.last_bos[n] for n in members]
+
+        def rows(t):  # the members' last chunks, (len(members) * H, length, ·) fp32
+            if t is None:
+                return torch.zeros(len(members) * H, length, dtype=f32, device=q.device)
+            return torch.stack([t[s : s + length] for s in starts]).transpose(1, 2).flatten(0, 1).float()
+
+        qn, kn = (l2norm(rows(t)) if norm else rows(t) for t in (q, k))
+        whole = members == list(range(members[0], members[-1] + 1))  # a slice: no index tensor
+        S0 = (h_last[members[0] : members[-1] + 1] if whole else h_last[members]).flatten(0, 1)
+        _, st = _chunk(
+            qn, kn, rows(v), rows(g), rows(beta), rows(lam), scale, OfficialState(S0, S0, torch.zeros_like(S0), 0)
+        )
+        order += members
+        parts.append((st, len(members)))
+    tensors = [torch.cat([p[i].unflatten(0, (m, H)) for p, m in parts]) for i in range(3)]
+    offsets = [p.offset for p, m in parts for _ in range(m)]
+    if order != sorted(order):  # back to sequence order
+        back = sorted(range(len(order)), key=order.__getitem__)
+        index = torch.tensor(back, device=q.device)
+        tensors, offsets = [t[index] for t in tensors], [offsets[i] for i in back]
+    return OfficialState(*tensors, torch.tensor(offsets, dtype=torch.int64, device=q.device))
 
 
 def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool, precision: str = "tf32"):
