@@ -78,7 +78,8 @@ def naive_recurrent_qdelta(
             for ``variant="official"``, the :class:`OfficialState` a previous call returned.
         output_final_state: also return the state after the last token.
         use_qk_l2norm: l2-normalise q and k first (``x / sqrt(sum(x^2) + 1e-6)``).
-        cu_seqlens: ``(N + 1,)`` offsets of N sequences packed in a batch of one.
+        cu_seqlens: ``(N + 1,)`` offsets of N sequences packed in a batch of one, on any device (the
+            ops read it on the host: a CPU tensor spares a GPU call that read-back).
         variant: ``"paper"`` (the exact recurrence) or ``"official"`` (the authors' 64-token
             chunk hybrid, DESIGN §2).
 

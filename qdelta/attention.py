@@ -83,7 +83,7 @@ class Attention(nn.Module):
             keys[:, :, :old], values[:, :, :old] = state["key"].to(k.dtype), state["value"].to(v.dtype)
         keys[rows, :, absolute] = k
         values[rows, :, absolute] = v
-        Tq = int(packing.lengths.max())
+        Tq = int(packing.cu_seqlens_host.diff().max())  # the host copy: no sync
         queries = q.new_zeros(N, Tq, self.num_heads, Dh)
         queries[rows, pos] = q
         query_pos = packing.past[:, None] + torch.arange(Tq, device=h.device)  # (N, Tq)

@@ -133,8 +133,10 @@ class RecurrentMixer(nn.Module):
         (q, k, v), conv_states = self._qkv(h, packing, state, use_cache)
         total = h.shape[1]
         # Dense input (no padding) runs as (B, T) rows without cu_seqlens: same function, and the ops skip
-        # the varlen bookkeeping (a cu_seqlens check copies it to the host: a sync, and a CUDA-graph capture error); padded input stays packed (1, total).
-        B, T, cu_seqlens = (packing.batch, packing.width, None) if packing.dense else (1, total, packing.cu_seqlens)
+        # the varlen bookkeeping; padded input stays packed (1, total), its bounds given from the host copy
+        # (a device cu_seqlens is read back by every op: a sync per layer).
+        B, T = (packing.batch, packing.width) if packing.dense else (1, total)
+        cu_seqlens = None if packing.dense else packing.cu_seqlens_host
         q = q.view(B, T, self.num_heads, self.head_k_dim)
         k = k.view(B, T, self.num_heads, self.head_k_dim)
         v = v.view(B, T, self.num_v_heads, self.head_v_dim)

@@ -26,6 +26,7 @@ class Packing:
     lengths: torch.Tensor  # (B,) int64 valid tokens per row in this call
     past: torch.Tensor  # (B,) int64 tokens each row had seen before this call (cache)
     dense: bool  # no padding: indices == arange(B*T)
+    cu_seqlens_host: torch.Tensor  # cu_seqlens on the CPU: the ops take their sequence bounds from it
 
     @classmethod
     def from_mask(
@@ -35,7 +36,8 @@ class Packing:
 
         A one-token call (T = 1, a decoding step) does not read the mask: a row without its token would have
         nothing to run, so every valid mask is all ones there, and reading it would make each step wait for
-        the device (and break a CUDA-graph capture)."""
+        the device (and break a CUDA-graph capture). Otherwise the rows' lengths are the one value read
+        back (every layer's op then takes its sequence bounds from the host copy)."""
         if past is None:
             past = torch.zeros(batch, dtype=torch.int64, device=device)
         if attention_mask is not None and tuple(attention_mask.shape) != (batch, width):
@@ -43,24 +45,29 @@ class Packing:
                 f"attention_mask must have shape (B, T) = ({batch}, {width}) for the current "
                 f"tokens (a 2-D 0/1 padding mask), got {tuple(attention_mask.shape)}"
             )
-        if attention_mask is None or width == 1 or bool(attention_mask.all()):
+        counts = None
+        if attention_mask is not None and width > 1:
+            mask = attention_mask.to(device=device).bool()
+            lengths = mask.sum(1)
+            counts = lengths.tolist()  # the one read back
+            if 0 in counts:
+                raise ValueError(
+                    f"attention_mask rows {[n for n, c in enumerate(counts) if c == 0]} have no tokens (all "
+                    "padding); drop those rows or give each at least one token"
+                )
+        if counts is None or all(c == width for c in counts):
+            counts = [width] * batch
             lengths = torch.full((batch,), width, dtype=torch.int64, device=device)
             indices = torch.arange(batch * width, device=device)
             dense = True
         else:
-            mask = attention_mask.to(device=device).bool()
-            lengths = mask.sum(1).to(torch.int64)
-            if bool((lengths == 0).any()):
-                empty = torch.nonzero(lengths == 0).flatten().tolist()
-                raise ValueError(
-                    f"attention_mask rows {empty} have no tokens (all padding); "
-                    "drop those rows or give each at least one token"
-                )
-            indices = torch.nonzero(mask.flatten()).flatten()
+            indices = torch.nonzero_static(mask.flatten(), size=sum(counts)).flatten()  # size known: no sync
             dense = False
         cu = torch.zeros(batch + 1, dtype=torch.int64, device=device)
         cu[1:] = lengths.cumsum(0)
-        return cls(batch, width, indices, cu, lengths, past.to(device=device, dtype=torch.int64), dense)
+        cu_host = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
+        past = past.to(device=device, dtype=torch.int64)
+        return cls(batch, width, indices, cu, lengths, past, dense, cu_host)
 
     @property
     def total(self) -> int:
@@ -75,7 +82,9 @@ class Packing:
         """(total,) row (sequence) index of every packed token (a dense packing repeats by its width, a host
         number: repeating by the lengths tensor would copy it to the host first)."""
         rows = torch.arange(self.batch, device=self.lengths.device)
-        return rows.repeat_interleave(self.width) if self.dense else rows.repeat_interleave(self.lengths)
+        if self.dense:
+            return rows.repeat_interleave(self.width)
+        return rows.repeat_interleave(self.lengths, output_size=self.total)  # size known: no sync
 
     def positions(self) -> torch.Tensor:
         """(total,) position of every packed token within its row's new tokens (0-based)."""

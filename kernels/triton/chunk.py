@@ -90,9 +90,9 @@ class ChunkTable:
         sizes = [-(-len(p) // 4) * 4 for p in parts]
         table = torch.tensor([x for p, n in zip(parts, sizes) for x in p + [0] * (n - len(p))], dtype=torch.int32)
         views = table.to(device).split(sizes)
+        self.last_bos = tuple(bos[c] for c in last)  # each sequence's last chunk's first token (host side)
         self.bos, self.len, self.seq_chunks, last = (v[: len(p)] for v, p in zip(views, parts))
         self.last = last.long()  # index of each sequence's last chunk
-        self.last_bos = tuple(bos[c] for c in last)  # its first token (host side)
         self.num_chunks, self.num_sequences = len(bos), len(bounds)
         self.bounds = tuple(bounds)
 
@@ -340,12 +340,12 @@ def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: flo
         order += members
         parts.append((st, len(members)))
     tensors = [torch.cat([p[i].unflatten(0, (m, H)) for p, m in parts]) for i in range(3)]
-    offsets = [p.offset for p, m in parts for _ in range(m)]
-    if order != sorted(order):  # back to sequence order
-        back = sorted(range(len(order)), key=order.__getitem__)
-        index = torch.tensor(back, device=q.device)
-        tensors, offsets = [t[index] for t in tensors], [offsets[i] for i in back]
-    return OfficialState(*tensors, torch.tensor(offsets, dtype=torch.int64, device=q.device))
+    # made on the device (torch.full), not copied from the host: a copy would wait for the GPU
+    tensors.append(torch.cat([torch.full((m,), p.offset, dtype=torch.int64, device=q.device) for p, m in parts]))
+    if order != sorted(order):  # back to sequence order (one index copied to the device)
+        index = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=q.device)
+        tensors = [t[index] for t in tensors]
+    return OfficialState(*tensors)
 
 
 def chunk_qdelta_triton(inp: Inputs, chunk_size: int, output_final_state: bool, precision: str = "tf32"):

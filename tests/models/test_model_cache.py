@@ -122,3 +122,39 @@ def test_decoding_step_reads_nothing_back_from_the_device(model_type, monkeypatc
         with Reads() as reads:
             model(ids[:, :1], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
     assert reads.found == []
+
+
+@pytest.mark.parametrize("model_type", ["qdelta", "gated_deltanet", "delta_net", "linear_attn"])
+def test_a_padded_prefill_gives_the_ops_their_bounds_on_the_host(model_type, monkeypatch):
+    """The rows' lengths are read back once, in the packing; every layer's op gets the bounds as a CPU
+    tensor, which it reads without a device sync (tests/models/test_sync_free.py counts the syncs on a GPU)."""
+    import qdelta.layers
+    from qdelta.packing import Packing
+
+    packings, given = [], []
+    real_from_mask = Packing.from_mask
+
+    def recording_from_mask(*args, **kwargs):
+        packings.append(real_from_mask(*args, **kwargs))
+        return packings[-1]
+
+    def recording(real):
+        def op(*args, cu_seqlens=None, **kwargs):
+            given.append(cu_seqlens)
+            return real(*args, cu_seqlens=cu_seqlens, **kwargs)
+
+        return op
+
+    monkeypatch.setattr(Packing, "from_mask", recording_from_mask)
+    for name in ("chunk_qdelta", "chunk_linear_attention"):
+        monkeypatch.setattr(qdelta.layers, name, recording(getattr(qdelta.layers, name)))
+    model = tiny_model(model_type, seed=8).eval()
+    ids = torch.randint(3, 96, (3, 12), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[0, :4], mask[2, :7] = 0, 0
+    with torch.no_grad():
+        model(ids, attention_mask=mask, use_cache=True)
+    (packing,) = packings
+    assert packing.cu_seqlens_host.tolist() == [0, 8, 20, 25]
+    assert len(given) == model.config.num_hidden_layers
+    assert all(cu is packing.cu_seqlens_host for cu in given)
