@@ -15,10 +15,16 @@ hand (config.json + model.safetensors), then the same folder loaded by :func:`qd
 
 For each shape (B, T), on the same random token ids for every model:
 
-- training step: ``model(ids, labels=ids)``, backward, fused AdamW step, ``zero_grad`` (median ms of
-  ``steps`` after ``warmup``, CUDA events), tokens/s = B*T / step, peak memory (max allocated,
-  weights and optimizer state included; GB = 10^9 bytes);
-- prefill: ``model(ids)`` under ``torch.no_grad`` (logits included), median ms, tokens/s, peak memory;
+- training step: ``model(ids, labels=ids)``, backward, fused AdamW step, ``zero_grad`` (CUDA events),
+  tokens/s = B*T / step, peak memory (max allocated, the model's weights and optimizer state included;
+  GB = 10^9 bytes);
+- prefill: ``model(ids)`` under ``torch.no_grad`` (logits included), ms, tokens/s, peak memory.
+
+A family's models stay loaded together and take turns (:func:`take_turns`): ``rounds`` rounds, in each
+every model times ``steps`` calls (median), the order reversed every other round, so that a drift in the
+machine's speed falls on all of them alike; ``warmup`` calls precede a model's first round. A figure is
+the median of its rounds' medians (the rounds' values are kept). Peak memory, from the first round,
+counts the model's own resident tensors and what its calls allocate, not the other models';
 - optionally the top ops of one profiled training step by self CUDA time (``torch.profiler``);
 - greedy generation (:mod:`.generation`): ``generate`` of N new tokens after B prompts of T tokens,
   one shape per run (``gen_shape``, default 64 x 2048 x 128), its own rows (:class:`GenRow`).
@@ -42,6 +48,7 @@ import importlib
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import types
@@ -91,6 +98,10 @@ FLA_INSTALL = (
     "pip install --no-deps flash-linear-attention==0.6.0 fla-core==0.6.0 einops  (or pip install -e '.[bench]')"
 )
 GB = 1e9
+LIFTED_NOTE = (
+    "fla-gdn: fla 0.6's Hopper refusal of its gated chunk_bwd_dqkwg with Triton < 3.7.1 (fla #640) "
+    "lifted for timing; its gradients may be wrong here, its times stand"
+)
 
 
 @dataclass
@@ -105,6 +116,8 @@ class Row:
     prefill_tokens_s: Optional[float] = None
     prefill_peak_gb: Optional[float] = None
     error: Optional[str] = None
+    train_ms_rounds: List[float] = field(default_factory=list)  # each round's median
+    prefill_ms_rounds: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +138,7 @@ class Report:
     gen: List[GenRow] = field(default_factory=list)  # greedy generation, one shape per run
     gen_repeats: int = 0
     groups: List[str] = field(default_factory=lambda: list(GROUPS))
+    rounds: int = 1  # 1: a run before the models took turns (each measured alone, one median)
 
 
 def parse_groups(text: str) -> Tuple[str, ...]:
@@ -251,26 +265,107 @@ def _train_step(model, optimizer, ids):
     return step
 
 
-def measure(model, row: Row, ids: torch.Tensor, steps: int, warmup: int) -> None:
-    """Fill ``row``'s training and prefill figures for ``model`` on ``ids`` (B, T)."""
+def take_turns(calls: Dict[str, Callable[[int], float]], rounds: int) -> Tuple[Dict[str, List[float]], Dict[str, str]]:
+    """``calls[name](round)`` for every name, once per round, the names taking turns in their order, reversed
+    every other round. Returns each name's values and the errors of names that raised (a name that raised
+    is left out of later rounds)."""
+    names, values, errors = list(calls), {name: [] for name in calls}, {}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            if name in errors:
+                continue
+            try:
+                values[name].append(calls[name](r))
+            except Exception as err:  # noqa: BLE001 - one failed model must not lose the others
+                log.exception("%s failed in round %d", name, r)
+                errors[name] = f"{type(err).__name__}: {str(err)[:300]}"
+    return values, errors
+
+
+def resident_bytes(*owners) -> int:
+    """Bytes of the distinct tensors of modules (parameters, buffers) and optimizers (state)."""
+    seen = {}
+    for owner in owners:
+        if isinstance(owner, torch.nn.Module):
+            tensors = [*owner.parameters(), *owner.buffers()]
+        else:
+            tensors = [t for state in owner.state.values() for t in state.values() if torch.is_tensor(t)]
+        for t in tensors:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def _timed(fn: Callable[[], object], steps: int, warmup: int, resident: Callable[[], int]) -> Tuple[float, float]:
+    """(median ms of ``steps`` calls after ``warmup``, peak GB: what the calls allocated beyond the memory
+    in use before them, plus ``resident()`` bytes, the caller's own share of that memory)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    ms = median_ms(fn, steps, 0)
+    return ms, (torch.cuda.max_memory_allocated() - before + resident()) / GB
+
+
+def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int, steps: int, warmup: int, guard):
+    """Fill ``rows[name]``'s training and prefill figures for every model of ``models`` (name -> model, all
+    loaded) on ``ids`` (B, T), the models taking turns (:func:`take_turns`); ``guard(name)``: a context
+    every call of that model runs in."""
     tokens = ids.numel()
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    optimizers = {}
+    for name, model in models.items():
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        optimizers[name] = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+
+    def turn(name, fn, resident, peak_field):
+        def call(r):
+            with guard(name):
+                if r > 0:
+                    return median_ms(fn, steps, 0)
+                ms, peak = _timed(fn, steps, warmup, resident)
+                setattr(rows[name], peak_field, peak)
+                return ms
+
+        return call
+
+    train = {
+        name: turn(name, _train_step(m, optimizers[name], ids), lambda m=m, o=optimizers[name]: resident_bytes(m, o),
+                   "train_peak_gb")
+        for name, m in models.items()
+    }  # fmt: skip
+    times, errors = take_turns(train, rounds)
+    for name in models:
+        rows[name].train_ms_rounds = times[name]
+        if times[name] and name not in errors:
+            rows[name].train_ms = statistics.median(times[name])
+            rows[name].train_tokens_s = tokens / rows[name].train_ms * 1e3
+        models[name].zero_grad(set_to_none=True)
+        models[name].eval()
+    train.clear()  # its calls hold the optimizers: their state goes with them
+    optimizers.clear()
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    row.train_ms = median_ms(_train_step(model, optimizer, ids), steps, warmup)
-    row.train_peak_gb = torch.cuda.max_memory_allocated() / GB
-    row.train_tokens_s = tokens / row.train_ms * 1e3
-    del optimizer
-    model.eval()
+
+    def prefill(m):
+        def fn():
+            with torch.no_grad():
+                return m(input_ids=ids)
+
+        return fn
+
+    calls = {
+        name: turn(name, prefill(m), lambda m=m: resident_bytes(m), "prefill_peak_gb") for name, m in models.items()
+    }
+    times, prefill_errors = take_turns(calls, rounds)
+    for name in models:
+        rows[name].prefill_ms_rounds = times[name]
+        if times[name] and name not in prefill_errors:
+            rows[name].prefill_ms = statistics.median(times[name])
+            rows[name].prefill_tokens_s = tokens / rows[name].prefill_ms * 1e3
+        failed = [f"{what}: {e[name]}" for what, e in (("training", errors), ("prefill", prefill_errors)) if name in e]
+        rows[name].error = "; ".join(failed) or None
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        row.prefill_ms = median_ms(lambda: model(input_ids=ids), steps, warmup)
-    row.prefill_peak_gb = torch.cuda.max_memory_allocated() / GB
-    row.prefill_tokens_s = tokens / row.prefill_ms * 1e3
 
 
 def profile_step(model, ids: torch.Tensor, top: int = 15) -> List[dict]:
@@ -333,50 +428,49 @@ def _build_peer(family: str, authors_dir: Optional[str], folder: str, seed: int,
     return peer
 
 
-def _measure_model(
-    model, name, report, shapes, inputs, steps, warmup, profile, gen_shape, gen_ids, gen_repeats, progress
-):
-    """Training and prefill rows at ``shapes`` (none when empty), then generation when ``gen_shape``."""
-    for B, T in shapes:
-        row = Row(name, B, T)
-        report.rows.append(row)
-        ids = inputs[B, T].cuda()
+def _measure_generation(model, name, report, gen_shape, gen_ids, gen_repeats, progress) -> None:
+    """Generation rows of one model: ``generate``, and for ours also through :class:`GreedyDecoder`."""
+    row = GenRow(name, *gen_shape)
+    report.gen.append(row)
+    note = all_logits_note(model, name)
+    if note:
+        report.notes.append(note)
+    rows = [(row, None)]
+    if name != PEERS[name]:  # ours: also through GreedyDecoder
+        rows.append((GenRow(name + GRAPHS, *gen_shape), GreedyDecoder(model, cuda_graph=True)))
+        report.gen.append(rows[-1][0])
+    for row, decoder in rows:
         try:
-            measure(model, row, ids, steps, warmup)
-            if profile and (B, T) == tuple(shapes[0]):
-                report.profile[f"{name} B={B} T={T}"] = profile_step(model, ids)
-        except Exception as err:  # noqa: BLE001 - one failed measurement must not lose the others
-            log.exception("%s B=%d T=%d failed", name, B, T)
+            measure_generation(model, row, gen_ids.cuda(), gen_repeats, decoder)
+        except Exception as err:  # noqa: BLE001 - e.g. the authors' generate on transformers 5.x
+            log.exception("%s generation failed", row.model)
             row.error = f"{type(err).__name__}: {str(err)[:300]}"
-        model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         log.info("%s", row)
         progress(report)
-    if gen_shape:
-        row = GenRow(name, *gen_shape)
-        report.gen.append(row)
-        note = all_logits_note(model, name)
-        if note:
-            report.notes.append(note)
-        rows = [(row, None)]
-        if name != PEERS[name]:  # ours: also through GreedyDecoder
-            rows.append((GenRow(name + GRAPHS, *gen_shape), GreedyDecoder(model, cuda_graph=True)))
-            report.gen.append(rows[-1][0])
-        for row, decoder in rows:
-            try:
-                measure_generation(model, row, gen_ids.cuda(), gen_repeats, decoder)
-            except Exception as err:  # noqa: BLE001 - e.g. the authors' generate on transformers 5.x
-                log.exception("%s generation failed", row.model)
-                row.error = f"{type(err).__name__}: {str(err)[:300]}"
-            torch.cuda.empty_cache()
-            log.info("%s", row)
+
+
+def _family_models(family, peer, ckpt, report, family_shapes, family_gen, progress) -> Dict[str, torch.nn.Module]:
+    """The peer and ours loaded from ``ckpt``, by name; a model that does not load gets error rows."""
+    import qdelta
+
+    names = FAMILIES[family]
+    models = {names[0]: peer}
+    for name in names[1:]:
+        try:
+            variant = name.split("-")[1] if family == "qdelta" else None
+            models[name] = qdelta.load_model(ckpt, device="cuda", dtype=torch.bfloat16, variant=variant)
+        except Exception as err:  # noqa: BLE001
+            log.exception("%s: loading failed", name)
+            error_rows(report, [name], family_shapes, family_gen, f"{type(err).__name__}: {str(err)[:300]}")
             progress(report)
+    return models
 
 
 def run_benchmark(
     authors_dir: Optional[str] = None,
     shapes: Sequence[Tuple[int, int]] = SHAPES,
-    steps: int = 10,
+    steps: int = 5,
     warmup: int = 3,
     profile: bool = True,
     on_progress: Optional[Callable[[Report], None]] = None,
@@ -385,12 +479,12 @@ def run_benchmark(
     gen_shape: Optional[Tuple[int, int, int]] = GEN_SHAPE,
     gen_repeats: int = 3,
     lift_fla_guard: bool = True,
+    rounds: int = 3,
 ) -> Report:
     """Every measurement of the module docstring that ``groups`` asks for (``gen_shape=None``: no generation);
     ``on_progress(report)`` after each (files then written)."""
     if not torch.cuda.is_available():
         raise ValueError("qdelta bench model needs a CUDA GPU (none is visible); run it on the GPU machine")
-    import qdelta
     from qdelta import fused
 
     folder = authors_dir or os.environ.get(AUTHORS_ENV)
@@ -403,12 +497,21 @@ def run_benchmark(
         warmup=warmup,
         gen_repeats=gen_repeats,
         groups=list(groups),
+        rounds=rounds,
         **_versions(),
     )
     report.notes.append(
         "ours: fused glue " + ("on (fla-core modules)" if fused.available() else "OFF: fla-core not importable")
     )
     progress = on_progress or (lambda r: None)
+
+    @contextlib.contextmanager
+    def guard(name):
+        with fla_hopper_guard_lifted(lift_fla_guard and name == "fla-gdn") as lifted:
+            if lifted and LIFTED_NOTE not in report.notes:
+                report.notes.append(LIFTED_NOTE)
+            yield
+
     gen = torch.Generator().manual_seed(seed)
     inputs = {(B, T): torch.randint(0, AUTHORS_340M["vocab_size"], (B, T), generator=gen) for B, T in shapes}
     gen_ids = torch.randint(0, AUTHORS_340M["vocab_size"], gen_shape[:2], generator=gen) if gen_shape else None
@@ -425,30 +528,30 @@ def run_benchmark(
                 )
                 progress(report)
                 continue
-            for name in FAMILIES[family]:
-                if name == PEERS[name]:
-                    model, peer = peer, None  # measured first, then freed before ours load
-                else:
-                    try:
-                        variant = name.split("-")[1] if family == "qdelta" else None
-                        model = qdelta.load_model(ckpt, device="cuda", dtype=torch.bfloat16, variant=variant)
-                    except Exception as err:  # noqa: BLE001
-                        log.exception("%s: loading failed", name)
-                        error_rows(report, [name], family_shapes, family_gen, f"{type(err).__name__}: {str(err)[:300]}")
-                        progress(report)
-                        continue
-                with fla_hopper_guard_lifted(lift_fla_guard and name == "fla-gdn") as lifted:
-                    if lifted:
-                        report.notes.append(
-                            "fla-gdn: fla 0.6's Hopper refusal of its gated chunk_bwd_dqkwg with Triton < 3.7.1 (fla #640) "
-                            "lifted for timing; its gradients may be wrong here, its times stand"
-                        )
-                    _measure_model(
-                        model, name, report, family_shapes, inputs, steps, warmup, profile, family_gen, gen_ids,
-                        gen_repeats, progress,
-                    )  # fmt: skip
-                del model
-                torch.cuda.empty_cache()
+            models = _family_models(family, peer, ckpt, report, family_shapes, family_gen, progress)
+            del peer
+        for B, T in family_shapes:
+            rows = {name: Row(name, B, T) for name in models}
+            report.rows.extend(rows.values())
+            measure_family(models, rows, inputs[B, T].cuda(), rounds, steps, warmup, guard)
+            for row in rows.values():
+                log.info("%s", row)
+            progress(report)
+        for name, model in models.items():
+            if profile and family_shapes:
+                B, T = family_shapes[0]
+                try:
+                    with guard(name):
+                        report.profile[f"{name} B={B} T={T}"] = profile_step(model, inputs[B, T].cuda())
+                except Exception as err:  # noqa: BLE001 - the profile is an extra; the rows stand
+                    log.exception("%s: profile failed", name)
+                    report.notes.append(f"{name}: profile failed: {type(err).__name__}: {str(err)[:200]}")
+                model.zero_grad(set_to_none=True)
+                progress(report)
+            if family_gen:
+                _measure_generation(model, name, report, family_gen, gen_ids, gen_repeats, progress)
+        del models
+        torch.cuda.empty_cache()
     return report
 
 
@@ -473,6 +576,13 @@ def _peer_row(rows, row):
     return next((x for x in rows if x.model == peer and key(x) == key(row)), None)
 
 
+def _ms(median: Optional[float], rounds: Sequence[float]) -> str:
+    """A figure, with the range of its rounds' medians when there were several."""
+    if median is None or len(rounds) < 2:
+        return _fmt(median)
+    return f"{_fmt(median)} [{_fmt(min(rounds))}-{_fmt(max(rounds))}]"
+
+
 def _k(x: Optional[float]) -> str:
     return "—" if x is None else f"{x / 1e3:.1f}k"
 
@@ -486,9 +596,9 @@ def _train_table(rows: List[Row], peer: str) -> List[str]:
     for row in rows:
         base = _peer_row(rows, row)
         lines.append(
-            f"| {row.model} | {row.B} | {row.T} | {_fmt(row.train_ms)} | {_k(row.train_tokens_s)} "
+            f"| {row.model} | {row.B} | {row.T} | {_ms(row.train_ms, row.train_ms_rounds)} | {_k(row.train_tokens_s)} "
             f"| {_ratio(row.train_tokens_s, base and base.train_tokens_s)} | {_fmt(row.train_peak_gb)} "
-            f"| {_fmt(row.prefill_ms)} | {_k(row.prefill_tokens_s)} "
+            f"| {_ms(row.prefill_ms, row.prefill_ms_rounds)} | {_k(row.prefill_tokens_s)} "
             f"| {_ratio(row.prefill_tokens_s, base and base.prefill_tokens_s)} | {_fmt(row.prefill_peak_gb)} |"
         )
     return lines
@@ -510,6 +620,16 @@ def _gen_table(rows: List[GenRow], peer: str) -> List[str]:
     return lines
 
 
+def _timing(r: Report) -> str:
+    if r.rounds < 2:
+        return f"median of {r.steps} after {r.warmup} warm-up"
+    return (
+        f"a family's models loaded together and taking turns, {r.rounds} rounds of {r.steps} calls each (the order "
+        f"reversed every other round), after {r.warmup} warm-up calls; ms = the median of the rounds' medians, "
+        "[the lowest-highest round]"
+    )
+
+
 def to_markdown(r: Report) -> str:
     lines = [
         f"# Model benchmark ({r.card})",
@@ -517,7 +637,7 @@ def to_markdown(r: Report) -> str:
         f"torch {r.torch}, Triton {r.triton}, transformers {r.transformers}, fla {r.fla}, qdelta {r.qdelta_commit}, "
         f"{r.date}; groups {', '.join(r.groups)}. 340M-shaped models (hidden 1024, 24 layers, 6 heads, K 128, "
         f"V 256, vocab 32000; the authors' code: {r.authors}): each peer with random weights, saved, and ours "
-        f"loaded from the same folder; bf16, median of {r.steps} after {r.warmup} warm-up. Training step = "
+        f"loaded from the same folder; bf16, {_timing(r)}. Training step = "
         "fwd+bwd+fused AdamW; prefill = forward under no_grad; peak = max allocated (GB = 10^9 bytes). "
         "Ratios: a model's tokens/s over its peer's (the column names the peer).",
     ]

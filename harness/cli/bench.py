@@ -49,7 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BxT",
         help="model: batch x length shapes (default 8x2048 2x8192)",
     )
-    parser.add_argument("--steps", type=int, default=10, help="model: timed steps per figure (median; default 10)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="model: timed calls per model and round (median; default 5)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="model: rounds in which a family's models take turns (default 3; a figure is the median of its rounds)",
+    )
     parser.add_argument(
         "--no-profile", action="store_true", help="model: skip the per-op CUDA profile of one training step"
     )
@@ -101,8 +109,10 @@ def run_model(args) -> int:
 
     if args.lengths or args.configs or args.merge:
         raise ValueError("--lengths / --configs / --merge belong to 'qdelta bench kernels'; the model takes --shapes")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    steps, rounds = args.steps or 5, args.rounds or 3
+    for flag, value in (("--steps", args.steps), ("--rounds", args.rounds)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
     if args.gen_repeats is not None and args.gen_repeats < 1:
         raise ValueError(f"--gen-repeats must be a positive integer, got {args.gen_repeats}")
     shapes = tuple(bench_model.parse_shape(s) for s in args.shapes) if args.shapes else bench_model.SHAPES
@@ -113,7 +123,8 @@ def run_model(args) -> int:
     report = bench_model.run_benchmark(
         authors_dir=args.authors,
         shapes=shapes,
-        steps=args.steps,
+        steps=steps,
+        rounds=rounds,
         profile=not args.no_profile,
         on_progress=lambda r: bench_model.write_report(r, args.out),
         groups=groups,
@@ -132,9 +143,11 @@ def run(args) -> int:
 
     if args.what == "model":
         return run_model(args)
-    if args.shapes or args.no_profile or args.only or args.gen or args.keep_fla_guard or args.gen_repeats:
+    model_only = (args.shapes, args.no_profile, args.only, args.gen, args.keep_fla_guard, args.gen_repeats)
+    if any(model_only) or args.steps is not None or args.rounds is not None:
         raise ValueError(
-            "--shapes / --no-profile / --only / --gen / --gen-repeats / --keep-fla-guard belong to 'qdelta bench model'"
+            "--shapes / --steps / --rounds / --no-profile / --only / --gen / --gen-repeats / --keep-fla-guard "
+            "belong to 'qdelta bench model'"
         )
 
     if args.merge:

@@ -219,3 +219,87 @@ def test_summary_adds_generation_and_the_readme_quotes_the_committed_report():
     report = bench.load_report(root / "results" / "bench" / "model-h200.json")
     block = bench.SUMMARY_BEGIN + "\n" + bench.summary(report) + "\n" + bench.SUMMARY_END
     assert block in (root / "README.md").read_text(), "regenerate: python -m qdelta.harness.bench.model summary ..."
+
+
+def test_models_take_turns_and_one_that_fails_drops_out():
+    order = []
+
+    def call(name, fail_in=None):
+        def run(r):
+            order.append((r, name))
+            if r == fail_in:
+                raise RuntimeError("out of memory")
+            return 10.0 * r + len(name)
+
+        return run
+
+    values, errors = bench.take_turns({"a": call("a"), "bb": call("bb", fail_in=1), "ccc": call("ccc")}, 3)
+    assert [n for _, n in order] == ["a", "bb", "ccc", "ccc", "bb", "a", "a", "ccc"]
+    assert values == {"a": [1.0, 11.0, 21.0], "bb": [2.0], "ccc": [3.0, 13.0, 23.0]}
+    assert errors == {"bb": "RuntimeError: out of memory"}
+
+
+def test_measure_family_fills_rows_from_the_rounds_medians(monkeypatch):
+    from qdelta.testing import tiny_model
+
+    ms = iter(range(100, 200))  # every timed call reads the next value: the rounds differ
+    monkeypatch.setattr(bench, "median_ms", lambda fn, steps, warmup: (fn(), float(next(ms)))[1])
+    monkeypatch.setattr(bench, "_timed", lambda fn, steps, warmup, resident: (bench.median_ms(fn, steps, 0), 1.0))
+    monkeypatch.setattr(bench.torch.cuda, "empty_cache", lambda: None)
+    models = {"authors": tiny_model("qdelta", seed=1), "ours-paper": tiny_model("qdelta", seed=2)}
+    broken = tiny_model("qdelta", seed=3)
+    broken.forward = lambda **kw: (_ for _ in ()).throw(RuntimeError("boom"))
+    models["ours-official"] = broken
+    rows = {name: bench.Row(name, 2, 8) for name in models}
+    guarded = []
+    ids = torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(0))
+    bench.measure_family(models, rows, ids, 3, 1, 0, lambda name: _Entered(guarded, name))
+    paper = rows["ours-paper"]
+    # training: authors 100, paper 101 (the broken model fails, dropped); paper 102, authors 103; 104, 105
+    assert paper.train_ms_rounds == [101.0, 102.0, 105.0] and paper.train_ms == 102.0
+    assert paper.train_tokens_s == pytest.approx(16 / 102.0 * 1e3) and paper.train_peak_gb == 1.0 and paper.error is None
+    assert rows["authors"].train_ms_rounds == [100.0, 103.0, 104.0]
+    assert len(paper.prefill_ms_rounds) == 3 and paper.prefill_ms == sorted(paper.prefill_ms_rounds)[1]
+    assert rows["ours-official"].error == "training: RuntimeError: boom; prefill: RuntimeError: boom"
+    assert rows["ours-official"].train_ms is None and rows["ours-official"].train_ms_rounds == []
+    assert guarded.count("ours-paper") == 6  # every call ran inside its model's guard
+    md = bench.to_markdown(_rounds_report(rows))
+    assert "| ours-paper | 2 | 8 | 102.0 [101.0-105.0] |" in md and "3 rounds of 1 calls" in md
+
+
+class _Entered:
+    def __init__(self, seen, name):
+        self.seen, self.name = seen, name
+
+    def __enter__(self):
+        self.seen.append(self.name)
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _rounds_report(rows):
+    r = _report()
+    r.rows, r.rounds, r.steps = list(rows.values()), 3, 1
+    return r
+
+
+def test_resident_bytes_counts_each_tensor_once():
+    layer = torch.nn.Linear(4, 4)
+    shared = torch.nn.Sequential(layer, layer)
+    opt = torch.optim.AdamW(shared.parameters())
+    shared(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    weights = (4 * 4 + 4) * 4
+    assert bench.resident_bytes(shared) == weights
+    # AdamW keeps two moments per parameter (and a step counter per parameter)
+    assert bench.resident_bytes(shared, opt) == 3 * weights + 2 * 4
+
+
+def test_cli_refuses_model_timing_flags_for_kernels(capsys):
+    from qdelta.harness.cli import main
+
+    assert main(["bench", "kernels", "--rounds", "2"]) == 2
+    assert "--rounds" in capsys.readouterr().err
+    assert main(["bench", "model", "--rounds", "0"]) == 2
+    assert "--rounds must be a positive integer" in capsys.readouterr().err
