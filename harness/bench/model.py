@@ -307,6 +307,16 @@ def _timed(fn: Callable[[], object], steps: int, warmup: int, resident: Callable
     return ms, (torch.cuda.max_memory_allocated() - before + resident()) / GB
 
 
+def _record(rows: Dict[str, Row], kind: str, times: Dict[str, List[float]], errors: Dict[str, str], tokens: int):
+    """``<kind>_ms_rounds``, ``<kind>_ms`` (their median) and ``<kind>_tokens_s`` of each row (kind: train, prefill)."""
+    for name, values in times.items():
+        setattr(rows[name], f"{kind}_ms_rounds", values)
+        if values and name not in errors:
+            ms = statistics.median(values)
+            setattr(rows[name], f"{kind}_ms", ms)
+            setattr(rows[name], f"{kind}_tokens_s", tokens / ms * 1e3)
+
+
 def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int, steps: int, warmup: int, guard):
     """Fill ``rows[name]``'s training and prefill figures for every model of ``models`` (name -> model, all
     loaded) on ``ids`` (B, T), the models taking turns (:func:`take_turns`); ``guard(name)``: a context
@@ -336,13 +346,10 @@ def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int,
         for name, m in models.items()
     }  # fmt: skip
     times, errors = take_turns(train, rounds)
-    for name in models:
-        rows[name].train_ms_rounds = times[name]
-        if times[name] and name not in errors:
-            rows[name].train_ms = statistics.median(times[name])
-            rows[name].train_tokens_s = tokens / rows[name].train_ms * 1e3
-        models[name].zero_grad(set_to_none=True)
-        models[name].eval()
+    _record(rows, "train", times, errors, tokens)
+    for model in models.values():
+        model.zero_grad(set_to_none=True)
+        model.eval()
     train.clear()  # its calls hold the optimizers: their state goes with them
     optimizers.clear()
     torch.cuda.empty_cache()
@@ -358,11 +365,8 @@ def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int,
         name: turn(name, prefill(m), lambda m=m: resident_bytes(m), "prefill_peak_gb") for name, m in models.items()
     }
     times, prefill_errors = take_turns(calls, rounds)
+    _record(rows, "prefill", times, prefill_errors, tokens)
     for name in models:
-        rows[name].prefill_ms_rounds = times[name]
-        if times[name] and name not in prefill_errors:
-            rows[name].prefill_ms = statistics.median(times[name])
-            rows[name].prefill_tokens_s = tokens / rows[name].prefill_ms * 1e3
         failed = [f"{what}: {e[name]}" for what, e in (("training", errors), ("prefill", prefill_errors)) if name in e]
         rows[name].error = "; ".join(failed) or None
     torch.cuda.empty_cache()
