@@ -72,10 +72,11 @@ class Attention(nn.Module):
             out = o.transpose(1, 2).reshape(1, total, -1)
             new_state = {"key": kd, "value": vd} if use_cache else None
             return self.o_proj(out), new_state
-        ends = packing.past + packing.lengths  # (N,) cached length after this call
-        # A cache narrowed by select() may be wider than its rows now need: keep its width
-        # (positions past a row's own length are masked below).
-        width = max(int(ends.max()), 0 if state is None else state["key"].shape[2])
+        # The cache grows by this call's width: a row has at most that many new tokens, and no row's past
+        # is beyond the cache's width (host numbers: no sync). A row's positions past its own length are
+        # masked below (left padding; a cache narrowed by select()).
+        Tq = packing.longest
+        width = Tq if state is None else state["key"].shape[2] + packing.width
         keys = k.new_zeros(N, self.kv_heads, width, Dh)  # k's dtype: under autocast it is not h's
         values = v.new_zeros(N, self.kv_heads, width, Dh)
         if state is not None:
@@ -83,7 +84,6 @@ class Attention(nn.Module):
             keys[:, :, :old], values[:, :, :old] = state["key"].to(k.dtype), state["value"].to(v.dtype)
         keys[rows, :, absolute] = k
         values[rows, :, absolute] = v
-        Tq = int(packing.cu_seqlens_host.diff().max())  # the host copy: no sync
         queries = q.new_zeros(N, Tq, self.num_heads, Dh)
         queries[rows, pos] = q
         query_pos = packing.past[:, None] + torch.arange(Tq, device=h.device)  # (N, Tq)

@@ -166,7 +166,9 @@ class _BaseModel(QDeltaPreTrainedModel):
         past = None if cache is None else cache.past_tokens(B, h.device)
         packing = Packing.from_mask(mask, B, T, h.device, past)
         limit = self.config.max_sequence_length
-        if limit is not None:  # a dense batch without a cache is T long: no host read of a device tensor
+        # no row is longer than the cache's width plus T (host numbers): the device is read only near the limit
+        bound = T if cache is None else cache.seq_length + T
+        if limit is not None and bound > limit:
             longest = T if packing.dense and cache is None else int((packing.past + packing.lengths).max())
             if longest > limit:
                 raise ValueError(

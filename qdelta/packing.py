@@ -27,6 +27,7 @@ class Packing:
     past: torch.Tensor  # (B,) int64 tokens each row had seen before this call (cache)
     dense: bool  # no padding: indices == arange(B*T)
     cu_seqlens_host: torch.Tensor  # cu_seqlens on the CPU: the ops take their sequence bounds from it
+    longest: int  # the most tokens a row has in this call
 
     @classmethod
     def from_mask(
@@ -67,7 +68,7 @@ class Packing:
         cu[1:] = lengths.cumsum(0)
         cu_host = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0)
         past = past.to(device=device, dtype=torch.int64)
-        return cls(batch, width, indices, cu, lengths, past, dense, cu_host)
+        return cls(batch, width, indices, cu, lengths, past, dense, cu_host, max(counts, default=0))
 
     @property
     def total(self) -> int:

@@ -257,7 +257,9 @@ def test_measure_family_fills_rows_from_the_rounds_medians(monkeypatch):
     paper = rows["ours-paper"]
     # training: authors 100, paper 101 (the broken model fails, dropped); paper 102, authors 103; 104, 105
     assert paper.train_ms_rounds == [101.0, 102.0, 105.0] and paper.train_ms == 102.0
-    assert paper.train_tokens_s == pytest.approx(16 / 102.0 * 1e3) and paper.train_peak_gb == 1.0 and paper.error is None
+    assert (
+        paper.train_tokens_s == pytest.approx(16 / 102.0 * 1e3) and paper.train_peak_gb == 1.0 and paper.error is None
+    )
     assert rows["authors"].train_ms_rounds == [100.0, 103.0, 104.0]
     assert len(paper.prefill_ms_rounds) == 3 and paper.prefill_ms == sorted(paper.prefill_ms_rounds)[1]
     assert rows["ours-official"].error == "training: RuntimeError: boom; prefill: RuntimeError: boom"

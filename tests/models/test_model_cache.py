@@ -91,10 +91,10 @@ def test_config_errors_name_the_field():
 HOST_READS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default", "aten.equal.default"}
 
 
-@pytest.mark.parametrize("model_type", ["qdelta", "gated_deltanet", "delta_net", "linear_attn"])
+@pytest.mark.parametrize("model_type", ["qdelta", "gated_deltanet", "delta_net", "linear_attn", "transformer"])
 def test_decoding_step_reads_nothing_back_from_the_device(model_type, monkeypatch):
-    """One generate-style step (a cache, the whole attention mask, one token a row) of the linear models
-    reads no tensor value on the host, so it never waits for the GPU (the Q-Delta decode op stands in: its
+    """One generate-style step (a cache, the whole attention mask, one token a row) reads no tensor value
+    on the host, so it never waits for the GPU (the Q-Delta decode op stands in: its
     own host work is tested in tests/kernels)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
