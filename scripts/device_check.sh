@@ -53,7 +53,7 @@ for step in $steps; do
       | tee "$log" | grep -E "^(PASSED|FAILED|ERROR)|passed|failed" ;;
   profile) timeout "${PROFILE_S:-180}" python3 -m qdelta.harness.bench.profile ${PROFILE_ARGS:-} 2>&1 | grep -v Warn | tee "$log" ;;
   bench) timeout "${BENCH_S:-540}" python3 -m qdelta.harness.cli bench kernels --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 | tee "$log" | grep -v "^INFO" ;;
-  model) QDELTA_COMMIT=$commit timeout "${MODEL_S:-400}" python3 -m qdelta.harness.cli bench model --authors "$authors" --out "$OUT/bench" ${MODEL_ARGS:-} 2>&1 | tee "$log" | grep -v "^\s*$" | tail -40 ;;
+  model) QDELTA_COMMIT=$commit timeout "${MODEL_S:-540}" python3 -m qdelta.harness.cli bench model --authors "$authors" --out "$OUT/bench" ${MODEL_ARGS:-} 2>&1 | tee "$log" | grep -v "^\s*$" | tail -40 ;;
   mqar) timeout "${MQAR_S:-300}" python3 scripts/mqar_speed_check.py --out "$OUT/mqar_speed$tag.jsonl" ${MQAR_ARGS:---budget-s 240} 2>&1 | tee "$log" | tail -30 ;;
   tune) timeout "${TUNE_S:-400}" python3 -m qdelta.harness.bench.tune --out "$OUT/tune$tag.json" ${TUNE_ARGS:-} ${TUNE_TRIALS:+--trials "$TUNE_TRIALS"} 2>&1 | grep -v Warning | tee "$log" ;;
   *) echo "unknown step $step (tests models profile bench model mqar tune all)" ;;
