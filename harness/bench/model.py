@@ -52,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import types
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -118,6 +119,8 @@ class Row:
     error: Optional[str] = None
     train_ms_rounds: List[float] = field(default_factory=list)  # each round's median
     prefill_ms_rounds: List[float] = field(default_factory=list)
+    train_syncs: Optional[int] = None  # times one call waited for the GPU (torch's sync debug mode)
+    prefill_syncs: Optional[int] = None
 
 
 @dataclass
@@ -317,6 +320,20 @@ def _record(rows: Dict[str, Row], kind: str, times: Dict[str, List[float]], erro
             setattr(rows[name], f"{kind}_tokens_s", tokens / ms * 1e3)
 
 
+def count_syncs(fn: Callable[[], object]) -> int:
+    """How many times one call of ``fn`` makes the host wait for the GPU (torch's CUDA sync debug mode
+    warns at each: ``.item()``, copies to or from pageable host memory, ``nonzero``, ...)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in seen)
+
+
 def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int, steps: int, warmup: int, guard):
     """Fill ``rows[name]``'s training and prefill figures for every model of ``models`` (name -> model, all
     loaded) on ``ids`` (B, T), the models taking turns (:func:`take_turns`); ``guard(name)``: a context
@@ -329,20 +346,21 @@ def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int,
             p.requires_grad_(True)
         optimizers[name] = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
-    def turn(name, fn, resident, peak_field):
+    def turn(name, fn, resident, kind):
         def call(r):
             with guard(name):
                 if r > 0:
                     return median_ms(fn, steps, 0)
                 ms, peak = _timed(fn, steps, warmup, resident)
-                setattr(rows[name], peak_field, peak)
+                setattr(rows[name], f"{kind}_peak_gb", peak)
+                setattr(rows[name], f"{kind}_syncs", count_syncs(fn))  # one more call, untimed
                 return ms
 
         return call
 
     train = {
         name: turn(name, _train_step(m, optimizers[name], ids), lambda m=m, o=optimizers[name]: resident_bytes(m, o),
-                   "train_peak_gb")
+                   "train")
         for name, m in models.items()
     }  # fmt: skip
     times, errors = take_turns(train, rounds)
@@ -361,9 +379,7 @@ def measure_family(models, rows: Dict[str, Row], ids: torch.Tensor, rounds: int,
 
         return fn
 
-    calls = {
-        name: turn(name, prefill(m), lambda m=m: resident_bytes(m), "prefill_peak_gb") for name, m in models.items()
-    }
+    calls = {name: turn(name, prefill(m), lambda m=m: resident_bytes(m), "prefill") for name, m in models.items()}
     times, prefill_errors = take_turns(calls, rounds)
     _record(rows, "prefill", times, prefill_errors, tokens)
     for name in models:
@@ -592,19 +608,23 @@ def _k(x: Optional[float]) -> str:
 
 
 def _train_table(rows: List[Row], peer: str) -> List[str]:
-    lines = [
+    syncs = any(x.train_syncs is not None or x.prefill_syncs is not None for x in rows)  # runs before: none
+    head = (
         f"| model | B | T | train ms | train tok/s | vs {peer} | train peak GB | prefill ms | prefill tok/s "
-        f"| vs {peer} | prefill peak GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        f"| vs {peer} | prefill peak GB |"
+    )
+    lines = [head + (" GPU waits, train / prefill |" if syncs else ""), "|---" * (12 if syncs else 11) + "|"]
     for row in rows:
         base = _peer_row(rows, row)
-        lines.append(
+        line = (
             f"| {row.model} | {row.B} | {row.T} | {_ms(row.train_ms, row.train_ms_rounds)} | {_k(row.train_tokens_s)} "
             f"| {_ratio(row.train_tokens_s, base and base.train_tokens_s)} | {_fmt(row.train_peak_gb)} "
             f"| {_ms(row.prefill_ms, row.prefill_ms_rounds)} | {_k(row.prefill_tokens_s)} "
             f"| {_ratio(row.prefill_tokens_s, base and base.prefill_tokens_s)} | {_fmt(row.prefill_peak_gb)} |"
         )
+        if syncs:
+            line += f" {_fmt(row.train_syncs, 0)} / {_fmt(row.prefill_syncs, 0)} |"
+        lines.append(line)
     return lines
 
 
@@ -643,7 +663,12 @@ def to_markdown(r: Report) -> str:
         f"V 256, vocab 32000; the authors' code: {r.authors}): each peer with random weights, saved, and ours "
         f"loaded from the same folder; bf16, {_timing(r)}. Training step = "
         "fwd+bwd+fused AdamW; prefill = forward under no_grad; peak = max allocated (GB = 10^9 bytes). "
-        "Ratios: a model's tokens/s over its peer's (the column names the peer).",
+        "Ratios: a model's tokens/s over its peer's (the column names the peer)."
+        + (
+            " GPU waits: how often one call made the host wait for the GPU (torch's CUDA sync debug mode)."
+            if any(x.train_syncs is not None or x.prefill_syncs is not None for x in r.rows)
+            else ""
+        ),
     ]
     for family, names in FAMILIES.items():
         rows = [x for x in r.rows if x.model in names]

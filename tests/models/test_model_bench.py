@@ -246,6 +246,7 @@ def test_measure_family_fills_rows_from_the_rounds_medians(monkeypatch):
     monkeypatch.setattr(bench, "median_ms", lambda fn, steps, warmup: (fn(), float(next(ms)))[1])
     monkeypatch.setattr(bench, "_timed", lambda fn, steps, warmup, resident: (bench.median_ms(fn, steps, 0), 1.0))
     monkeypatch.setattr(bench.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(bench, "count_syncs", lambda fn: (fn(), 2)[1])
     models = {"authors": tiny_model("qdelta", seed=1), "ours-paper": tiny_model("qdelta", seed=2)}
     broken = tiny_model("qdelta", seed=3)
     broken.forward = lambda **kw: (_ for _ in ()).throw(RuntimeError("boom"))
@@ -265,8 +266,10 @@ def test_measure_family_fills_rows_from_the_rounds_medians(monkeypatch):
     assert rows["ours-official"].error == "training: RuntimeError: boom; prefill: RuntimeError: boom"
     assert rows["ours-official"].train_ms is None and rows["ours-official"].train_ms_rounds == []
     assert guarded.count("ours-paper") == 6  # every call ran inside its model's guard
+    assert (paper.train_syncs, paper.prefill_syncs, rows["ours-official"].train_syncs) == (2, 2, None)
     md = bench.to_markdown(_rounds_report(rows))
     assert "| ours-paper | 2 | 8 | 102.0 [101.0-105.0] |" in md and "3 rounds of 1 calls" in md
+    assert md.count(" 2 / 2 |") == 2 and "| — / — |" in md and "GPU waits" in md
 
 
 class _Entered:

@@ -2,26 +2,13 @@
 padded prefill reads the rows' lengths back in the packing, a fixed number of times however deep the
 model is; a dense prefill and a decoding step never wait."""
 
-import warnings
-
 import pytest
 import torch
 
+from qdelta.harness.bench.model import count_syncs
 from qdelta.testing import tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-
-def _syncs(fn) -> int:
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in seen)
 
 
 def _counts(variant: str, layers: int):
@@ -31,10 +18,10 @@ def _counts(variant: str, layers: int):
     mask[0, :9], mask[2, :30] = 0, 0
     with torch.no_grad():
         for _ in range(2):  # the first call fills the caches (chunk tables, compiled kernels)
-            padded = _syncs(lambda: model(ids, attention_mask=mask, use_cache=True))
-            dense = _syncs(lambda: model(ids))
+            padded = count_syncs(lambda: model(ids, attention_mask=mask, use_cache=True))
+            dense = count_syncs(lambda: model(ids))
         cache = model(ids, use_cache=True).past_key_values
-        step = _syncs(lambda: model(ids[:, :1], past_key_values=cache, use_cache=True))
+        step = count_syncs(lambda: model(ids[:, :1], past_key_values=cache, use_cache=True))
     return padded, dense, step
 
 
