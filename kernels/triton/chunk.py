@@ -321,7 +321,10 @@ def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: flo
     by_length: dict = {}
     for n, ((_, end), first) in enumerate(zip(table.bounds, table.last_bos)):
         by_length.setdefault(end - first, []).append(n)
-    H, f32 = q.shape[1], torch.float32
+    H, f32, N = q.shape[1], torch.float32, len(table.bounds)
+    width = table.bounds[0][1]
+    # a dense batch (N rows of one length, back to back): the last chunks are one strided view
+    rows_of_one_length = all(b == (n * width, (n + 1) * width) for n, b in enumerate(table.bounds))
     order, parts = [], []
     for length, members in by_length.items():
         starts = [table.last_bos[n] for n in members]
@@ -329,7 +332,12 @@ def _official_final(q, k, v, g, beta, lam, h_last, table: ChunkTable, scale: flo
         def rows(t):  # the members' last chunks, (len(members) * H, length, ·) fp32
             if t is None:
                 return torch.zeros(len(members) * H, length, dtype=f32, device=q.device)
-            return torch.stack([t[s : s + length] for s in starts]).transpose(1, 2).flatten(0, 1).float()
+            if rows_of_one_length:
+                first = starts[0] - members[0] * width  # the same offset in every row
+                chunks = t.view(N, width, *t.shape[1:])[:, first : first + length]
+            else:
+                chunks = torch.stack([t[s : s + length] for s in starts])
+            return chunks.transpose(1, 2).flatten(0, 1).float()
 
         qn, kn = (l2norm(rows(t)) if norm else rows(t) for t in (q, k))
         whole = members == list(range(members[0], members[-1] + 1))  # a slice: no index tensor
