@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qdelta.harness.train import report as train_report
+from qdelta.harness.train import zoology_report
 
 ROOT = Path(__file__).resolve().parents[2]
 MQAR = ROOT / "results" / "mqar"
@@ -30,6 +31,15 @@ def test_mqar_leaderboard_regenerates_bit_for_bit(tmp_path, folder):
     grid = json.loads((folder / "grid.json").read_text())
     runs = sorted(p.name for p in (folder / "runs").iterdir() if (p / "metrics.json").is_file())
     assert sorted(n for n, s in grid["status"].items() if s["state"] == "done") == runs
+
+
+def test_zoology_leaderboard_regenerates_bit_for_bit(tmp_path):
+    folder = MQAR / "zoology"  # zoology's protocol (configs/mqar_zoology.yaml), run on a GPU
+    if not (folder / "runs").is_dir():
+        pytest.skip("no zoology-protocol run records committed yet (the grid of docs/mqar.md runs on a GPU)")
+    zoology_report.generate(folder / "runs", tmp_path, plots=False)
+    for name in ("leaderboard.md", "leaderboard.csv"):
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
 
 
 def test_cpu_seed_leaderboards_regenerate_bit_for_bit(tmp_path, cpu_seed, cpu_seed_folders):
