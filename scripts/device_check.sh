@@ -14,7 +14,7 @@
 # $OUT/<step>$TAG.log; pytest steps take TEST_ARGS (e.g. "-k 1.3B"). Optional inputs, ignored by git and
 # carried into the call: .whl/ (wheels: fla-core, einops, flash-linear-attention; installed first),
 # .authors/qdelta/ (psmiz/Q-Delta's qdelta/ folder: the authors' kernel and model, never committed),
-# QDELTA_COMMIT names the commit in the logs (no .git travels).
+# QDELTA_COMMIT names the commit in the logs (no .git travels). scripts/device_inputs.sh makes .whl/ and .authors/.
 # .tcache/triton.tgz (the Triton cache a previous call brought back as $OUT/triton.tgz: carry it
 # again to skip recompiling what did not change; `mkdir -p .tcache && cp <files_at>/triton.tgz .tcache/`).
 set -o pipefail
