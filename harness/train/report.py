@@ -75,6 +75,10 @@ def _recurrent_state(model_json: str) -> int:
 
 def load_records(runs_dir: Path) -> List[Dict]:
     """One dict per finished run (a folder with metrics.json), sorted by folder name."""
+    if not Path(runs_dir).is_dir():
+        raise ValueError(
+            f"no folder {runs_dir}: give the folder that holds the run folders (e.g. results/mqar/long/runs)"
+        )
     records = []
     for folder in sorted(p for p in Path(runs_dir).iterdir() if (p / "metrics.json").is_file()):
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -343,7 +347,11 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
-    for path in generate(args.runs_dir, args.out_dir, plots=not args.no_plots):
+    try:
+        paths = generate(args.runs_dir, args.out_dir, plots=not args.no_plots)
+    except ValueError as err:
+        parser.exit(2, f"report: {err}\n")
+    for path in paths:
         print(path)
     return 0
 

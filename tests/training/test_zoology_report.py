@@ -137,3 +137,15 @@ def test_refuses_runs_missing_a_test_setting(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"run '{job['name']}': tested on (L, K)" in err and "not zoology's" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module", ["report", "zoology_report"])
+def test_a_missing_runs_folder_is_one_line(tmp_path, capsys, module):
+    from qdelta.harness.train import report
+
+    main = {"report": report.main, "zoology_report": zoology_report.main}[module]
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"no folder {tmp_path / 'nowhere'}" in err and "Traceback" not in err
