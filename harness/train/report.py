@@ -341,19 +341,25 @@ def generate(runs_dir, out_dir, plots: bool = True) -> List[Path]:
     return written
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="MQAR leaderboard from training run records")
+def run_cli(argv, generate_fn, description: str, prog: str) -> int:
+    """``RUNS_DIR OUT_DIR [--no-plots]``: write a leaderboard with ``generate_fn``; bad records end in
+    one line (exit 2)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("runs_dir")
     parser.add_argument("out_dir")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     try:
-        paths = generate(args.runs_dir, args.out_dir, plots=not args.no_plots)
+        paths = generate_fn(args.runs_dir, args.out_dir, plots=not args.no_plots)
     except ValueError as err:
-        parser.exit(2, f"report: {err}\n")
+        parser.exit(2, f"{prog}: {err}\n")
     for path in paths:
         print(path)
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(argv, generate, "MQAR leaderboard from training run records", "report")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Run ``python -m qdelta.harness.train.zoology_report RUNS_DIR OUT_DIR``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from pathlib import Path
@@ -40,6 +39,7 @@ from .report import (
     best_per_model,
     load_records,
     render_markdown,
+    run_cli,
     state_size,
 )
 
@@ -204,18 +204,7 @@ def generate(runs_dir, out_dir, plots: bool = True) -> List[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="MQAR leaderboard of zoology's protocol from training run records")
-    parser.add_argument("runs_dir")
-    parser.add_argument("out_dir")
-    parser.add_argument("--no-plots", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        paths = generate(args.runs_dir, args.out_dir, plots=not args.no_plots)
-    except ValueError as err:
-        parser.exit(2, f"zoology_report: {err}\n")
-    for path in paths:
-        print(path)
-    return 0
+    return run_cli(argv, generate, "MQAR leaderboard of zoology's protocol from training run records", "zoology_report")
 
 
 if __name__ == "__main__":
