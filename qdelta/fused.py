@@ -112,11 +112,11 @@ def short_conv(
         y, cache = causal_conv1d_update(x=x, cache=cache, weight=w, activation="silu")  # updates cache in place
         return y, (from_fla_state(cache) if output_state else None)
     if packing.dense:
-        xs, cu = x.view(N, packing.width, D), None
-    else:
-        xs, cu = x, packing.cu_seqlens
+        xs, bounds = x.view(N, packing.width, D), {}
+    else:  # the host copy spares fla's chunk indexing a read back from the device (a wait per layer)
+        xs, bounds = x, {"cu_seqlens": packing.cu_seqlens, "cu_seqlens_cpu": packing.cu_seqlens_host}
     y, final = causal_conv1d(
-        x=xs, weight=w, initial_state=initial, output_final_state=output_state, activation="silu", cu_seqlens=cu
+        x=xs, weight=w, initial_state=initial, output_final_state=output_state, activation="silu", **bounds
     )
     return y.view(x.shape), (from_fla_state(final) if output_state else None)
 
