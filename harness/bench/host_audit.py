@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from collections import Counter
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -224,6 +228,32 @@ def audit_call(name: str, call: str, layers: int, setup: Optional[Setup] = None)
                 error = f"{type(err).__name__}: {str(err)[:200]} (after {audit.ops[-1].source if audit.ops else '-'})"
                 break
         return CallAudit(name, call, layers, audit.ops, list(launches), setup.glue, error)
+
+
+def audit_calls(runs: Sequence[Tuple[str, str, int]], setup: Optional[Setup] = None) -> List[CallAudit]:
+    """:func:`audit_call` of each ``(name, call, layers)`` in ``runs``, in a fresh interpreter: the autograd
+    engine sizes its per-device queues once, at the first backward of a process, so a process that ran any
+    backward before the fake device existed cannot run a backward on it (a test suite, a notebook)."""
+    setup = setup or Setup()
+    job = {"runs": [list(r) for r in runs], "setup": {**asdict(setup), "dtype": str(setup.dtype).split(".")[-1]}}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "audits.json")
+        code = f"from {__name__} import _audit_job; _audit_job({json.dumps(job)!r}, {path!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the host audit's process failed:\n{done.stderr[-2000:]}")
+        with open(path) as f:
+            rows = json.load(f)
+    return [CallAudit(**{**row, "ops": [Op(**op) for op in row["ops"]]}) for row in rows]
+
+
+def _audit_job(job: str, path: str) -> None:
+    """The process of :func:`audit_calls`: the audits of ``job`` (JSON) written to ``path``."""
+    spec = json.loads(job)
+    setup = Setup(**{**spec["setup"], "dtype": getattr(torch, spec["setup"]["dtype"])})
+    audits = [audit_call(name, call, layers, setup) for name, call, layers in spec["runs"]]
+    with open(path, "w") as f:
+        json.dump([asdict(a) for a in audits], f)
 
 
 def top(ops: Sequence[Op], key: str, n: int = 10) -> List[tuple]:

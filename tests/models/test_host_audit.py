@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from qdelta.harness.bench.host_audit import MODELS, Setup, audit_call, audit_context
+from qdelta.harness.bench.host_audit import MODELS, Setup, audit_call, audit_calls, audit_context
 from qdelta.harness.bench.op_audit import OpAudit, Sources
 
 pytestmark = [
@@ -33,8 +33,10 @@ RUNS = [("train", 2), ("train", 4), ("prefill", 2), ("decode", 2)]
 
 @pytest.fixture(scope="module")
 def audits():
-    setup = Setup(batch=8, tokens=2048)
-    return {(name, call, layers): audit_call(name, call, layers, setup) for name in MODELS for call, layers in RUNS}
+    """In a fresh process: a backward run earlier in this one (another test) leaves the autograd engine
+    without a queue for the fake device."""
+    runs = [(name, call, layers) for name in MODELS for call, layers in RUNS]
+    return dict(zip(runs, audit_calls(runs, Setup(batch=8, tokens=2048))))
 
 
 @pytest.mark.parametrize("call", list(KERNELS))
@@ -106,3 +108,11 @@ def test_the_fake_device_is_gone_after_the_audit():
     assert torch.accelerator.current_accelerator() is None
     with pytest.raises((RuntimeError, AssertionError)):  # a CPU build: no CUDA tensor
         torch.empty(1, device="cuda")
+
+
+def test_a_training_step_is_audited_after_a_backward_in_this_process():
+    x = torch.randn(3, requires_grad=True)
+    (x * x).sum().backward()  # the autograd engine starts here, without the fake device
+    (audit,) = audit_calls([("gdn", "train", 2)], Setup(batch=1, tokens=128))
+    assert audit.error is None, audit.error
+    assert audit.launches == FORWARD * 2 + BACKWARD * 2, audit.launches
