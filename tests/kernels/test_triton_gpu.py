@@ -118,7 +118,7 @@ def test_chunk_forward_and_gradients_vs_fp64(heads, dtype_name, variant, norm, t
         print(f"ERR chunk {tag} grad d{name}: {e:.3e} (tol {tol_g})")
         if not e <= tol_g:
             failures.append(("d" + name, e))
-    assert not failures, failures
+    assert not failures, f"{tag}: {failures} (tolerances {tol_f} forward, {tol_g} grad)"
 
 
 @pytest.mark.parametrize("variant", ["paper", "official"])
