@@ -10,6 +10,7 @@ of :mod:`qdelta.short_conv`, :mod:`qdelta.norms`, :mod:`qdelta.blocks` and the l
 | ``RMSNorm`` (optionally after the residual add) | :func:`rms_norm` | ``rms_norm`` (residual, prenorm) |
 | ``GatedRMSNorm`` | :func:`gated_rms_norm` | ``rms_norm_gated`` |
 | ``SwiGLU`` (``down(silu(gate) * up)``) | :func:`swiglu_down` | ``swiglu_linear`` (recomputes the product in backward) |
+| ``RecurrentMixer.gates`` (g, beta, lam from three projections) | :func:`gates` (one projection) | ours: ``qdelta.kernels.triton.gates`` (no fla needed) |
 | next-token cross-entropy | :func:`cross_entropy` | ``FusedCrossEntropyLoss`` (fp32 inside the kernel, no fp32 logits; the gradient overwrites the logits) |
 
 Each computes the eager module's function (tested in fp32 to 1e-5 relative, and gradients, in
@@ -57,9 +58,11 @@ def available() -> bool:
     return True
 
 
-def enabled(x: torch.Tensor) -> bool:
-    """True when calls on ``x`` take the fused path: CUDA, fla importable, not disabled."""
-    return x.is_cuda and _disabled_depth == 0 and os.environ.get("QDELTA_FUSED", "1") != "0" and available()
+def enabled(x: torch.Tensor, needs_fla: bool = True) -> bool:
+    """True when calls on ``x`` take the fused path: CUDA, not disabled, and fla importable (unless the
+    caller's kernel is ours: ``needs_fla=False``)."""
+    on = x.is_cuda and _disabled_depth == 0 and os.environ.get("QDELTA_FUSED", "1") != "0"
+    return on and (not needs_fla or available())
 
 
 @contextlib.contextmanager
@@ -163,3 +166,11 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shifted = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
     loss = FusedCrossEntropyLoss(ignore_index=-100, reduction="mean", inplace_backward=True)
     return loss(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1).to(logits.device))
+
+
+def gates(x, A_log, dt_bias, has_beta: bool, has_lam: bool, lamb_bias: float, scale: float):
+    """(g, beta, lam) (N, HV) fp32 from the logits x (N, C) of one projection (our Triton kernel; the
+    reference is ``qdelta.layers.gate_values``)."""
+    from .kernels.triton.gates import fused_gates
+
+    return fused_gates(x, A_log, dt_bias, has_beta=has_beta, has_lam=has_lam, lamb_bias=lamb_bias, scale=scale)

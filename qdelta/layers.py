@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .kernels import OfficialState, chunk_qdelta, fused_recurrent_qdelta, l2norm
 from .kernels.linear_attention import chunk_linear_attention
 from .norms import GatedRMSNorm, acc
@@ -59,6 +60,16 @@ def init_decay_parameters(
         ).clamp(min=min(1e-4, dt_min))
         A_log.copy_(A.log())
         dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def gate_values(a, b, lam, A_log, dt_bias, lamb_bias: float = 0.0, scale: float = 1.0):
+    """The gates from their logits (each None where the gate is unused), in the accumulation dtype (fp32; fp64
+    for fp64): ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = scale * sigmoid(b)``,
+    ``lam = scale * sigmoid(lam - lamb_bias)``. The reference of ``qdelta.kernels.triton.gates``."""
+    g = None if a is None else -acc(A_log).exp() * F.softplus(acc(a) + acc(dt_bias))
+    beta = None if b is None else scale * torch.sigmoid(acc(b))
+    lam = None if lam is None else scale * torch.sigmoid(acc(lam) - lamb_bias)
+    return g, beta, lam
 
 
 class RecurrentMixer(nn.Module):
@@ -115,16 +126,25 @@ class RecurrentMixer(nn.Module):
 
     def gates(self, h: torch.Tensor):
         """(g, beta, lam) for hidden states h (1, total, d): each (1, total, HV) fp32 (fp64 for fp64 h),
-        or None where unused."""
-        g = beta = lam = None
-        if self.use_decay:
-            g = -acc(self.A_log).exp() * F.softplus(acc(self.a_proj(h)) + acc(self.dt_bias))
+        or None where unused. On the fused GPU path: one projection of h for all three and one Triton
+        kernel (qdelta.kernels.triton.gates); else :func:`gate_values` of the three projections."""
         scale = 2.0 if self.allow_neg_eigval else 1.0
-        if self.use_beta:
-            beta = scale * torch.sigmoid(acc(self.b_proj(h)))
-        if self.kind == "qdelta":
-            lam = scale * torch.sigmoid(acc(self.lamb_proj(h)) - self.lamb_bias)
-        return g, beta, lam
+        has_lam = self.kind == "qdelta"
+        names = [n for n, on in (("a_proj", self.use_decay), ("b_proj", self.use_beta), ("lamb_proj", has_lam)) if on]
+        projections = [getattr(self, n) for n in names]
+        if not projections:
+            return None, None, None
+        A_log, dt_bias = (self.A_log, self.dt_bias) if self.use_decay else (None, None)
+        if fused.enabled(h, needs_fla=False) and h.dtype != torch.float64:
+            weight = torch.cat([p.weight for p in projections]) if len(projections) > 1 else projections[0].weight
+            x = F.linear(h, weight)
+            gates = fused.gates(x.view(-1, x.shape[-1]), A_log, dt_bias, self.use_beta, has_lam, self.lamb_bias, scale)
+            return tuple(None if t is None else t.view(*h.shape[:-1], -1) for t in gates)
+        logits = iter([p(h) for p in projections])
+        a = next(logits) if self.use_decay else None
+        b = next(logits) if self.use_beta else None
+        lam = next(logits) if has_lam else None
+        return gate_values(a, b, lam, A_log, dt_bias, self.lamb_bias, scale)
 
     def forward(
         self, h: torch.Tensor, packing: Packing, state: Optional[dict] = None, use_cache: bool = False
