@@ -113,7 +113,11 @@ class RecurrentMixer(nn.Module):
 
     def _qkv(self, h, packing, state, use_cache):
         names = ("q", "k", "v")
-        projected = (self.q_proj(h), self.k_proj(h), self.v_proj(h))
+        weights = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
+        if fused.enabled(h):  # one projection; fla's convolutions read the column slices as they are
+            projected = F.linear(h, torch.cat(weights)).split([w.shape[0] for w in weights], dim=-1)
+        else:
+            projected = (self.q_proj(h), self.k_proj(h), self.v_proj(h))
         if not self.use_short_conv:
             return [F.silu(x) for x in projected], {}
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
