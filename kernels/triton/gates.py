@@ -43,6 +43,15 @@ def _rows(N, C: tl.constexpr, HV: tl.constexpr, BH: tl.constexpr, BN: tl.constex
 
 
 @triton.jit
+def _decay_logits(x, p_x, A_log, dt_bias, o_h, m_h, m):
+    """exp(A_log), z = a + dt_bias and softplus(z) (fp32) of this program's rows."""
+    A = tl.exp(tl.load(A_log + o_h, mask=m_h, other=0.0).to(tl.float32))
+    z = tl.load(x + p_x, mask=m, other=0.0).to(tl.float32)
+    z += tl.load(dt_bias + o_h, mask=m_h, other=0.0).to(tl.float32)[None, :]
+    return A, z, tl.where(z > 20.0, z, _log1p(tl.exp(tl.minimum(z, 20.0))))
+
+
+@triton.jit
 def _gates_fwd_kernel(
     x,  # (N, C) logits, any float dtype
     A_log,
@@ -65,10 +74,7 @@ def _gates_fwd_kernel(
 ):
     p_x, p_o, o_h, m_h, m = _rows(N, C, HV, BH, BN)
     if HAS_G:
-        A = tl.exp(tl.load(A_log + o_h, mask=m_h, other=0.0).to(tl.float32))
-        z = tl.load(x + p_x, mask=m, other=0.0).to(tl.float32)
-        z += tl.load(dt_bias + o_h, mask=m_h, other=0.0).to(tl.float32)[None, :]
-        softplus = tl.where(z > 20.0, z, _log1p(tl.exp(tl.minimum(z, 20.0))))
+        A, z, softplus = _decay_logits(x, p_x, A_log, dt_bias, o_h, m_h, m)
         tl.store(g_out + p_o, -A[None, :] * softplus, mask=m)
     if HAS_BETA:
         b = tl.load(x + p_x + COL_BETA, mask=m, other=0.0).to(tl.float32)
@@ -103,13 +109,9 @@ def _gates_bwd_kernel(
 ):
     p_x, p_o, o_h, m_h, m = _rows(N, C, HV, BH, BN)
     if HAS_G:
-        A = tl.exp(tl.load(A_log + o_h, mask=m_h, other=0.0).to(tl.float32))
-        z = tl.load(x + p_x, mask=m, other=0.0).to(tl.float32)
-        z += tl.load(dt_bias + o_h, mask=m_h, other=0.0).to(tl.float32)[None, :]
-        zc = tl.minimum(z, 20.0)
-        softplus = tl.where(z > 20.0, z, _log1p(tl.exp(zc)))
+        A, z, softplus = _decay_logits(x, p_x, A_log, dt_bias, o_h, m_h, m)
         d = tl.load(dg + p_o, mask=m, other=0.0)
-        dz = tl.where(z > 20.0, 1.0, tl.sigmoid(zc)) * (-A[None, :] * d)
+        dz = tl.where(z > 20.0, 1.0, tl.sigmoid(tl.minimum(z, 20.0))) * (-A[None, :] * d)
         tl.store(dx + p_x, dz.to(dx.dtype.element_ty), mask=m)
         p_partial = partial + tl.program_id(0) * 2 * BH + o_h
         tl.store(p_partial, tl.sum(tl.where(m, -A[None, :] * softplus * d, 0.0), 0))  # dg/dA_log = g
@@ -127,10 +129,15 @@ def _gates_bwd_kernel(
 def _launch(kernel, x: torch.Tensor, HV: int, has, given, tensors, lamb_bias: float, scale: float) -> None:
     """``kernel`` over x's rows: ``has`` = the gates in x's columns, ``given`` = the gates to compute."""
     N, C = x.shape
-    BH = max(16, 1 << max(HV - 1, 0).bit_length())
+    BH = _block_h(HV)
     cols = dict(COL_BETA=HV * has[0], COL_LAM=HV * (has[0] + has[1]))
     flags = dict(HAS_G=given[0], HAS_BETA=given[1], HAS_LAM=given[2])
     kernel[(triton.cdiv(N, BN),)](*tensors, N, lamb_bias, scale, C=C, HV=HV, BH=BH, BN=BN, **cols, **flags)
+
+
+def _block_h(HV: int) -> int:
+    """The head tile: HV padded to a power of two, at least 16."""
+    return max(16, 1 << max(HV - 1, 0).bit_length())
 
 
 class _Gates(torch.autograd.Function):
@@ -158,8 +165,7 @@ class _Gates(torch.autograd.Function):
             return (None,) * 6
         unused = next(d for d in grads if d is not None)
         dx = torch.empty_like(x) if given == has else torch.zeros_like(x)  # a gate without gradient: zeros
-        BH = max(16, 1 << max(HV - 1, 0).bit_length())
-        partial = torch.empty(triton.cdiv(x.shape[0], BN), 2, BH, dtype=torch.float32, device=x.device)
+        partial = torch.empty(triton.cdiv(x.shape[0], BN), 2, _block_h(HV), dtype=torch.float32, device=x.device)
         tensors = (x, A_log, dt_bias) + tuple(unused if d is None else d for d in grads) + (dx, partial)
         _launch(_gates_bwd_kernel, x, HV, has, given, tensors, lamb_bias, scale)
         dA = ddt = None
